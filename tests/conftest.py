@@ -1,0 +1,1 @@
+"""Shared fixtures. Factory fixtures create a thing and clean it up."""
