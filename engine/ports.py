@@ -117,3 +117,12 @@ class StaticState:
         ]
         loads = {str(k): int(v) for k, v in (data.get("loads") or {}).items()}
         return cls(calendar=calendar, loads=loads)
+
+
+@runtime_checkable
+class DecisionStore(Protocol):
+    """Where decisions are recorded. `save_decision` also updates the org agent's counters."""
+
+    async def save_decision(self, decision: Any) -> None:
+        """Insert or replace a decision (an `engine.models.Decision`) with its whole trace."""
+        ...

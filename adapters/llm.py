@@ -1,0 +1,99 @@
+"""Choosing an LLM provider by name, and the helpers the provider adapters share.
+
+The SDKs are imported lazily by the adapters (importing both costs ~1.6 s), so importing this module is
+cheap and `make_provider("none")` never touches an SDK.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from engine.ports import LLMError, LLMErrorKind, LLMProvider
+
+PROVIDERS = ("openai", "anthropic", "none")
+
+
+def make_provider(name: str, *, api_key: str | None = None,
+                  base_url: str | None = None) -> LLMProvider | None:
+    """The provider called `name` ("openai", "anthropic"), or None for "none".
+
+    `api_key` / `base_url` default to the SDK's environment variables. Nothing is imported or checked
+    until the first call; a missing key then raises `LLMError("config", ...)`.
+    """
+    if name == "openai":
+        from adapters.llm_openai import OpenAIProvider
+
+        return OpenAIProvider(api_key=api_key, base_url=base_url)
+    if name == "anthropic":
+        from adapters.llm_anthropic import AnthropicProvider
+
+        return AnthropicProvider(api_key=api_key, base_url=base_url)
+    if name == "none":
+        return None
+    raise ValueError(f"unknown LLM provider {name!r}; expected one of: {', '.join(PROVIDERS)}")
+
+
+def redact(text: str, secret: str | None) -> str:
+    """`text` with every occurrence of `secret` replaced by `***` (no-op for an empty secret)."""
+    return text.replace(secret, "***") if secret else text
+
+
+def parse_retry_after(headers: Mapping[str, str] | Any) -> float | None:
+    """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date); None if absent."""
+    if headers is None:
+        return None
+    for header, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(header)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) / divisor
+        except ValueError:
+            continue
+        if seconds == seconds and seconds not in (float("inf"), float("-inf")):
+            return max(0.0, seconds)
+    value = headers.get("retry-after")
+    if value:
+        try:
+            parsed = email.utils.parsedate_tz(value)
+            if parsed is not None:
+                return max(0.0, float(email.utils.mktime_tz(parsed)) - time.time())
+        except (TypeError, ValueError, OverflowError):
+            return None
+    return None
+
+
+def map_sdk_error(provider: str, sdk: Any, exc: BaseException, api_key: str | None) -> LLMError:
+    """Translate an openai/anthropic SDK exception (`sdk` is the imported module) into an `LLMError`.
+
+    Both SDKs share the exception names. The key is scrubbed from the message.
+    """
+    detail = redact(str(exc), api_key) or type(exc).__name__
+    if isinstance(exc, sdk.APITimeoutError):
+        return LLMError("timeout", f"{provider}: request timed out: {detail}")
+    if isinstance(exc, sdk.APIConnectionError):
+        return LLMError("connection", f"{provider}: connection failed: {detail}")
+    if isinstance(exc, sdk.APIStatusError):
+        status = int(exc.status_code)
+        kind: LLMErrorKind
+        if status in (401, 403) or isinstance(exc, sdk.AuthenticationError | sdk.PermissionDeniedError):
+            kind = "auth"
+        elif status == 429 or isinstance(exc, sdk.RateLimitError):
+            return LLMError("rate_limited", f"{provider}: rate limited (HTTP {status}): {detail}",
+                            status=status, retry_after=parse_retry_after(exc.response.headers))
+        elif status == 408:
+            kind = "timeout"
+        elif status >= 500:
+            kind = "server"
+        else:
+            kind = "bad_request"
+        return LLMError(kind, f"{provider}: {kind} error (HTTP {status}): {detail}", status=status)
+    if isinstance(exc, sdk.APIResponseValidationError):
+        status = getattr(exc, "status_code", None)
+        return LLMError("server", f"{provider}: unexpected response body: {detail}", status=status)
+    if isinstance(exc, sdk.APIError):
+        return LLMError("server", f"{provider}: API error: {detail}")
+    return LLMError("config", f"{provider}: client error: {detail}")

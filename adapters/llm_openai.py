@@ -1,0 +1,86 @@
+"""OpenAI Chat Completions behind the engine's `LLMProvider` port (JSON mode, one attempt per call)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from adapters.llm import map_sdk_error
+from engine.ports import LLMError, LLMReply, LLMRequest
+
+
+class OpenAIProvider:
+    """`LLMProvider` for OpenAI (or any server speaking its Chat Completions API, e.g. the test stand-in).
+
+    The `openai` SDK is imported and the client built on the first call. `api_key` / `base_url` default to
+    `OPENAI_API_KEY` / `OPENAI_BASE_URL`. SDK retries are off: the engine owns retries.
+    """
+
+    name = "openai"
+
+    def __init__(self, api_key: str | None = None, base_url: str | None = None) -> None:
+        self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self._base_url = base_url if base_url is not None else (os.environ.get("OPENAI_BASE_URL") or None)
+        self._client: Any = None
+        self._sdk: Any = None
+
+    def __repr__(self) -> str:
+        key = "set" if self._api_key else "missing"
+        return f"OpenAIProvider(base_url={self._base_url!r}, api_key={key})"
+
+    def _get_client(self) -> Any:
+        """The SDK client, built (and the SDK imported) on first use."""
+        if self._client is None:
+            if not self._api_key:
+                raise LLMError("config", "OPENAI_API_KEY is not set: set it in the environment or pass "
+                                         "api_key to use the openai provider.")
+            import openai
+
+            self._sdk = openai
+            try:
+                self._client = openai.AsyncOpenAI(api_key=self._api_key, base_url=self._base_url,
+                                                  max_retries=0)
+            except openai.OpenAIError as exc:
+                raise map_sdk_error(self.name, openai, exc, self._api_key) from None
+        return self._client
+
+    async def complete(self, request: LLMRequest) -> LLMReply:
+        """Send one chat completion in JSON mode; return the raw text, token counts and latency.
+
+        Raises `LLMError` (timeout, rate_limited, server, connection, bad_request, auth, config).
+        The text is not parsed or checked here: the engine does that.
+        """
+        client = self._get_client()
+        start = time.perf_counter()
+        try:
+            response = await client.chat.completions.create(
+                model=request.model,
+                messages=[{"role": "system", "content": request.system},
+                          {"role": "user", "content": request.user}],
+                temperature=request.temperature,
+                max_tokens=request.max_tokens,
+                response_format={"type": "json_object"},
+                timeout=request.timeout_seconds,
+            )
+        except self._sdk.OpenAIError as exc:
+            raise map_sdk_error(self.name, self._sdk, exc, self._api_key) from None
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        text = ""
+        if response.choices:
+            text = response.choices[0].message.content or ""
+        usage = response.usage
+        return LLMReply(
+            provider=self.name,
+            model=response.model or request.model,
+            text=text,
+            input_tokens=int(usage.prompt_tokens or 0) if usage else 0,
+            output_tokens=int(usage.completion_tokens or 0) if usage else 0,
+            latency_ms=latency_ms,
+        )
+
+    async def aclose(self) -> None:
+        """Close the SDK's HTTP client if one was built (safe to call more than once)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()

@@ -1,0 +1,428 @@
+"""Configuration models: an org (`org.yaml`), its rulesets (`*.yaml`) and its policy.
+
+These pydantic models are the single source of truth: the JSON Schemas under `schemas/` are
+generated from them (`astralis schema`), and the loader validates YAML against both.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import time
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
+Id = Annotated[str, Field(pattern=ID_PATTERN, min_length=1, max_length=64)]
+Role = Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]*$", description="ADMIN, OPERATOR, PM, SALES, or an org's own")]
+Confidence = Annotated[float, Field(ge=0.0, le=1.0)]
+Priority = Annotated[int, Field(ge=1, le=5)]
+
+
+class Intent(StrEnum):
+    """What an event is about (DESIGN §5)."""
+
+    SALES_INQUIRY = "SALES_INQUIRY"
+    SUPPORT_REQUEST = "SUPPORT_REQUEST"
+    BILLING_QUESTION = "BILLING_QUESTION"
+    PARTNERSHIP = "PARTNERSHIP"
+    PROJECT = "PROJECT"
+    SCHEDULING = "SCHEDULING"
+    SPAM = "SPAM"
+    OTHER = "OTHER"
+
+
+class DecisionType(StrEnum):
+    """The kind of decision, which also selects its thresholds (DESIGN §5)."""
+
+    ASSIGN_PIPELINE = "ASSIGN_PIPELINE"
+    CREATE_EVENT = "CREATE_EVENT"
+    UPDATE_EVENT = "UPDATE_EVENT"
+    CANCEL_EVENT = "CANCEL_EVENT"
+    SEND_NOTIFICATION = "SEND_NOTIFICATION"
+    TRIGGER_AUTOMATION = "TRIGGER_AUTOMATION"
+    ESCALATE = "ESCALATE"
+    NO_ACTION = "NO_ACTION"
+
+
+class Source(StrEnum):
+    """The channel an event came in through (DESIGN §4)."""
+
+    EMAIL = "EMAIL"
+    WEBHOOK = "WEBHOOK"
+    DB_TRIGGER = "DB_TRIGGER"
+    WORKER = "WORKER"
+    API = "API"
+    SCHEDULE = "SCHEDULE"
+
+
+class Strict(BaseModel):
+    """Base for config models: unknown keys are errors, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- org.yaml
+
+class Hours(Strict):
+    """A daily window in the org's local time."""
+
+    start: time
+    end: time
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Hours:
+        if self.end <= self.start:
+            raise ValueError(f"end {self.end} must be after start {self.start}")
+        return self
+
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class BusinessHours(Hours):
+    """Opening hours and the weekdays they apply to."""
+
+    days: list[Weekday] = Field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"], min_length=1)
+
+
+class Pipeline(Strict):
+    """A pipeline intakes are assigned to, with its stages and its team (user ids)."""
+
+    id: Id
+    name: str
+    stages: list[Id] = Field(min_length=1, description="The first stage is where new intakes land.")
+    team: list[Id] = Field(default_factory=list)
+
+
+class User(Strict):
+    """A person in the org: who can be assigned, notified, or booked."""
+
+    id: Id
+    name: str
+    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    role: Role
+    capacity: int = Field(default=10, ge=0, description="Open items this user can hold before being skipped.")
+    takes_bookings: bool = False
+
+
+class OrgConfig(Strict):
+    """`rulesets/<org>/org.yaml`: who the org is, its pipelines and its people."""
+
+    org: Id = Field(description="The org id used in events and URLs.")
+    name: str
+    timezone: str = Field(description="IANA time zone, e.g. America/New_York.")
+    business_hours: BusinessHours
+    lunch: Hours | None = None
+    webhook_secret_env: str | None = Field(
+        default=None, pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Name of the environment variable holding the webhook signing secret.")
+    pipelines: list[Pipeline] = Field(min_length=1)
+    users: list[User] = Field(min_length=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"'{v}' is not a known IANA time zone") from None
+        return v
+
+    def pipeline(self, pipeline_id: str) -> Pipeline | None:
+        """The pipeline with this id, if any."""
+        return next((p for p in self.pipelines if p.id == pipeline_id), None)
+
+    def user(self, user_id: str) -> User | None:
+        """The user with this id, if any."""
+        return next((u for u in self.users if u.id == user_id), None)
+
+    @property
+    def roles(self) -> set[str]:
+        """Every role some user holds."""
+        return {u.role for u in self.users}
+
+
+# --------------------------------------------------------------------------- rulesets
+
+Scalar = str | int | float | bool
+OPERATORS = ("equals", "not_equals", "in_", "gt", "gte", "lt", "lte", "exists", "matches")
+
+
+class FieldCondition(Strict):
+    """A test on one event field, addressed by a dotted path such as `data.category`.
+
+    Exactly one operator is given.
+    """
+
+    field: str = Field(pattern=r"^(data|source|type)(\.[A-Za-z0-9_]+)*$")
+    equals: Scalar | None = None
+    not_equals: Scalar | None = None
+    in_: list[Scalar] | None = Field(default=None, alias="in")
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+    exists: bool | None = None
+    matches: str | None = Field(default=None, description="Python regular expression searched in the field's text.")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _one_operator(self) -> FieldCondition:
+        ops = [k for k in OPERATORS
+               if getattr(self, k) is not None]
+        if len(ops) != 1:
+            names = ", ".join(o.rstrip("_") for o in ops) or "none"
+            raise ValueError(
+                f"field condition on '{self.field}' needs exactly one of equals, not_equals, in, gt, gte, "
+                f"lt, lte, exists, matches (got {names})")
+        return self
+
+    @property
+    def operator(self) -> str:
+        """The one operator this condition uses."""
+        for k in OPERATORS:
+            if getattr(self, k) is not None:
+                return k.rstrip("_")
+        raise AssertionError("validated to have one operator")
+
+    @property
+    def value(self) -> Any:
+        """The operand of the operator."""
+        return getattr(self, self.operator if self.operator != "in" else "in_")
+
+
+TextScope = Literal["all", "subject", "body", "full"]
+
+
+class TextCondition(Strict):
+    """Tests on the event's text: `all` is subject and body without quoted replies and signature;
+    `full` adds both (for spam footers); `subject` and `body` are what they say.
+
+    Keywords and phrases match whole words, case-insensitively, and tolerate inner whitespace
+    and punctuation ("set up" matches "set-up"). A keyword preceded by a negation ("not urgent",
+    "no rush on this", "isn't urgent") does not count unless `count_negated` is true.
+    """
+
+    any: list[str] = Field(default_factory=list, description="At least one of these keywords/phrases.")
+    all: list[str] = Field(default_factory=list, description="Every one of these keywords/phrases.")
+    none: list[str] = Field(default_factory=list, description="None of these keywords/phrases.")
+    regex: list[str] = Field(default_factory=list, description="Python regular expressions (search, case-insensitive); any may match.")
+    scope: TextScope = "all"
+    include_quoted: bool = Field(default=False, description="Also search quoted reply text ('> ...', 'On ... wrote:').")
+    count_negated: bool = False
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> TextCondition:
+        if not (self.any or self.all or self.none or self.regex):
+            raise ValueError("text condition needs at least one of any, all, none, regex")
+        return self
+
+
+class When(Strict):
+    """A rule's conditions; all given parts must hold."""
+
+    type: list[str] | str | None = Field(default=None, description="Event type(s), e.g. email:received.")
+    source: list[Source] | Source | None = None
+    fields: list[FieldCondition] = Field(default_factory=list)
+    text: TextCondition | None = None
+
+    def types(self) -> list[str]:
+        """The event types as a list (empty = any)."""
+        return [self.type] if isinstance(self.type, str) else list(self.type or [])
+
+    def sources(self) -> list[str]:
+        """The sources as a list (empty = any)."""
+        if self.source is None:
+            return []
+        return [str(self.source)] if isinstance(self.source, Source) else [str(s) for s in self.source]
+
+
+class Then(Strict):
+    """What a rule concludes when it matches."""
+
+    intent: Intent | None = None
+    confidence: Confidence = 0.8
+    priority: Priority | None = None
+    decision_type: DecisionType | None = None
+    set: dict[str, Scalar] = Field(default_factory=dict, description="Fields recorded on the decision.")
+    consult_llm: bool = Field(default=False, description="Always hand this event to the LLM.")
+    urgent: bool = Field(default=False, description="Raise priority to the policy's urgent priority.")
+
+    @model_validator(mode="after")
+    def _says_something(self) -> Then:
+        if self.intent is None and not self.consult_llm and not self.urgent and self.priority is None:
+            raise ValueError("a rule's `then` needs an intent, a priority, urgent: true, or consult_llm: true")
+        return self
+
+
+class Rule(Strict):
+    """One rule: conditions, a conclusion, and a salience (higher wins ties)."""
+
+    id: Id
+    description: str = ""
+    salience: int = Field(default=0, ge=-1000, le=1000)
+    enabled: bool = True
+    when: When
+    then: Then
+
+
+class Ruleset(Strict):
+    """`rulesets/<org>/<name>.yaml`: a named group of rules."""
+
+    ruleset: Id = Field(description="The ruleset's name; rule ids are reported as ruleset/rule.")
+    description: str = ""
+    rules: list[Rule] = Field(min_length=1)
+
+
+# --------------------------------------------------------------------------- policies
+
+class CircuitBreaker(Strict):
+    """Stop calling a failing provider for a while."""
+
+    failures: int = Field(default=5, ge=1, description="Consecutive failures that open the circuit.")
+    reset_seconds: float = Field(default=60.0, gt=0)
+
+
+class LLMSettings(Strict):
+    """Which model to consult for ambiguous events, and how patiently."""
+
+    provider: Literal["openai", "anthropic", "none"] = "none"
+    model: str = "gpt-4o-mini"
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=600, ge=16, le=8192)
+    timeout_seconds: float = Field(default=20.0, gt=0)
+    retries: int = Field(default=2, ge=0, le=10)
+    backoff_seconds: float = Field(default=0.5, ge=0)
+    backoff_max_seconds: float = Field(default=8.0, ge=0)
+    circuit_breaker: CircuitBreaker = CircuitBreaker()
+
+
+class Ambiguity(Strict):
+    """When the rules' answer is not good enough and the LLM is consulted."""
+
+    consult_below: Confidence = Field(default=0.7, description="Top confidence under this is ambiguous.")
+    margin: Confidence = Field(default=0.1, description="Two intents within this margin are a conflict.")
+
+
+class Threshold(Strict):
+    """Confidence cut-offs for one decision type."""
+
+    auto_execute: Confidence
+    require_approval: Confidence
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Threshold:
+        if self.require_approval > self.auto_execute:
+            raise ValueError(
+                f"require_approval {self.require_approval} is above auto_execute {self.auto_execute}")
+        return self
+
+
+class Notify(Strict):
+    """Who hears about a routed intake."""
+
+    users: list[Id] = Field(default_factory=list)
+    roles: list[Role] = Field(default_factory=list)
+    team: bool = Field(default=False, description="The pipeline's team.")
+    template: str = "new_intake"
+
+
+class Route(Strict):
+    """What an intent turns into: a pipeline and assignee, notifications, automations."""
+
+    decision_type: DecisionType = DecisionType.ASSIGN_PIPELINE
+    pipeline: Id | None = None
+    stage: Id | None = Field(default=None, description="Defaults to the pipeline's first stage.")
+    assignee_role: Role | None = None
+    assignee: Id | None = None
+    notify: Notify = Notify()
+    automations: list[str] = Field(default_factory=list, description="Named n8n workflows to trigger.")
+    priority: Priority | None = Field(default=None, description="Priority for this intent, overriding normal.")
+
+
+class Urgency(Strict):
+    """Words that make an event urgent, and the priorities used."""
+
+    keywords: list[str] = Field(default_factory=list)
+    priority: Priority = 5
+    normal_priority: Priority = 3
+
+
+class Scheduling(Strict):
+    """How bookings are placed on hosts' calendars."""
+
+    default_duration_minutes: int = Field(default=30, ge=5, le=480)
+    reminders_minutes_before: list[int] = Field(default_factory=lambda: [1440, 60])
+    slot_step_minutes: int = Field(default=15, ge=5, le=60)
+
+
+class RateLimits(Strict):
+    """Decisions per org; over the limit they are held as PENDING, never dropped."""
+
+    per_minute: int = Field(default=120, ge=1)
+    per_hour: int = Field(default=3000, ge=1)
+
+
+class Capabilities(Strict):
+    """Which kinds of action the agent may take for this org."""
+
+    assign_pipelines: bool = True
+    create_events: bool = True
+    send_notifications: bool = True
+    trigger_automations: bool = True
+    escalate: bool = True
+
+
+class FallbackRule(Strict):
+    """A keyword rule used when the LLM is off, down, or answers garbage."""
+
+    keywords: list[str] = Field(min_length=1)
+    intent: Intent
+    confidence: Confidence = 0.5
+
+
+class Fallback(Strict):
+    """What decides when the LLM cannot."""
+
+    rules: list[FallbackRule] = Field(default_factory=list)
+    default_intent: Intent = Intent.OTHER
+    default_confidence: Confidence = 0.4
+
+
+class Escalation(Strict):
+    """Where escalations go."""
+
+    address: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    roles: list[Role] = Field(default_factory=list)
+
+
+class Policy(Strict):
+    """`policies/<org>.yaml` (after `extends` is merged): how the agent decides and acts."""
+
+    extends: str | None = Field(default=None, description="Another policy to inherit from, e.g. default.")
+    llm: LLMSettings = LLMSettings()
+    ambiguity: Ambiguity = Ambiguity()
+    thresholds: dict[DecisionType | Literal["default"], Threshold] = Field(
+        default_factory=lambda: {"default": Threshold(auto_execute=0.85, require_approval=0.6)})
+    routing: dict[Intent, Route] = Field(default_factory=dict)
+    urgency: Urgency = Urgency()
+    scheduling: Scheduling = Scheduling()
+    rate_limits: RateLimits = RateLimits()
+    capabilities: Capabilities = Capabilities()
+    fallback: Fallback = Fallback()
+    escalation: Escalation | None = None
+
+    def threshold(self, decision_type: DecisionType) -> Threshold:
+        """The thresholds for a decision type, else the default ones."""
+        return self.thresholds.get(decision_type) or self.thresholds.get("default") or Threshold(
+            auto_execute=0.85, require_approval=0.6)
+
+
+def compile_user_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a rule's regular expression the way the matcher uses it (case-insensitive search)."""
+    return re.compile(pattern, re.IGNORECASE)

@@ -1,0 +1,408 @@
+"""Load an org's YAML (org.yaml, rulesets, policy) and validate it in stages.
+
+Stages, each stopping the file at its first failing stage: YAML syntax → JSON Schema → pydantic
+models → references across files (pipelines, users, roles, stages, duplicate ids, regexes).
+Every problem is a `ConfigError` located by file and line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import jsonschema
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from engine.config import DecisionType, OrgConfig, Policy, Rule, Ruleset, Threshold, compile_user_regex
+from engine.errors import ConfigError, ConfigInvalid
+
+M = TypeVar("M", bound=BaseModel)
+
+ORG_FILE = "org.yaml"
+DEFAULT_POLICY = "default"
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Located:
+    """A parsed YAML document with the line of every node, for error messages."""
+
+    path: str
+    data: Any
+    lines: dict[Path_, int]
+
+    def line(self, loc: Iterable[str | int]) -> int:
+        """The line of the deepest node of `loc` that exists in the file (1 when unknown)."""
+        loc = tuple(loc)
+        while loc:
+            if loc in self.lines:
+                return self.lines[loc]
+            loc = loc[:-1]
+        return self.lines.get((), 1)
+
+
+@dataclass(frozen=True)
+class RuleRef:
+    """Where a rule lives: its ruleset, file and line."""
+
+    ruleset: str
+    rule: Rule
+    path: str
+    line: int
+
+    @property
+    def key(self) -> str:
+        """`ruleset/rule-id`, the name decisions report."""
+        return f"{self.ruleset}/{self.rule.id}"
+
+
+@dataclass(frozen=True)
+class OrgBundle:
+    """Everything validated for one org at one revision."""
+
+    org: OrgConfig
+    policy: Policy
+    rules: tuple[RuleRef, ...]
+    revision: str
+    files: tuple[str, ...]
+    warnings: tuple[ConfigError, ...] = field(default=())
+
+
+# --------------------------------------------------------------------------- YAML with lines
+
+def _walk(node: yaml.Node, loc: Path_, out: dict[Path_, int]) -> None:
+    out[loc] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            k = key.value if isinstance(key, yaml.ScalarNode) else str(key.start_mark.line)
+            out[(*loc, k)] = key.start_mark.line + 1
+            _walk(value, (*loc, k), out)
+            out[(*loc, k)] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _walk(item, (*loc, i), out)
+
+
+def parse_yaml(text: str, path: str) -> Located | ConfigError:
+    """Parse one YAML document (safe loader) and map every node to its line."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc)
+        return ConfigError(path, line, "yaml_syntax", str(problem).strip())
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        return ConfigError(path, 1, "not_a_mapping", f"expected a mapping at the top level, got {type(data).__name__}")
+    lines: dict[Path_, int] = {}
+    if node is not None:
+        _walk(node, (), lines)
+    return Located(path, data, lines)
+
+
+# --------------------------------------------------------------------------- schema and models
+
+@cache
+def _validator(model: type[BaseModel]) -> jsonschema.protocols.Validator:
+    schema = model.model_json_schema(by_alias=True)
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema)  # type: ignore[no-any-return]
+
+
+def _fmt_loc(loc: Iterable[str | int]) -> str:
+    parts: list[str] = []
+    for p in loc:
+        parts.append(f"[{p}]" if isinstance(p, int) else (f".{p}" if parts else str(p)))
+    return "".join(parts) or "(top level)"
+
+
+def check_schema(doc: Located, model: type[BaseModel], partial: bool = False) -> list[ConfigError]:
+    """JSON Schema stage: structure, types, enums and patterns, each error at its line."""
+    errors = []
+    for err in sorted(_validator(model).iter_errors(doc.data), key=lambda e: list(map(str, e.absolute_path))):
+        if partial and err.validator == "required" and not err.absolute_path:
+            continue
+        loc = tuple(err.absolute_path)
+        msg = err.message
+        if err.validator == "additionalProperties":
+            msg = f"{msg}; allowed here: {', '.join(sorted(err.schema.get('properties', {})))}"
+        errors.append(ConfigError(doc.path, doc.line(loc), "schema", f"{_fmt_loc(loc)}: {msg}"))
+    return errors
+
+
+def build_model(doc: Located, model: type[M], data: Any = None) -> M | list[ConfigError]:
+    """Model stage: pydantic's own checks (value ranges, cross-field rules) with lines."""
+    try:
+        return model.model_validate(doc.data if data is None else data)
+    except ValidationError as exc:
+        out = []
+        for e in exc.errors():
+            loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith(("function-", "union["))))
+            msg = e["msg"].removeprefix("Value error, ")
+            out.append(ConfigError(doc.path, doc.line(loc), "invalid_value", f"{_fmt_loc(loc)}: {msg}"))
+        return out
+
+
+# --------------------------------------------------------------------------- policies
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _env_overrides() -> dict[str, str]:
+    names = ("AGENT_DEFAULT_PROVIDER", "AGENT_AUTO_EXECUTE_THRESHOLD", "AGENT_REQUIRE_APPROVAL_THRESHOLD")
+    return {n: os.environ[n] for n in names if os.environ.get(n)}
+
+
+def load_policy(policies_dir: Path, org: str) -> tuple[Policy | None, list[ConfigError], list[Path]]:
+    """Load `policies/<org>.yaml` (or default.yaml alone), following `extends`, then apply env overrides.
+
+    `AGENT_DEFAULT_PROVIDER` sets the provider of the default policy (an org that names its own keeps
+    it); `AGENT_AUTO_EXECUTE_THRESHOLD` / `AGENT_REQUIRE_APPROVAL_THRESHOLD` override every threshold.
+    """
+    errors: list[ConfigError] = []
+    chain: list[Located] = []
+    used: list[Path] = []
+    name: str | None = org if (policies_dir / f"{org}.yaml").exists() else DEFAULT_POLICY
+    seen: set[str] = set()
+    while name is not None:
+        path = policies_dir / f"{name}.yaml"
+        if name in seen:
+            errors.append(ConfigError(str(path), 1, "extends_cycle", f"policy '{name}' extends itself through {sorted(seen)}"))
+            return None, errors, used
+        seen.add(name)
+        if not path.exists():
+            where = chain[-1] if chain else None
+            errors.append(ConfigError(where.path if where else str(path), where.line(("extends",)) if where else 0,
+                                      "unknown_policy" if where else "missing_file",
+                                      f"policy '{name}' not found at {path}"))
+            return None, errors, used
+        used.append(path)
+        doc = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+        if isinstance(doc, ConfigError):
+            return None, [doc], used
+        schema_errors = check_schema(doc, Policy, partial=True)
+        if schema_errors:
+            return None, schema_errors, used
+        chain.append(doc)
+        ext = doc.data.get("extends")
+        name = str(ext) if ext else None
+
+    merged: dict[str, Any] = {}
+    for doc in reversed(chain):
+        data = dict(doc.data)
+        data.pop("extends", None)
+        if doc is chain[-1] and os.environ.get("AGENT_DEFAULT_PROVIDER"):
+            data = _deep_merge(data, {"llm": {"provider": os.environ["AGENT_DEFAULT_PROVIDER"]}})
+        merged = _deep_merge(merged, data)
+    policy = build_model(chain[0], Policy, merged)
+    if isinstance(policy, list):
+        return None, policy, used
+    env = _env_overrides()
+    if "AGENT_AUTO_EXECUTE_THRESHOLD" in env or "AGENT_REQUIRE_APPROVAL_THRESHOLD" in env:
+        try:
+            thresholds = {}
+            for k, t in policy.thresholds.items():
+                thresholds[k] = Threshold(
+                    auto_execute=float(env.get("AGENT_AUTO_EXECUTE_THRESHOLD", t.auto_execute)),
+                    require_approval=float(env.get("AGENT_REQUIRE_APPROVAL_THRESHOLD", t.require_approval)))
+            policy = policy.model_copy(update={"thresholds": thresholds})
+        except (ValueError, ValidationError) as exc:
+            errors.append(ConfigError("environment", 0, "invalid_value", f"AGENT_*_THRESHOLD: {exc}"))
+            return None, errors, used
+    return policy, errors, used
+
+
+# --------------------------------------------------------------------------- references
+
+def _check_references(org: OrgConfig, org_doc: Located, policy: Policy, policy_path: str,
+                      rules: list[RuleRef], docs: dict[str, Located]) -> list[ConfigError]:
+    errors: list[ConfigError] = []
+    p = org_doc.path
+
+    def dupes(items: list[str], what: str, loc: str) -> None:
+        seen: set[str] = set()
+        for i, x in enumerate(items):
+            if x in seen:
+                errors.append(ConfigError(p, org_doc.line((loc, i, "id")), "duplicate_id", f"{what} id '{x}' is defined twice"))
+            seen.add(x)
+
+    dupes([pl.id for pl in org.pipelines], "pipeline", "pipelines")
+    dupes([u.id for u in org.users], "user", "users")
+    user_ids = {u.id for u in org.users}
+    for i, pl in enumerate(org.pipelines):
+        for j, member in enumerate(pl.team):
+            if member not in user_ids:
+                errors.append(ConfigError(p, org_doc.line(("pipelines", i, "team", j)), "unknown_user",
+                                          f"pipeline '{pl.id}' lists team member '{member}', who is not among the org's users"))
+
+    pdoc = docs.get(policy_path)
+
+    def pline(*loc: str | int) -> int:
+        return pdoc.line(loc) if pdoc else 0
+
+    for intent, route in policy.routing.items():
+        where = ("routing", str(intent))
+        if route.pipeline is not None:
+            pl = org.pipeline(route.pipeline)
+            if pl is None:
+                errors.append(ConfigError(policy_path, pline(*where, "pipeline"), "unknown_pipeline",
+                                          f"routing for {intent} names pipeline '{route.pipeline}', which org '{org.org}' does not define"))
+            elif route.stage is not None and route.stage not in pl.stages:
+                errors.append(ConfigError(policy_path, pline(*where, "stage"), "unknown_stage",
+                                          f"routing for {intent} names stage '{route.stage}', not a stage of pipeline '{pl.id}' ({', '.join(pl.stages)})"))
+        for role in [route.assignee_role, *route.notify.roles]:
+            if role is not None and role not in org.roles:
+                errors.append(ConfigError(policy_path, pline(*where), "unknown_role",
+                                          f"routing for {intent} names role '{role}', which no user of org '{org.org}' holds ({', '.join(sorted(org.roles))})"))
+        for uid in [route.assignee, *route.notify.users]:
+            if uid is not None and uid not in user_ids:
+                errors.append(ConfigError(policy_path, pline(*where), "unknown_user",
+                                          f"routing for {intent} names user '{uid}', who is not among org '{org.org}''s users"))
+    if policy.escalation:
+        for role in policy.escalation.roles:
+            if role not in org.roles:
+                errors.append(ConfigError(policy_path, pline("escalation", "roles"), "unknown_role",
+                                          f"escalation names role '{role}', which no user of org '{org.org}' holds"))
+
+    seen_rules: dict[str, RuleRef] = {}
+    for ref in rules:
+        doc = docs[ref.path]
+        if ref.key in seen_rules:
+            first = seen_rules[ref.key]
+            errors.append(ConfigError(ref.path, ref.line, "duplicate_rule_id",
+                                      f"rule id '{ref.key}' is already defined at {first.path}:{first.line}"))
+        seen_rules[ref.key] = ref
+        text = ref.rule.when.text
+        if text:
+            for k, pattern in enumerate(text.regex):
+                try:
+                    compile_user_regex(pattern)
+                except re.error as exc:
+                    idx = _rule_index(doc, ref)
+                    errors.append(ConfigError(ref.path, doc.line(("rules", idx, "when", "text", "regex", k)), "invalid_regex",
+                                              f"rule '{ref.rule.id}': regex {pattern!r} does not compile: {exc}"))
+    return errors
+
+
+def _rule_index(doc: Located, ref: RuleRef) -> int:
+    for i, r in enumerate(doc.data.get("rules", [])):
+        if isinstance(r, dict) and r.get("id") == ref.rule.id:
+            return i
+    return 0
+
+
+# --------------------------------------------------------------------------- the whole org
+
+def _revision(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for path in sorted(paths):
+        h.update(path.name.encode())
+        h.update(b"\0")
+        h.update(path.read_bytes())
+        h.update(b"\0")
+    for k, v in sorted(_env_overrides().items()):
+        h.update(f"{k}={v}".encode())
+    return h.hexdigest()[:12]
+
+
+def validate_org(org_dir: Path, policies_dir: Path) -> tuple[OrgBundle | None, list[ConfigError]]:
+    """Validate one org folder and its policy; return the bundle (None if any error) and all findings."""
+    errors: list[ConfigError] = []
+    docs: dict[str, Located] = {}
+    org_path = org_dir / ORG_FILE
+    if not org_path.exists():
+        return None, [ConfigError(str(org_path), 0, "missing_file", f"every org folder needs {ORG_FILE}")]
+
+    def load_doc(path: Path, model: type[BaseModel]) -> Any:
+        doc = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+        if isinstance(doc, ConfigError):
+            errors.append(doc)
+            return None
+        docs[str(path)] = doc
+        found = check_schema(doc, model)
+        if found:
+            errors.extend(found)
+            return None
+        obj = build_model(doc, model)
+        if isinstance(obj, list):
+            errors.extend(obj)
+            return None
+        return obj
+
+    org = load_doc(org_path, OrgConfig)
+    if org is not None and org.org != org_dir.name:
+        errors.append(ConfigError(str(org_path), docs[str(org_path)].line(("org",)), "org_mismatch",
+                                  f"org id '{org.org}' differs from its folder name '{org_dir.name}'"))
+
+    rules: list[RuleRef] = []
+    ruleset_names: dict[str, str] = {}
+    rule_files = sorted(p for p in org_dir.glob("*.y*ml") if p.name != ORG_FILE)
+    for path in rule_files:
+        rs = load_doc(path, Ruleset)
+        if rs is None:
+            continue
+        doc = docs[str(path)]
+        if rs.ruleset in ruleset_names:
+            errors.append(ConfigError(str(path), doc.line(("ruleset",)), "duplicate_id",
+                                      f"ruleset '{rs.ruleset}' is also defined in {ruleset_names[rs.ruleset]}"))
+        ruleset_names[rs.ruleset] = str(path)
+        for i, rule in enumerate(rs.rules):
+            rules.append(RuleRef(rs.ruleset, rule, str(path), doc.line(("rules", i, "id"))))
+
+    policy, policy_errors, policy_paths = load_policy(policies_dir, org_dir.name)
+    errors.extend(policy_errors)
+    for pp in policy_paths:
+        if str(pp) not in docs:
+            loaded = parse_yaml(pp.read_text(encoding="utf-8"), str(pp))
+            if isinstance(loaded, Located):
+                docs[str(pp)] = loaded
+
+    if org is None or policy is None or any(e.severity == "error" for e in errors):
+        return None, errors
+    org_policy_path = str(policy_paths[0]) if policy_paths else str(policies_dir / f"{org_dir.name}.yaml")
+    errors.extend(_check_references(org, docs[str(org_path)], policy, org_policy_path, rules, docs))
+    enabled = [r for r in rules if r.rule.enabled]
+    if not enabled:
+        errors.append(ConfigError(str(org_dir), 0, "no_rules", f"org '{org.org}' has no enabled rules"))
+    if any(e.severity == "error" for e in errors):
+        return None, errors
+    for r in rules:
+        if not r.rule.enabled:
+            errors.append(ConfigError(r.path, r.line, "unreachable_rule", f"rule '{r.key}' is disabled", "warning"))
+    bundle = OrgBundle(org=org, policy=policy, rules=tuple(enabled),
+                       revision=_revision([org_path, *rule_files, *policy_paths]),
+                       files=tuple(str(p) for p in [org_path, *rule_files, *policy_paths]),
+                       warnings=tuple(e for e in errors if e.severity == "warning"))
+    return bundle, errors
+
+
+def load_org(org_dir: Path, policies_dir: Path) -> OrgBundle:
+    """Validate and return an org's bundle, or raise `ConfigInvalid` with every error."""
+    bundle, errors = validate_org(org_dir, policies_dir)
+    if bundle is None:
+        raise ConfigInvalid(errors)
+    return bundle
+
+
+def org_dirs(rulesets_dir: Path) -> list[Path]:
+    """Every org folder (a folder holding org.yaml) under a rulesets directory."""
+    return sorted(p.parent for p in rulesets_dir.glob(f"*/{ORG_FILE}"))
+
+
+__all__ = ["DecisionType", "Located", "OrgBundle", "RuleRef", "load_org", "load_policy", "org_dirs",
+           "parse_yaml", "validate_org"]

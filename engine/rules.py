@@ -1,0 +1,346 @@
+"""The rules stage: compile an org's rules for durable-rules and find every rule an event matches.
+
+Text conditions (keywords, phrases, regexes, negations) are evaluated once per event in Python and
+handed to the engine as boolean feature fields (`t3: true`); structured conditions on type, source
+and data fields stay in the engine. The compiled conditions are plain JSON in durable-rules'
+dialect, so the same definition can also be evaluated by `evaluate` in Python — the reference the
+tests and the benchmark compare against, and the fallback for the rare event that satisfies more
+conditions at once than the engine accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine import durable
+from engine.config import FieldCondition, TextCondition, compile_user_regex
+from engine.errors import ConfigError
+from engine.loader import OrgBundle, RuleRef
+from engine.text import EventText, Term, extract
+
+Cond = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TextFeature:
+    """One distinct text condition, evaluated once per event into a boolean field."""
+
+    key: str
+    scope: str
+    include_quoted: bool
+    count_negated: bool
+    any: tuple[Term, ...]
+    all: tuple[Term, ...]
+    none: tuple[Term, ...]
+    regex: tuple[re.Pattern[str], ...]
+
+    def evaluate(self, text: EventText) -> bool:
+        """Whether the event's text satisfies this condition."""
+        sc = text.scope(self.scope, self.include_quoted)
+        neg = self.count_negated
+        if self.none and any(sc.has(t, True) for t in self.none):
+            return False
+        if self.all and not all(sc.has(t, neg) for t in self.all):
+            return False
+        positives = bool(self.any or self.regex)
+        if not positives:
+            return True
+        if any(sc.has(t, neg) for t in self.any):
+            return True
+        raw = text.raw(self.scope, self.include_quoted) if self.regex else ""
+        return any(r.search(raw) for r in self.regex)
+
+
+@dataclass(frozen=True)
+class MatchFeature:
+    """A `matches:` field condition (a regex on a field's text), evaluated in Python."""
+
+    key: str
+    path: tuple[str, ...]
+    regex: re.Pattern[str]
+
+    def evaluate(self, event: dict[str, Any]) -> bool:
+        """Whether the field exists and the regex is found in its text."""
+        value = resolve_path(event, self.path)
+        return value is not None and bool(self.regex.search(str(value)))
+
+
+def resolve_path(event: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at a dotted path of the event (None when absent)."""
+    cur: Any = event
+    for part in path:
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(part)
+    return cur
+
+
+def _norm_value(v: Any) -> Any:
+    return v.strip().lower() if isinstance(v, str) else v
+
+
+@dataclass
+class CompiledRules:
+    """An org's rules compiled at one revision: features to compute and the engine definition."""
+
+    bundle: OrgBundle
+    rules: list[RuleRef]
+    definition: dict[str, Cond]
+    text_features: list[TextFeature]
+    match_features: list[MatchFeature]
+    value_slots: dict[str, tuple[str, ...]]  # fact key -> path, value as given (strings lower-cased)
+    number_slots: dict[str, tuple[str, ...]]  # fact key -> path, value as a number
+    engine: durable.DurableRuleset | None = None
+    warnings: list[ConfigError] = field(default_factory=list)
+
+    @property
+    def revision(self) -> str:
+        """The org revision these rules were compiled from."""
+        return self.bundle.revision
+
+    def features(self, event: dict[str, Any], text: EventText | None = None) -> dict[str, Any]:
+        """The fact handed to the engine: type, source, referenced fields, and every text feature."""
+        text = text or extract(event.get("data") or {})
+        fact: dict[str, Any] = {"type": event.get("type"), "source": event.get("source")}
+        for key, path in self.value_slots.items():
+            v = resolve_path(event, path)
+            if isinstance(v, str | int | float | bool):
+                fact[key] = _norm_value(v)
+        for key, path in self.number_slots.items():
+            v = resolve_path(event, path)
+            if isinstance(v, bool):
+                continue
+            try:
+                fact[key] = float(v) if v is not None else None
+            except (TypeError, ValueError):
+                pass
+            if fact.get(key) is None:
+                fact.pop(key, None)
+        for tf in self.text_features:
+            if tf.evaluate(text):
+                fact[tf.key] = True
+        for mf in self.match_features:
+            if mf.evaluate(event):
+                fact[mf.key] = True
+        return fact
+
+    def match_fact(self, fact: dict[str, Any]) -> tuple[list[RuleRef], str]:
+        """Rules matched by a feature fact, best first (salience, then file order), and which engine ran."""
+        engine = "durable-rules"
+        names: list[str]
+        if self.engine is None:
+            names, engine = match_python(self.definition, fact), "python"
+        else:
+            try:
+                names = self.engine.match(fact)
+            except durable.EngineLimit:
+                # More conditions true at once than the engine holds: same semantics, in Python.
+                names, engine = match_python(self.definition, fact), "python (engine limit)"
+        seen = set()
+        out = []
+        for n in names:
+            if n not in seen:
+                seen.add(n)
+                out.append(int(n[1:]))
+        out.sort(key=lambda i: (-self.rules[i].rule.salience, i))
+        return [self.rules[i] for i in out], engine
+
+
+# --------------------------------------------------------------------------- evaluation in Python
+
+_OPS = {"$gt": lambda a, b: a > b, "$gte": lambda a, b: a >= b, "$lt": lambda a, b: a < b,
+        "$lte": lambda a, b: a <= b}
+
+
+def evaluate(cond: Cond, fact: dict[str, Any]) -> bool:
+    """Evaluate one compiled condition exactly as durable-rules does (the reference semantics)."""
+    (op, arg), = cond.items()
+    if op == "$and":
+        return all(evaluate(c, fact) for c in arg)
+    if op == "$or":
+        return any(evaluate(c, fact) for c in arg)
+    if op == "$ex":
+        return next(iter(arg)) in fact
+    if op == "$nex":
+        return next(iter(arg)) not in fact
+    if op == "$ne":
+        (k, v), = arg.items()
+        return k in fact and fact[k] != v
+    if op in _OPS:
+        (k, v), = arg.items()
+        x = fact.get(k)
+        return isinstance(x, int | float) and not isinstance(x, bool) and _OPS[op](x, v)
+    if op not in fact:
+        return False
+    value = fact[op]
+    return bool(value == arg and isinstance(value, bool) == isinstance(arg, bool))
+
+
+def match_python(definition: dict[str, Cond], fact: dict[str, Any]) -> list[str]:
+    """Rule names whose condition holds for `fact`, evaluated in Python."""
+    return [name for name, rule in definition.items() if evaluate(rule["all"][0]["m"], fact)]
+
+
+# --------------------------------------------------------------------------- compiler
+
+class _Compiler:
+    def __init__(self, bundle: OrgBundle) -> None:
+        self.bundle = bundle
+        self.text: dict[str, TextFeature] = {}
+        self.matches: dict[str, MatchFeature] = {}
+        self.values: dict[tuple[str, ...], str] = {}
+        self.numbers: dict[tuple[str, ...], str] = {}
+        self.errors: list[ConfigError] = []
+
+    def slot(self, path: tuple[str, ...], numeric: bool) -> str:
+        table, prefix = (self.numbers, "n") if numeric else (self.values, "v")
+        if path not in table:
+            table[path] = f"{prefix}{len(table)}"
+        return table[path]
+
+    def text_feature(self, t: TextCondition) -> str:
+        spec = json.dumps(t.model_dump(mode="json"), sort_keys=True)
+        if spec not in self.text:
+            self.text[spec] = TextFeature(
+                key=f"t{len(self.text)}", scope=t.scope, include_quoted=t.include_quoted,
+                count_negated=t.count_negated, any=tuple(Term.parse(k) for k in t.any),
+                all=tuple(Term.parse(k) for k in t.all), none=tuple(Term.parse(k) for k in t.none),
+                regex=tuple(compile_user_regex(r) for r in t.regex))
+        return self.text[spec].key
+
+    def field_cond(self, fc: FieldCondition) -> Cond:
+        path = tuple(fc.field.split("."))
+        op, v = fc.operator, fc.value
+        if op == "matches":
+            spec = f"{fc.field}\0{v}"
+            if spec not in self.matches:
+                self.matches[spec] = MatchFeature(f"x{len(self.matches)}", path, compile_user_regex(str(v)))
+            return {self.matches[spec].key: True}
+        if op in ("gt", "gte", "lt", "lte"):
+            return {f"${op}": {self.slot(path, numeric=True): float(v)}}
+        key = self.slot(path, numeric=False)
+        if op == "exists":
+            return {"$ex" if v else "$nex": {key: 1}}
+        if op == "equals":
+            return {key: _norm_value(v)}
+        if op == "not_equals":
+            # The engine's $ne needs the field present; an absent field is "not equal" to users.
+            return {"$or": [{"$nex": {key: 1}}, {"$ne": {key: _norm_value(v)}}]}
+        if op == "in":
+            return _any_of(key, [_norm_value(x) for x in v])
+        raise AssertionError(f"unhandled operator {op}")
+
+    def rule_cond(self, ref: RuleRef) -> Cond:
+        w = ref.rule.when
+        conds: list[Cond] = []
+        if w.types():
+            conds.append(_any_of("type", w.types()))
+        if w.sources():
+            conds.append(_any_of("source", w.sources()))
+        conds.extend(self.field_cond(fc) for fc in w.fields)
+        if w.text is not None:
+            conds.append({self.text_feature(w.text): True})
+        if not conds:
+            return {"$ex": {"type": 1}}  # no conditions: matches every event
+        return conds[0] if len(conds) == 1 else {"$and": conds}
+
+
+def _any_of(key: str, values: list[Any]) -> Cond:
+    return {key: values[0]} if len(values) == 1 else {"$or": [{key: v} for v in values]}
+
+
+def _atoms(cond: Cond, out: list[Cond]) -> None:
+    (op, arg), = cond.items()
+    if op in ("$and", "$or"):
+        for c in arg:
+            _atoms(c, out)
+    else:
+        out.append(cond)
+
+
+def _atom_key(atom: Cond) -> str:
+    (op, arg), = atom.items()
+    return op if not op.startswith("$") else next(iter(arg))
+
+
+def compile_rules(bundle: OrgBundle, *, load_engine: bool = True, probe: bool = True) -> CompiledRules | list[ConfigError]:
+    """Compile an org's rules; enforce the engine's hard limits; optionally probe and load it.
+
+    Returns the compiled rules, or the errors that keep this revision from replacing a good one.
+    """
+    c = _Compiler(bundle)
+    rules = list(bundle.rules)
+    definition: dict[str, Cond] = {}
+    errors: list[ConfigError] = []
+    all_atoms: set[str] = set()
+    for i, ref in enumerate(rules):
+        cond = c.rule_cond(ref)
+        atoms: list[Cond] = []
+        _atoms(cond, atoms)
+        if len(atoms) > durable.MAX_SIMULTANEOUS:
+            errors.append(ConfigError(ref.path, ref.line, "engine_limit",
+                                      f"rule '{ref.key}' has {len(atoms)} conditions; the rules engine takes at most "
+                                      f"{durable.MAX_SIMULTANEOUS} per event"))
+        all_atoms.update(json.dumps(a, sort_keys=True) for a in atoms)
+        definition[f"r{i}"] = {"all": [{"m": cond}]}
+    org_path = bundle.files[0]
+    if len(rules) > durable.MAX_RULES:
+        errors.append(ConfigError(org_path, 0, "engine_limit",
+                                  f"{len(rules)} rules; the rules engine takes at most {durable.MAX_RULES}"))
+    if len(all_atoms) > durable.MAX_DISTINCT_CONDITIONS:
+        errors.append(ConfigError(org_path, 0, "engine_limit",
+                                  f"the rules use {len(all_atoms)} distinct conditions; the rules engine hangs past "
+                                  f"~512, so at most {durable.MAX_DISTINCT_CONDITIONS} are allowed — merge keyword "
+                                  "lists into shared text conditions or split the org"))
+    properties = 4 + len(c.values) + len(c.numbers) + len(c.text) + len(c.matches)
+    if properties > durable.MAX_PROPERTIES:
+        errors.append(ConfigError(org_path, 0, "engine_limit",
+                                  f"events would carry {properties} feature fields; the rules engine takes at most "
+                                  f"{durable.MAX_PROPERTIES}"))
+    warnings: list[ConfigError] = []
+    bound = _simultaneous_bound(all_atoms)
+    if bound > durable.MAX_SIMULTANEOUS:
+        warnings.append(ConfigError(org_path, 0, "may_exceed_engine_limit",
+                                    f"an event could satisfy up to {bound} distinct conditions at once; past "
+                                    f"{durable.MAX_SIMULTANEOUS} such an event is matched in Python instead", "warning"))
+    if errors:
+        return errors
+    compiled = CompiledRules(
+        bundle=bundle, rules=rules, definition=definition,
+        text_features=list(c.text.values()), match_features=list(c.matches.values()),
+        value_slots={k: p for p, k in c.values.items()}, number_slots={k: p for p, k in c.numbers.items()},
+        warnings=warnings)
+    if load_engine:
+        if probe:
+            why = durable.probe(definition)
+            if why:
+                return [ConfigError(org_path, 0, "compile_failed", why)]
+        compiled.engine = durable.load(bundle.org.org, definition)
+    return compiled
+
+
+def _simultaneous_bound(atoms: set[str]) -> int:
+    # Equalities on one field exclude each other (a field has one value); every other atom counts.
+    eq_keys: set[str] = set()
+    others = 0
+    for a in atoms:
+        atom = json.loads(a)
+        (op, _), = atom.items()
+        if op.startswith("$"):
+            others += 1
+        else:
+            eq_keys.add(_atom_key(atom))
+    return others + len(eq_keys)
+
+
+def group_by_intent(matches: list[RuleRef]) -> dict[str, list[RuleRef]]:
+    """Matched rules grouped by the intent they conclude (rules without an intent are left out)."""
+    out: dict[str, list[RuleRef]] = defaultdict(list)
+    for m in matches:
+        if m.rule.then.intent is not None:
+            out[str(m.rule.then.intent)].append(m)
+    return dict(out)
