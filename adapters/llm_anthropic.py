@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -24,6 +25,7 @@ class AnthropicProvider:
         self._api_key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY")
         self._base_url = base_url if base_url is not None else (os.environ.get("ANTHROPIC_BASE_URL") or None)
         self._client: Any = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
         self._sdk: Any = None
 
     def __repr__(self) -> str:
@@ -31,7 +33,14 @@ class AnthropicProvider:
         return f"AnthropicProvider(base_url={self._base_url!r}, api_key={key})"
 
     def _get_client(self) -> Any:
-        """The SDK client, built (and the SDK imported) on first use."""
+        """The SDK client, built (and the SDK imported) on first use and again under a new event loop.
+
+        The SDK's connection pool belongs to the loop it was first used in; reusing it from another loop
+        fails with connection errors, so a provider used from a second loop gets a fresh client.
+        """
+        loop = asyncio.get_running_loop()
+        if self._client is not None and self._client_loop is not loop:
+            self._client = None
         if self._client is None:
             if not self._api_key:
                 raise LLMError("config", "ANTHROPIC_API_KEY is not set: set it in the environment or pass "
@@ -42,6 +51,7 @@ class AnthropicProvider:
             try:
                 self._client = anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self._base_url,
                                                         max_retries=0)
+                self._client_loop = loop
             except anthropic.AnthropicError as exc:
                 raise map_sdk_error(self.name, anthropic, exc, self._api_key) from None
         return self._client

@@ -7,12 +7,13 @@ All wall-clock arithmetic happens in the organisation's zone so DST days still s
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from engine.ports import Busy
 
@@ -36,7 +37,10 @@ class WorkHours:
     days: frozenset[int]  # 0=Monday … 6=Sunday
 
     def __post_init__(self) -> None:
-        ZoneInfo(self.timezone)  # fail at configuration time, not on the first booking
+        try:
+            ZoneInfo(self.timezone)  # fail at configuration time, not on the first booking
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {self.timezone!r}") from None
         if not self.start < self.end:
             raise ValueError("work hours must start before they end")
         if not self.start <= self.lunch_start <= self.lunch_end <= self.end:
@@ -106,22 +110,28 @@ _ISO_DATE = re.compile(r"(?<![\w-])(?P<y>\d{4})-(?P<m>\d{2})-(?P<d>\d{2})(?![\w-
 _DAY_NO = r"(?P<d>\d{1,2})(?:st|nd|rd|th)?(?![\d:])"
 _YEAR = r"(?:(?:,\s*|\s+)(?P<y>\d{4})(?![\d:]))?"
 _MONTH_FIRST = re.compile(r"\b(?P<m>" + _MONTH + r")\b\.?\s+" + _DAY_NO + r"(?!\s*" + _AMPM + ")" + _YEAR, _I)
-_DAY_FIRST = re.compile(r"(?<![\w:./-])(?:the\s+)?" + _DAY_NO + r"\s+(?:of\s+)?(?P<m>" + _MONTH + r")\b\.?" + _YEAR, _I)
+_DAY_FIRST = re.compile(
+    r"(?<![\w:./-])(?:the\s+)?" + _DAY_NO + r"\s+(?:of\s+)?(?P<m>" + _MONTH + r")\b\.?" + _YEAR, _I)
 _WEEKDAY_PREFIX = re.compile(r"\b(?P<w>" + _WEEKDAY + r")\.?,?\s+$", _I)
 _TIME_12 = re.compile(r"(?<![\d:.])(?P<h>\d{1,2})(?::(?P<m>\d{2}))?\s*(?P<ap>[ap])\.?\s?m(?![a-z])\.?", _I)
 _TIME_24 = re.compile(r"(?<![\d:.])(?P<h>\d{1,2}):(?P<m>\d{2})(?::\d{2})?(?![\d:])", _I)
 _NOON = re.compile(r"\b(?:12\s*)?(?:noon|midday)\b", _I)
 _BARE_HOUR = re.compile(
-    r"(?:\bat|@)\s*\d{1,2}(?![\d:/.]|\s*" + _AMPM + r"|\s*noon\b|\s*(?:st|nd|rd|th)\b|\s+(?:of\s+)?" + _MONTH + r"\b)"
+    r"(?:\bat|@)\s*\d{1,2}(?![\d:/.]|\s*" + _AMPM
+    + r"|\s*noon\b|\s*(?:st|nd|rd|th)\b|\s+(?:of\s+)?" + _MONTH + r"\b)"
     r"(?:\s*o'?\s?clock)?|\b\d{1,2}\s*o'?\s?clock\b|\bmidnight\b", _I)
 _RELATIVE = re.compile(
     r"\b(?:today|tonight|tomorrow|yesterday|(?:this|next|coming)\s+(?:morning|afternoon|evening|week(?:end)?"
-    r"|month|" + _WEEKDAY + r")|in\s+(?:a|an|\d+)\s+(?:days?|weeks?|hours?)|(?:mon|tues|wednes|thurs|fri|satur|sun)day)\b",
+    r"|month|" + _WEEKDAY + r")|in\s+(?:a|an|\d+)\s+(?:days?|weeks?|hours?)"
+    r"|(?:mon|tues|wednes|thurs|fri|satur|sun)day)\b",
     _I)
 # Glue allowed between a date and its time, a time and its date, and the two ends of a time range.
 _DATE_TO_TIME = re.compile(r"\s*,?\s*(?:(?:at|from|starting(?:\s+at)?)\s+|@\s*)?", _I)
 _TIME_TO_DATE = re.compile(r"\s*,?\s*(?:on\s+)?", _I)
 _RANGE = re.compile(r"\s*(?:-|–|—|to|until|till|through)\s*", _I)
+# A zone written after a time ("10am PST") would silently shift the meeting if ignored.
+_ZONE = re.compile(r"\s*\(?(?P<z>(?:UTC|GMT)(?:\s?[+-]\d{1,2}(?::?\d{2})?)?|[ECMP][SD]?T|AK[SD]T|HST|BST"
+                   r"|IST|JST|CES?T|EES?T|WES?T|AE[SD]T)(?![\w+-])")
 
 
 @dataclass
@@ -171,7 +181,7 @@ def _mentions(text: str, tz: ZoneInfo, ref: date) -> list[_Mention]:
     """All dates and times in `text`, earlier patterns winning where spans overlap. Raises `_Unreadable`."""
     found: list[_Mention] = []
 
-    def add(m: re.Match[str], mention: _Mention) -> None:
+    def add(mention: _Mention) -> None:
         if all(mention.end <= o.start or o.end <= mention.start for o in found):
             found.append(mention)
 
@@ -187,35 +197,32 @@ def _mentions(text: str, tz: ZoneInfo, ref: date) -> list[_Mention]:
 
     for m in _ISO_DT.finditer(text):
         raw = m.group(0)
+        hh, mm = (m["t1"] or m["t2"]).split(":")[:2]
+        clock = _clock(int(hh), int(mm), None, raw)
         try:
             day = date.fromisoformat(m["d"])
+            stated = datetime.fromisoformat(f"{m['d']}T{m['t1']}{m['off'].upper()}") if m["off"] else None
         except ValueError:
-            raise _Unreadable(f"The message mentions “{raw}”, which is not a valid date.") from None
-        hh, mm = (m["t1"] or m["t2"]).split(":")[:2]
-        wall = datetime.combine(day, _clock(int(hh), int(mm), None, raw))
-        if m["off"]:
-            stated = datetime.fromisoformat(f"{m['d']}T{m['t1']}{m['off'].upper()}")
-            moment = stated.astimezone(tz)
-        else:
-            moment = _attach(wall, tz)
+            raise _Unreadable(f"The message mentions “{raw}”, which is not a valid date and time.") from None
+        moment = stated.astimezone(tz) if stated else _attach(datetime.combine(day, clock), tz)
         mention = dated(m, day)
         mention.moment = moment
-        add(m, mention)
+        add(mention)
     for m in _ISO_DATE.finditer(text):
         try:
-            add(m, dated(m, date(int(m["y"]), int(m["m"]), int(m["d"]))))
+            add(dated(m, date(int(m["y"]), int(m["m"]), int(m["d"]))))
         except ValueError:
             raise _Unreadable(f"The message mentions “{m.group(0)}”, which is not a valid date.") from None
     for pattern in (_MONTH_FIRST, _DAY_FIRST):
         for m in pattern.finditer(text):
             month = [n.lower() for n in _MONTH_NAMES].index(m["m"].lower()[:3]) + 1
-            add(m, dated(m, _resolve(m["y"], month, int(m["d"]), ref, m.group(0).strip())))
+            add(dated(m, _resolve(m["y"], month, int(m["d"]), ref, m.group(0).strip())))
     for m in _TIME_12.finditer(text):
-        add(m, _Mention(m.start(), m.end(), clock=_clock(int(m["h"]), int(m["m"] or 0), m["ap"], m.group(0))))
+        add(_Mention(m.start(), m.end(), clock=_clock(int(m["h"]), int(m["m"] or 0), m["ap"], m.group(0))))
     for m in _TIME_24.finditer(text):
-        add(m, _Mention(m.start(), m.end(), clock=_clock(int(m["h"]), int(m["m"]), None, m.group(0))))
+        add(_Mention(m.start(), m.end(), clock=_clock(int(m["h"]), int(m["m"]), None, m.group(0))))
     for m in _NOON.finditer(text):
-        add(m, _Mention(m.start(), m.end(), clock=time(12, 0)))
+        add(_Mention(m.start(), m.end(), clock=time(12, 0)))
     return sorted(found, key=lambda x: x.start)
 
 
@@ -237,11 +244,14 @@ def _read_text(text: str, tz: ZoneInfo, reference: datetime) -> tuple[datetime, 
     spans = [(f.start, f.end) for f in found]
     for m in _BARE_HOUR.finditer(text):
         if all(m.end() <= s or e <= m.start() for s, e in spans):
-            return f"The message says “{m.group(0).strip()}” without am/pm or a 24-hour time; not guessing the hour."
+            if m.group(0).lower() == "midnight":
+                return "The message says “midnight”, which leaves the day unclear; not guessing."
+            return (f"The message says “{m.group(0).strip()}” without am/pm or a 24-hour time; "
+                    "not guessing the hour.")
 
     # A time directly after another time, joined by "to"/"–", is a range end: it is not a second request.
     timed = [f for f in found if f.clock is not None or f.moment is not None]
-    for first, second in zip(timed, timed[1:], strict=False):
+    for first, second in itertools.pairwise(timed):
         if second.clock is not None and _glued(_RANGE, text, first, second):
             second.range_start = first
     pairs: list[tuple[datetime, _Mention, _Mention]] = []
@@ -256,10 +266,12 @@ def _read_text(text: str, tz: ZoneInfo, reference: datetime) -> tuple[datetime, 
         nxt = found[i + 1] if i + 1 < len(found) else None
         prev = found[i - 1] if i > 0 else None
         t: _Mention | None = None
-        if nxt and nxt.clock and id(nxt) not in used and _glued(_DATE_TO_TIME, text, f, nxt):
+        if nxt and nxt.clock is not None and id(nxt) not in used and _glued(_DATE_TO_TIME, text, f, nxt):
             t = nxt
-        elif prev and prev.clock and id(prev) not in used and _glued(_TIME_TO_DATE, text, prev, f):
-            t = prev.range_start if prev.range_start and prev.range_start.clock else prev  # "10–11am on Dec 8"
+        elif (prev and prev.clock is not None and id(prev) not in used
+              and _glued(_TIME_TO_DATE, text, prev, f)):
+            # In "10am to 11am on Dec 8" the date belongs to the range, which starts at 10am.
+            t = prev.range_start if prev.range_start and prev.range_start.clock is not None else prev
         if t is not None and t.clock is not None:
             used.update({id(f), id(t)})
             pairs.append((_attach(datetime.combine(f.day, t.clock), tz), min(f, t, key=lambda x: x.start),
@@ -269,21 +281,29 @@ def _read_text(text: str, tz: ZoneInfo, reference: datetime) -> tuple[datetime, 
     if len(moments) > 1:
         listed = ", ".join(_when(x) for x in moments)
         return f"The message gives more than one date and time ({listed}); not guessing which one is meant."
-    loose_days = [f.day for f in found if f.day and id(f) not in used]
-    loose_times = [f.clock for f in found if f.clock and id(f) not in used and f.range_start is None]
+    loose_days = [f.day for f in found if f.day is not None and id(f) not in used]
+    loose_times = [f.clock for f in found
+                   if f.clock is not None and id(f) not in used and f.range_start is None]
     if moments:
         chosen = moments[0]
         extra = [_day(d) for d in loose_days if d != chosen.date()]
-        extra += [_hm(c) for c in loose_times if c != chosen.time().replace(tzinfo=None)]
+        extra += [_hm(c) for c in loose_times if c != chosen.time()]
         if extra:
             return (f"The message gives {_when(chosen)} but also mentions {', '.join(extra)}; "
                     "not guessing which one is meant.")
+        own = chosen.tzname() or ""
+        for f in timed:
+            zone = _ZONE.match(text, f.end)
+            if zone and zone["z"] not in (own, own[:1] + own[-1:]):  # "ET" is fine for EST/EDT
+                return (f"The message gives the time in “{zone['z']}”, not the organisation's zone ({own}); "
+                        "not converting it.")
         first, last = pairs[0][1], pairs[0][2]
         return chosen, text[first.start:last.end].strip()
     relative = _RELATIVE.search(text)
     hint = f" (“{relative.group(0)}” is relative)" if relative else ""
     if loose_days and loose_times:
-        return "The message mentions a date and a time but not together as one exact date and time; not guessing."
+        return ("The message mentions a date and a time but not together as one exact date and time; "
+                "not guessing.")
     if loose_days:
         return f"The message gives a date ({_day(loose_days[0])}) but no time."
     if loose_times:
@@ -355,7 +375,9 @@ def _grid(day: date, minutes: int, hours: WorkHours) -> Iterator[datetime]:
         yield datetime.combine(day, time(m // 60, m % 60))
 
 
-def _free(wall: datetime, minutes: int, hours: WorkHours, tz: ZoneInfo, busy: list[Busy], now: datetime) -> bool:
+def _free(wall: datetime, minutes: int, hours: WorkHours, tz: ZoneInfo, busy: list[Busy],
+          now: datetime) -> bool:
+    """Whether a candidate slot satisfies rule 5 and has not already started."""
     return _attach(wall, tz) >= now and not _slot_issues(wall, minutes, hours, tz, busy)
 
 
@@ -394,56 +416,57 @@ def plan_booking(*, requested_start: str | None, duration_minutes: int | None, t
 
     day_length = _minutes(hours.end) - _minutes(hours.start)
     duration = default_duration if duration_minutes is None else duration_minutes
-    longest = max(_minutes(hours.lunch_start) - _minutes(hours.start), _minutes(hours.end) - _minutes(hours.lunch_end))
+    longest = max(_minutes(hours.lunch_start) - _minutes(hours.start),
+                  _minutes(hours.end) - _minutes(hours.lunch_end))
     if isinstance(duration, bool) or not isinstance(duration, int) or not 0 < duration <= day_length:
         problems.append(f"A duration of {duration!r} minutes makes no sense "
                         f"(it must be 1–{day_length} minutes, the length of the business day).")
-        duration = default_duration if isinstance(duration, bool) or not isinstance(duration, int) else duration
+        if isinstance(duration, bool) or not isinstance(duration, int):
+            duration = default_duration
     elif duration > longest:
         # Lunch splits the day, so such a meeting could never be placed; say so instead of scanning 30 days.
-        problems.append(f"A {duration}-minute meeting cannot fit in the working day without crossing the lunch "
-                        f"break (the longest stretch is {longest} minutes).")
+        problems.append(f"A {duration}-minute meeting cannot fit in the working day without crossing "
+                        f"the lunch break (the longest stretch is {longest} minutes).")
 
     def outcome(status: Literal["requested", "moved", "escalate"], reason: str,
                 start: datetime | None = None) -> BookingOutcome:
         end = _attach(start.replace(tzinfo=None) + timedelta(minutes=duration), tz) if start else None
         reminders = tuple((start.astimezone(UTC) - timedelta(minutes=o)).astimezone(tz)
                           for o in reminder_offsets_minutes) if start else ()
-        return BookingOutcome(status=status, host=host or None, start=start, end=end, duration_minutes=duration,
-                              reminders=reminders, time_source=source, requested=requested, reason=reason)
+        return BookingOutcome(status=status, host=host or None, start=start, end=end,
+                              duration_minutes=duration, reminders=reminders, time_source=source,
+                              requested=requested, reason=reason)
 
     if problems or requested is None or not host:
         return outcome("escalate", " ".join(problems))
 
     own_busy = [b for b in busy if b.host == host]
     wall = requested.replace(tzinfo=None)
-    label = f"Requested {_when(requested)}–{_hm(wall + timedelta(minutes=duration))}" + (f" ({note})" if note else "")
+    label = f"Requested {_when(requested)}–{_hm(wall + timedelta(minutes=duration))} ({note})"
     issues = _slot_issues(wall, duration, hours, tz, own_busy)
     if not issues:
         return outcome("requested", f"{label} is free for {host}; booked as requested.", requested)
     why = f"{label}: {' and '.join(issues)}"
-
     if wall.weekday() in hours.days:
-        free = [c for c in _grid(wall.date(), duration, hours) if _free(c, duration, hours, tz, own_busy, now)]
+        grid = _grid(wall.date(), duration, hours)
+        free = [c for c in grid if _free(c, duration, hours, tz, own_busy, now)]
         if free:
             # min() keeps the first of equally near candidates, and the grid runs forward: a tie goes earlier.
             best = min(free, key=lambda c: abs((c - wall).total_seconds()))
             return outcome("moved", f"{why}; moved to {_hm(best)}, the nearest free slot the same day.",
                            _attach(best, tz))
-        why += "; no free slot is left that day, so"
-    else:
-        why += ";"
+        why += "; no free slot is left that day"
 
+    business_days_seen = 0
     for offset in range(1, MAX_SCAN_DAYS + 1):
         day = wall.date() + timedelta(days=offset)
         if day.weekday() not in hours.days:
             continue
+        business_days_seen += 1
         for candidate in _grid(day, duration, hours):
             if _free(candidate, duration, hours, tz, own_busy, now):
-                first = all(d.weekday() not in hours.days
-                            for d in (wall.date() + timedelta(days=k) for k in range(1, offset)))
-                which = "the next business day" if first else "the first business day with a free slot"
-                return outcome("moved", f"{why} moved to {_when(candidate)}, the first free slot on {which}.",
-                               _attach(candidate, tz))
-    return outcome("escalate", f"{why} no free slot for {host} was found within {MAX_SCAN_DAYS} days; "
-                               "a person needs to pick a time.")
+                which = "the next business day" if business_days_seen == 1 else "the first day with room"
+                reason = f"{why}; moved to {_when(candidate)}, the first free slot on {which}."
+                return outcome("moved", reason, _attach(candidate, tz))
+    return outcome("escalate", f"{why}; {host} has no free slot in the {MAX_SCAN_DAYS} days after "
+                               f"{_day(wall.date())}, so a person needs to pick a time.")

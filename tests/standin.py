@@ -123,8 +123,8 @@ _ENTITY_RES = {
     "emails": re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),
     "urls": re.compile(r"https?://[^\s<>\"')]+"),
     "phones": re.compile(r"(?<![\w/])\+?\d[\d ()-]{7,}\d(?![\w/])"),
-    "amounts": re.compile(
-        r"[$€£]\s?\d[\d,]*(?:\.\d+)?(?:k\b|m\b)?|\b\d[\d,]*(?:\.\d+)?\s?(?:usd|eur|gbp|dollars|euros)\b", re.I),
+    "amounts": re.compile(r"[$€£]\s?\d[\d,]*(?:\.\d+)?(?:k\b|m\b)?"
+                          r"|\b\d[\d,]*(?:\.\d+)?\s?(?:usd|eur|gbp|dollars|euros)\b", re.I),
     "invoice_numbers": re.compile(r"\b(?:invoice|inv)\s*(?:#|no\.?|number)?\s*:?\s*([A-Z]*-?\d[\w-]*)", re.I),
     "dates": re.compile(
         r"\b\d{4}-\d{2}-\d{2}\b|\b\d{1,2}/\d{1,2}(?:/\d{2,4})?\b"
@@ -287,8 +287,8 @@ class StandIn:
                 "ANTHROPIC_BASE_URL": self.anthropic_base_url, "ANTHROPIC_API_KEY": TEST_ANTHROPIC_KEY}
 
     def reset(self) -> None:
-        """Back to mode "ok", no failures queued, default responder, no recorded requests."""
-        self.mode, self.fail_first, self.responder = "ok", 0, classify
+        """Back to mode "ok": no failures queued, default responder, any key accepted, nothing recorded."""
+        self.mode, self.fail_first, self.responder, self.accepted_keys = "ok", 0, classify, None
         with self._lock:
             self.requests.clear()
 

@@ -45,33 +45,37 @@ def anthropic_call(s: StandIn, user: str = "hello", headers: dict[str, str] | No
     """One Messages request against the stand-in (x-api-key by default)."""
     body = {"model": "claude-test", "system": "SYS", "max_tokens": 100,
             "messages": [{"role": "user", "content": user}]}
-    return post(f"{s.anthropic_base_url}/v1/messages", body, {"x-api-key": "k"} if headers is None else headers)
+    headers = {"x-api-key": "k"} if headers is None else headers
+    return post(f"{s.anthropic_base_url}/v1/messages", body, headers)
 
 
 def openai_text(body: dict) -> str:
+    """The assistant's text in a chat completion body."""
     return body["choices"][0]["message"]["content"]
 
 
 def anthropic_text(body: dict) -> str:
+    """The concatenated text blocks of a Messages body."""
     return "".join(b["text"] for b in body["content"] if b["type"] == "text")
 
 
 def wrap(text: str) -> str:
     """A user prompt with the event between the engine's markers."""
-    return f"Classify the event below. Answer JSON only.\n<<<EVENT DATA\n{text}\nEVENT DATA>>>\nRemember: JSON."
+    return f"Classify the event below. Answer JSON.\n<<<EVENT DATA\n{text}\nEVENT DATA>>>\nRemember: JSON."
 
 
 # ------------------------------------------------------------------------------------------------ wire
 
 def test_ok_openai_shape_and_recording(standin: StandIn) -> None:
-    status, headers, body = openai_call(standin, wrap("Could you send me a quote for 10 seats?"))
+    status, _, body = openai_call(standin, wrap("Could you send me a quote for 10 seats?"))
     assert status == 200
     assert body["object"] == "chat.completion" and body["model"] == "gpt-test"
     answer = json.loads(openai_text(body))
     assert answer == classify("SYS", wrap("Could you send me a quote for 10 seats?"))
     assert answer["intent"] == "SALES_INQUIRY"
     assert body["usage"]["prompt_tokens"] > 0 and body["usage"]["completion_tokens"] > 0
-    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    usage = body["usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     [rec] = standin.requests
     assert rec["path"] == "/v1/chat/completions" and rec["model"] == "gpt-test"
     assert rec["system"] == "SYS" and "quote" in rec["user"] and rec["status"] == 200
@@ -223,7 +227,8 @@ def test_custom_responder_and_reset(standin: StandIn) -> None:
 
 def test_env_points_both_sdks_here(standin: StandIn) -> None:
     env = standin.env()
-    assert env == {"OPENAI_BASE_URL": f"http://127.0.0.1:{standin.port}/v1", "OPENAI_API_KEY": "test-openai-key",
+    assert env == {"OPENAI_BASE_URL": f"http://127.0.0.1:{standin.port}/v1",
+                   "OPENAI_API_KEY": "test-openai-key",
                    "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{standin.port}",
                    "ANTHROPIC_API_KEY": "test-anthropic-key"}
     assert standin.port > 0

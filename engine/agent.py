@@ -1,0 +1,207 @@
+"""The agent pipeline: context → rules → resolve → (LLM) → plan → gate → (execute) → record."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from engine.config import DecisionType, Intent
+from engine.gate import GateResult, RateLimiter, gate
+from engine.llm import LLMResult, LLMStage, fallback
+from engine.models import Action, Decision, Event, utcnow
+from engine.plan import escalation_action, make_plan
+from engine.ports import DecisionStore, StaticState
+from engine.resolve import Resolution, resolve
+from engine.rules import CompiledRules
+from engine.text import EventText, Term, extract
+
+
+class UnknownOrg(LookupError):
+    """The event names an org that has no active configuration."""
+
+
+class Executor(Protocol):
+    """Runs a decision's actions (issue 4's outbox). Raises on failure."""
+
+    async def execute(self, decision: Decision) -> None:
+        """Execute every action of `decision` exactly once."""
+        ...
+
+
+def urgency_hits(keywords: list[str], text: EventText) -> list[str]:
+    """The policy's urgency keywords present in the text and not negated ("not urgent" does not count)."""
+    scope = text.scope("all", include_quoted=False)
+    return [k for k in keywords if scope.has(Term.parse(k), count_negated=False)]
+
+
+class Agent:
+    """Decides what to do with events, one at a time, for every org the resolver knows."""
+
+    def __init__(self, rules_for: Callable[[str], CompiledRules | None], llm: LLMStage, *,
+                 store: DecisionStore | None = None, state: Any = None, executor: Executor | None = None,
+                 clock: Callable[[], datetime] = utcnow, rate_limiter: RateLimiter | None = None,
+                 on_decision: Callable[[Decision], Awaitable[None]] | None = None) -> None:
+        self._rules_for = rules_for
+        self.llm = llm
+        self.store = store
+        self.state = state if state is not None else StaticState()
+        self.executor = executor
+        self._clock = clock
+        self.rate_limiter = rate_limiter or RateLimiter()
+        self._on_decision = on_decision
+
+    async def process(self, event: Event, *, dry_run: bool = False) -> Decision:
+        """Decide for one event. In a dry run nothing is executed, recorded or rate-limited."""
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        compiled = self._rules_for(event.org)
+        if compiled is None:
+            raise UnknownOrg(f"org '{event.org}' has no active configuration")
+        bundle, policy, org = compiled.bundle, compiled.bundle.policy, compiled.bundle.org
+        envelope = event.envelope()
+        now = event.occurred_at or self._clock()
+
+        # 2. rules
+        t = time.perf_counter()
+        text = extract(event.data)
+        fact = compiled.features(envelope, text)
+        matches, engine = compiled.match_fact(fact)
+        timings["rules_ms"] = _ms(t)
+        # 3. resolve
+        res = resolve(matches, policy.ambiguity)
+
+        # 4. llm, only if ambiguous
+        llm_result: LLMResult | None = None
+        decided_by = "rules"
+        reasoning: list[str] = [_sentence(res.reason)]
+        cand = res.candidate
+        intent: Intent
+        confidence: float
+        decision_type: DecisionType | None = cand.decision_type if cand else None
+        llm_priority: int | None = None
+        if res.ambiguous is None and cand is not None:
+            intent, confidence = cand.intent, cand.confidence
+        else:
+            t = time.perf_counter()
+            llm_result = await self.llm.classify(org, policy.llm, envelope, text, res)
+            timings["llm_ms"] = _ms(t)
+            c = llm_result.classification
+            if c is not None:
+                decided_by = "llm"
+                intent, confidence = c.intent, round(c.confidence, 4)
+                llm_priority = c.effective_priority()
+                if cand is None or cand.intent != intent:
+                    decision_type = None  # the rules' decision type belonged to another intent
+                reasoning.append(_sentence(f"LLM: {c.reasoning or 'no reasoning given'}"))
+            else:
+                decided_by = "fallback"
+                fb = fallback(policy.fallback, text, res)
+                intent, confidence = fb.intent, fb.confidence
+                if cand is None or cand.intent != intent:
+                    decision_type = None
+                reasoning.append(_sentence(f"LLM unavailable ({_first(llm_result.failure)}); {fb.reason}"))
+
+        # priority: urgency words (never negated, never from an injected instruction) win
+        route = policy.routing.get(intent)
+        hits = urgency_hits(policy.urgency.keywords, text)
+        rule_priority = cand.priority if cand is not None and cand.intent == intent else res.priority
+        if intent == Intent.SPAM:
+            priority = route.priority if route and route.priority else 1
+        elif hits or res.urgent:
+            priority = policy.urgency.priority
+            reasoning.append(_sentence(f"Urgent: {', '.join(repr(h) for h in hits) or 'a rule says so'}"))
+        elif llm_priority is not None and not text.injection:
+            priority = llm_priority
+        else:
+            priority = rule_priority or (route.priority if route and route.priority else policy.urgency.normal_priority)
+
+        # 5. plan
+        t = time.perf_counter()
+        plan = make_plan(bundle, intent, decision_type, priority, envelope, text, self.state, self.state, now)
+        timings["plan_ms"] = _ms(t)
+        reasoning.extend(_sentence(n) for n in plan.notes[:2])
+
+        # 6. gate
+        limited = None if dry_run else self.rate_limiter.check(org.org, policy.rate_limits)
+        escalation = escalation_action(policy, org, f"low confidence ({confidence:.2f}) for {intent}", priority)
+        g: GateResult = gate(policy, plan.decision_type, confidence, plan.actions,
+                             llm_wants_approval=bool(llm_result and llm_result.classification
+                                                     and llm_result.classification.requires_approval),
+                             escalation=escalation, rate_limited=limited)
+        reasoning.append(_sentence(g.reason))
+
+        decision = Decision(
+            event_id=event.id, org=org.org, input={"source": str(event.source), "type": event.type},
+            intent=intent, priority=priority, decision_type=plan.decision_type, confidence=confidence,
+            decided_by=decided_by,  # type: ignore[arg-type]
+            matched_rules=list(res.matched), reasoning=" ".join(reasoning), actions=[], status=g.status,
+            llm=llm_result.trace if llm_result else None, revision=compiled.revision, dry_run=dry_run,
+            created_at=self._clock())
+        decision.actions = [Action(type=a.type, params=a.params, idempotency_key=f"{decision.id}:{i}")
+                            for i, a in enumerate(g.actions)]
+        decision.trace = _trace(compiled, engine, matches, res, text, hits, plan, g, llm_result, timings)
+
+        # 7. execute (skipped in a dry run)
+        if not dry_run and g.status == "EXECUTED":
+            if self.executor is None:
+                decision.status = "PENDING"
+                decision.trace["execution"] = "held: no executor is configured in this process"
+            else:
+                t = time.perf_counter()
+                try:
+                    await self.executor.execute(decision)
+                    decision.executed_at = datetime.now(UTC)
+                except Exception as exc:  # an executor failure is recorded on the decision, never lost
+                    decision.status = "FAILED"
+                    decision.error = f"{type(exc).__name__}: {exc}"
+                timings["execute_ms"] = _ms(t)
+        decision.execution_ms = _ms(t0)
+
+        # 8. record
+        if not dry_run:
+            if self.store is not None:
+                await self.store.save_decision(decision)
+            if self._on_decision is not None:
+                await self._on_decision(decision)
+        return decision
+
+
+def _trace(compiled: CompiledRules, engine: str, matches: list[Any], res: Resolution, text: EventText,
+           hits: list[str], plan: Any, g: GateResult, llm_result: LLMResult | None,
+           timings: dict[str, float]) -> dict[str, Any]:
+    booking = plan.booking
+    return {
+        "revision": compiled.revision,
+        "engine": engine,
+        "rules": [{"rule": m.key, "intent": str(m.rule.then.intent) if m.rule.then.intent else None,
+                   "confidence": m.rule.then.confidence, "at": f"{m.path}:{m.line}"} for m in matches],
+        "resolution": {"ambiguous": res.ambiguous, "reason": res.reason, "scores": res.scores},
+        "urgency_words": hits,
+        "injection_removed": text.injection,
+        "quoted_text_ignored": bool(text.quoted),
+        "plan": plan.notes,
+        "booking": None if booking is None else {
+            "status": booking.status, "requested": booking.requested.isoformat() if booking.requested else None,
+            "start": booking.start.isoformat() if booking.start else None,
+            "time_source": booking.time_source, "reason": booking.reason},
+        "gate": {"outcome": g.outcome, "reason": g.reason},
+        "blocked_actions": g.blocked,
+        "llm_proposed_actions": [a.model_dump(mode="json") for a in llm_result.accepted_actions] if llm_result else [],
+        "timings_ms": timings,
+    }
+
+
+def _ms(t: float) -> float:
+    return round((time.perf_counter() - t) * 1000, 3)
+
+
+def _first(s: str | None) -> str:
+    return (s or "unknown failure").split("; ")[-1][:200]
+
+
+def _sentence(s: str) -> str:
+    s = s.strip()
+    s = s[0].upper() + s[1:] if s else s
+    return s if s.endswith((".", "!", "?")) else s + "."

@@ -1,0 +1,179 @@
+"""Plan: turn an intent and decision type into concrete actions through the policy's routing table.
+
+Pipelines and assignees come from the org (assignee by role and current load), bookings from the
+scheduler (conflict checks against the calendar), notifications from the route. The LLM never adds
+actions here: what it proposed is only recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from engine.config import DecisionType, Intent, OrgConfig, Policy, Route, User
+from engine.loader import OrgBundle
+from engine.models import Action
+from engine.ports import Calendar, LoadSource
+from engine.schedule import BookingOutcome, WorkHours, plan_booking
+from engine.text import EventText
+
+_WEEKDAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
+
+
+@dataclass
+class Plan:
+    """The actions for a decision, the decision type they amount to, and notes for the reasoning."""
+
+    decision_type: DecisionType
+    actions: list[Action] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    booking: BookingOutcome | None = None
+    escalated: str | None = None
+
+
+def work_hours(org: OrgConfig) -> WorkHours:
+    """The org's opening hours and lunch as the scheduler wants them."""
+    bh = org.business_hours
+    lunch = org.lunch
+    return WorkHours(timezone=org.timezone, start=bh.start, end=bh.end,
+                     lunch_start=lunch.start if lunch else bh.start, lunch_end=lunch.end if lunch else bh.start,
+                     days=frozenset(_WEEKDAYS[d] for d in bh.days))
+
+
+def pick_assignee(org: OrgConfig, role: str, loads: LoadSource, prefer: list[str]) -> tuple[User | None, str]:
+    """The user with `role` and the lowest load relative to capacity; ties go to the pipeline's team,
+    then to the lower load, then to the id. Users at or over capacity are skipped."""
+    candidates = [u for u in org.users if u.role == role]
+    if not candidates:
+        return None, f"no user holds role {role}"
+    open_ = [u for u in candidates if loads.load(u.id) < u.capacity]
+    if not open_:
+        return None, f"every {role} is at capacity ({', '.join(f'{u.id} {loads.load(u.id)}/{u.capacity}' for u in candidates)})"
+    best = min(open_, key=lambda u: (loads.load(u.id) / max(u.capacity, 1), u.id not in prefer, loads.load(u.id), u.id))
+    return best, f"{best.id} has the lightest {role} load ({loads.load(best.id)}/{best.capacity})"
+
+
+def _recipients(org: OrgConfig, route: Route, pipeline_team: list[str], assignee: str | None) -> list[str]:
+    out: list[str] = []
+    if assignee:
+        out.append(assignee)
+    out += route.notify.users
+    out += [u.id for u in org.users if u.role in route.notify.roles]
+    if route.notify.team:
+        out += pipeline_team
+    return list(dict.fromkeys(out))
+
+
+def _notify(to: list[str], template: str, priority: int, **extra: Any) -> Action:
+    return Action(type=DecisionType.SEND_NOTIFICATION,
+                  params={"to": to, "template": template, "priority": priority, "immediate": priority >= 5, **extra})
+
+
+def escalation_action(policy: Policy, org: OrgConfig, reason: str, priority: int) -> Action:
+    """An ESCALATE action to the policy's escalation address and roles."""
+    esc = policy.escalation
+    to = [u.id for u in org.users if esc and u.role in esc.roles]
+    return Action(type=DecisionType.ESCALATE,
+                  params={"address": esc.address if esc else None, "to": to, "reason": reason, "priority": priority})
+
+
+def make_plan(bundle: OrgBundle, intent: Intent, decision_type: DecisionType | None, priority: int,
+              event: dict[str, Any], text: EventText, calendar: Calendar, loads: LoadSource,
+              now: datetime) -> Plan:
+    """The actions for one decision (nothing is executed here)."""
+    org, policy = bundle.org, bundle.policy
+    route = policy.routing.get(intent) or Route(decision_type=DecisionType.ESCALATE)
+    dtype = decision_type or route.decision_type
+    data = event.get("data") or {}
+
+    if dtype == DecisionType.NO_ACTION:
+        return Plan(dtype, notes=[f"{intent} needs no action"])
+
+    if dtype == DecisionType.ESCALATE:
+        reason = f"{intent} is escalated to a person"
+        return Plan(dtype, [escalation_action(policy, org, reason, priority)], [reason], escalated=reason)
+
+    if dtype in (DecisionType.CREATE_EVENT, DecisionType.UPDATE_EVENT):
+        return _booking(bundle, route, priority, event, text, calendar, now)
+
+    if dtype == DecisionType.SEND_NOTIFICATION and route.pipeline is None:
+        to = [str(data[k]) for k in ("host", "assignee", "user") if isinstance(data.get(k), str) and org.user(data[k])]
+        if not to:
+            to = [u.id for u in org.users if u.role in route.notify.roles] or [
+                u.id for u in org.users if policy.escalation and u.role in policy.escalation.roles]
+        template = str(event.get("type", "notice")).replace(":", "_")
+        return Plan(dtype, [_notify(to, template, priority)], [f"notify {', '.join(to) or 'nobody'}"])
+
+    if dtype == DecisionType.TRIGGER_AUTOMATION:
+        actions = [Action(type=DecisionType.TRIGGER_AUTOMATION, params={"workflow": w}) for w in route.automations]
+        return Plan(dtype, actions, [f"trigger {', '.join(route.automations) or 'no workflow'}"])
+
+    # ASSIGN_PIPELINE (and SEND_NOTIFICATION routes that name a pipeline)
+    notes: list[str] = []
+    pipeline = org.pipeline(route.pipeline) if route.pipeline else None
+    if pipeline is None:
+        reason = f"the routing table has no pipeline for {intent}"
+        return Plan(DecisionType.ESCALATE, [escalation_action(policy, org, reason, priority)], [reason], escalated=reason)
+    assignee: str | None = route.assignee
+    if assignee is None and route.assignee_role:
+        user, why = pick_assignee(org, route.assignee_role, loads, pipeline.team)
+        assignee = user.id if user else None
+        notes.append(why)
+    actions = []
+    if dtype == DecisionType.ASSIGN_PIPELINE:
+        actions.append(Action(type=DecisionType.ASSIGN_PIPELINE, params={
+            "pipeline": pipeline.id, "stage": route.stage or pipeline.stages[0], "assignee": assignee,
+            "priority": priority}))
+    to = _recipients(org, route, pipeline.team, assignee)
+    if to:
+        actions.append(_notify(to, route.notify.template, priority))
+    actions += [Action(type=DecisionType.TRIGGER_AUTOMATION, params={"workflow": w}) for w in route.automations]
+    notes.insert(0, f"route to {pipeline.id}" + (f", assign {assignee}" if assignee else ", unassigned"))
+    return Plan(dtype, actions, notes)
+
+
+def _booking(bundle: OrgBundle, route: Route, priority: int, event: dict[str, Any], text: EventText,
+             calendar: Calendar, now: datetime) -> Plan:
+    org, policy = bundle.org, bundle.policy
+    data = event.get("data") or {}
+    host = data.get("host") if isinstance(data.get("host"), str) else None
+    hours = work_hours(org)
+    tz = ZoneInfo(org.timezone)
+    busy = []
+    if host and org.user(host):
+        local = now.astimezone(tz)
+        busy = calendar.busy(host, local.replace(hour=0, minute=0, second=0, microsecond=0),
+                             local.replace(year=local.year + 1))
+    duration = data.get("duration_minutes")
+    outcome = plan_booking(
+        requested_start=data.get("requested_start") if isinstance(data.get("requested_start"), str) else None,
+        duration_minutes=duration if isinstance(duration, int) and not isinstance(duration, bool) else None,
+        text="\n".join(x for x in (text.subject, text.body) if x),
+        host=host if host and org.user(host) else None,
+        hours=hours, busy=busy, now=now,
+        default_duration=policy.scheduling.default_duration_minutes,
+        reminder_offsets_minutes=tuple(policy.scheduling.reminders_minutes_before))
+    if host and not org.user(host):
+        reason = f"the booking names host '{host}', who is not a user of {org.org}; a person must pick the host"
+        return Plan(DecisionType.ESCALATE, [escalation_action(policy, org, reason, priority)], [reason],
+                    booking=outcome, escalated=reason)
+    if host and not org.user(host).takes_bookings:  # type: ignore[union-attr]
+        reason = f"{host} does not take bookings; a person must pick the host"
+        return Plan(DecisionType.ESCALATE, [escalation_action(policy, org, reason, priority)], [reason],
+                    booking=outcome, escalated=reason)
+    if outcome.status == "escalate":
+        return Plan(DecisionType.ESCALATE, [escalation_action(policy, org, outcome.reason, priority)],
+                    [outcome.reason], booking=outcome, escalated=outcome.reason)
+    assert outcome.start is not None and outcome.end is not None and outcome.host is not None
+    title = str(data.get("purpose") or data.get("subject") or "Meeting")[:120]
+    attendee = {k: data[k] for k in ("name", "email") if isinstance(data.get(k), str)}
+    actions = [
+        Action(type=DecisionType.CREATE_EVENT, params={
+            "host": outcome.host, "start": outcome.start.isoformat(), "end": outcome.end.isoformat(),
+            "duration_minutes": outcome.duration_minutes, "title": title, "attendee": attendee,
+            "reminders": [r.isoformat() for r in outcome.reminders], "moved": outcome.status == "moved"}),
+        _notify([outcome.host], route.notify.template, priority, start=outcome.start.isoformat()),
+    ]
+    return Plan(DecisionType.CREATE_EVENT, actions, [outcome.reason], booking=outcome)

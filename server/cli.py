@@ -1,0 +1,248 @@
+"""The `astralis` command: validate, schema, simulate, test."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.agent import Agent
+from engine.config import OrgConfig, Policy, Ruleset
+from engine.errors import ConfigError
+from engine.llm import LLMStage
+from engine.loader import org_dirs
+from engine.ports import StaticState
+from engine.registry import build
+from engine.rules import CompiledRules
+from engine.simulator import read_events, render_table, simulate, summarize
+
+SCHEMAS = {"org.schema.json": OrgConfig, "ruleset.schema.json": Ruleset, "policy.schema.json": Policy}
+
+
+def _dirs(args: argparse.Namespace) -> tuple[Path, Path]:
+    rulesets = Path(args.rulesets or os.environ.get("ASTRALIS_RULESETS", "rulesets"))
+    policies = Path(args.policies or os.environ.get("ASTRALIS_POLICIES", "policies"))
+    return rulesets, policies
+
+
+def _print_findings(findings: list[ConfigError]) -> None:
+    for f in findings:
+        print(str(f) if f.severity == "error" else f"{f} (warning)", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- validate
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Validate org folders (all under --rulesets by default, or those the given paths belong to)."""
+    rulesets, policies = _dirs(args)
+    targets: list[Path] = []
+    for p in map(Path, args.paths or []):
+        if p.is_dir() and (p / "org.yaml").exists():
+            targets.append(p)
+        elif p.is_dir():
+            targets += org_dirs(p)
+        elif p.parent.resolve() == policies.resolve() and (rulesets / p.stem).is_dir():
+            targets.append(rulesets / p.stem)
+        elif p.exists() and (p.parent / "org.yaml").exists():
+            targets.append(p.parent)
+        else:
+            print(f"{p}:0: missing_file: not an org folder, a file in one, or an org's policy", file=sys.stderr)
+            return 1
+    if not args.paths:
+        targets = org_dirs(rulesets)
+        if not targets:
+            print(f"{rulesets}:0: missing_file: no org folders (with org.yaml) found", file=sys.stderr)
+            return 1
+    failed = False
+    for org_dir in dict.fromkeys(targets):
+        compiled, findings = build(org_dir, policies, load_engine=True)
+        _print_findings(findings)
+        if compiled is None:
+            failed = True
+            n = sum(f.severity == "error" for f in findings)
+            print(f"FAIL {org_dir.name}: {n} error{'s' if n != 1 else ''}")
+        else:
+            print(f"ok   {org_dir.name}: revision {compiled.revision}, {len(compiled.rules)} rules, "
+                  f"{len(compiled.text_features)} text features")
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------- schema
+
+def schema_texts() -> dict[str, str]:
+    """The JSON Schemas of the config files, as written to schemas/."""
+    out = {}
+    for name, model in SCHEMAS.items():
+        schema = model.model_json_schema(by_alias=True)
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["$id"] = f"https://astralis.example/schemas/{name}"
+        out[name] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    return out
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Write (or with --check, verify) the JSON Schemas for org, ruleset and policy files."""
+    out = Path(args.out)
+    stale = []
+    for name, text in schema_texts().items():
+        path = out / name
+        if args.check:
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                stale.append(str(path))
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path}")
+    if stale:
+        print("stale schemas (run `astralis schema`): " + ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- simulate
+
+def _compiled_or_exit(org_dir: Path, policies: Path) -> CompiledRules | None:
+    compiled, findings = build(org_dir, policies)
+    if compiled is None:
+        _print_findings(findings)
+    return compiled
+
+
+def _provider(compiled: CompiledRules, mode: str) -> Any:
+    if mode == "off":
+        return None
+    from adapters.llm import make_provider  # lazily: importing the SDKs costs ~1.6 s
+
+    return make_provider(compiled.bundle.policy.llm.provider)
+
+
+def _state(path: str | None) -> StaticState:
+    if not path:
+        return StaticState()
+    return StaticState.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+async def _close(provider: Any) -> None:
+    close = getattr(provider, "aclose", None)
+    if close is not None:
+        await close()
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Dry-run an org's rules against a JSONL file of events; print decisions and a summary."""
+    rulesets, policies = _dirs(args)
+    compiled = _compiled_or_exit(rulesets / args.org, policies)
+    if compiled is None:
+        return 1
+    events, errors = read_events(Path(args.events), args.org)
+    for e in errors:
+        print(e, file=sys.stderr)
+    if errors:
+        return 1
+    try:
+        state = _state(args.state)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"{args.state}:0: invalid_state: {exc}", file=sys.stderr)
+        return 1
+    provider = _provider(compiled, args.llm)
+
+    async def run() -> list[Any]:
+        agent = Agent(lambda org: compiled if org == args.org else None, LLMStage(provider), state=state)
+        try:
+            return await simulate(agent, events)
+        finally:
+            await _close(provider)
+
+    decisions = asyncio.run(run())
+    if args.format == "jsonl":
+        for d in decisions:
+            print(d.model_dump_json())
+    elif args.format == "json":
+        print(json.dumps({"summary": summarize(decisions), "decisions": [d.model_dump(mode="json") for d in decisions]},
+                         indent=2))
+    else:
+        print(render_table(decisions))
+    return 0
+
+
+# --------------------------------------------------------------------------- test
+
+def cmd_test(args: argparse.Namespace) -> int:
+    """Run each org's locked decision cases (rulesets/<org>/tests/*.yaml); fail on an empty suite."""
+    from engine.cases import run_cases
+
+    rulesets, policies = _dirs(args)
+    orgs = [rulesets / args.org] if args.org else org_dirs(rulesets)
+    total_failed = 0
+    total = 0
+    for org_dir in orgs:
+        compiled = _compiled_or_exit(org_dir, policies)
+        if compiled is None:
+            return 1
+        results = asyncio.run(run_cases(compiled, org_dir / "tests"))
+        for r in results:
+            total += 1
+            if r.ok:
+                print(f"PASS {org_dir.name} {r.file}:{r.line} {r.name}")
+            else:
+                total_failed += 1
+                print(f"FAIL {org_dir.name} {r.file}:{r.line} {r.name}")
+                for problem in r.problems:
+                    print(f"       {problem}")
+    if total == 0:
+        print("no cases found: an empty suite fails (add rulesets/<org>/tests/*.yaml)", file=sys.stderr)
+        return 1
+    print(f"{total - total_failed} passed, {total_failed} failed")
+    return 1 if total_failed else 0
+
+
+# --------------------------------------------------------------------------- main
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of the `astralis` command."""
+    p = argparse.ArgumentParser(prog="astralis", description="Astralis Orchestrator")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def dirs(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--rulesets", help="rulesets folder (default: ./rulesets or $ASTRALIS_RULESETS)")
+        sp.add_argument("--policies", help="policies folder (default: ./policies or $ASTRALIS_POLICIES)")
+
+    v = sub.add_parser("validate", help="check rulesets and policies; errors as path:line: code: message")
+    v.add_argument("paths", nargs="*")
+    dirs(v)
+    v.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("schema", help="write the JSON Schemas of org, ruleset and policy files")
+    s.add_argument("--out", default="schemas")
+    s.add_argument("--check", action="store_true", help="exit 1 if the files under --out are stale")
+    s.set_defaults(func=cmd_schema)
+
+    m = sub.add_parser("simulate", help="dry run: decisions for past events, with no side effects")
+    m.add_argument("--org", required=True)
+    m.add_argument("--events", required=True, help="JSONL file of event envelopes")
+    dirs(m)
+    m.add_argument("--state", help='JSON: {"calendar": [{"host","start","end","title"}], "loads": {"user": n}}')
+    m.add_argument("--format", choices=["table", "jsonl", "json"], default="table")
+    m.add_argument("--llm", choices=["live", "off"], default="off",
+                   help="live: consult the policy's provider for ambiguous events; off (default): fallback rules")
+    m.set_defaults(func=cmd_simulate)
+
+    t = sub.add_parser("test", help="run the org's locked decision cases")
+    t.add_argument("org", nargs="?")
+    dirs(t)
+    t.set_defaults(func=cmd_test)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `astralis` command."""
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
