@@ -40,11 +40,15 @@ _SIGNOFF = re.compile(
 INJECTION = re.compile(
     r"\b(ignore|disregard|forget|override)\b.{0,40}\b(instructions?|rules?|prompts?|directions|guidelines|policy|policies)\b"
     r"|\byou are (now|no longer)\b|\bact as (an?|the)\b|\bpretend (to be|you)\b|\bsystem prompt\b"
-    r"|^\s*(system|assistant|developer)\s*:|\[/?(inst|system)\]|<\|?(system|im_start)\|?>"
-    r"|\b(classify|categori[sz]e|label|tag|mark|flag|route|escalate|set)\b.{0,30}\b(this|it|me|the (email|message|ticket))\b.{0,30}\b(as|to|with)\b.{0,30}"
-    r"\b(urgent|priority|billing|sales|support|spam|high|critical|intent|admin|p1|5)\b"
-    r"|\b(new|updated|real|actual) instructions?\b|\bjailbreak\b|\bdeveloper mode\b",
+    r"|(^|<!--|\[|\(|\{)\s*(system|assistant|developer|ai|llm)\s*:|\[/?(inst|system)\]|<\|?(system|im_start)\|?>"
+    r"|\b(classify|categori[sz]e|label|tag|mark|flag|route|escalate|set)\b.{0,30}\b(this|it|me|the (email|message|ticket))\b"
+    r".{0,30}\b(urgent|priority|billing|sales|support|spam|high|critical|intent|admin|p1|5)\b"
+    r"|\bset (the |its |this )?priority\b|\bpriority (to |of |= ?)?(5|five)\b"
+    r"|\b(note|message|instructions?|memo) (to|for) (the |any )?(ai|assistant|bot|model|llm|classifier|agent)\b"
+    r"|\b(ai|automated) (system|assistant|model|agent)s? (reading|processing|triaging)\b"
+    r"|\b(new|updated|real|actual) instructions?\b|\bjailbreak\b|\bdeveloper mode\b|\badmin mode\b",
     re.IGNORECASE)
+_HIDDEN = re.compile(r"<!--.*?-->", re.DOTALL)
 
 
 def normalize(s: str) -> str:
@@ -224,11 +228,16 @@ def extract(data: dict[str, Any]) -> EventText:
     if not body_parts and isinstance(data.get("html"), str):
         body_parts.append(html_to_text(data["html"]))
     body = "\n".join(body_parts)
+    injection: list[str] = []
+    # Hidden HTML comments are never read by a person; an instruction hidden there is an injection.
+    for hidden in _HIDDEN.findall(body):
+        if INJECTION.search(hidden):
+            injection.append(hidden.strip()[:200])
+    body = _HIDDEN.sub(" ", body)
     if "<" in body and re.search(r"</?(p|div|br|span|html|body|table)\b", body, re.IGNORECASE):
         body = html_to_text(body)
     body, quoted = split_quoted(body)
     body, signature = split_signature(body)
-    injection: list[str] = []
     subject = _remove_injection(subject, injection)
     body = _remove_injection(body, injection)
     return EventText(subject=subject.strip(), body=body.strip(), quoted=quoted.strip(),
