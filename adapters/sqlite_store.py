@@ -412,7 +412,7 @@ class SQLiteStore:
             args.append(_bound(until, "until"))
         if cursor is not None:
             after_created, after_id = _decode_cursor(cursor)
-            where.append("(created_at < ? OR (created_at = ? AND id >= ?))")
+            where.append("(created_at < ? OR (created_at = ? AND id > ?))")
             args.extend([after_created, after_created, after_id])
         sql = (f"SELECT id, created_at, record FROM decisions WHERE {' AND '.join(where)} "
                "ORDER BY created_at DESC, id ASC LIMIT ?")

@@ -203,5 +203,7 @@ def _first(s: str | None) -> str:
 
 def _sentence(s: str) -> str:
     s = s.strip()
-    s = s[0].upper() + s[1:] if s else s
+    first = s.split(" ", 1)[0]
+    if s and not any(c in first for c in "-_/:0123456789"):  # never capitalize an id like u-raj
+        s = s[0].upper() + s[1:]
     return s if s.endswith((".", "!", "?")) else s + "."

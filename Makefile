@@ -1,0 +1,21 @@
+.PHONY: install run test lint bench schema
+
+install:
+	scripts/install
+
+run: install
+	.venv/bin/astralis validate
+	.venv/bin/astralis simulate --org acme --events tests/cases/acme/corpus.jsonl --state tests/cases/acme/state.json
+
+test: install
+	scripts/test
+
+lint:
+	.venv/bin/ruff check .
+	.venv/bin/mypy
+
+schema:
+	.venv/bin/astralis schema
+
+bench:
+	.venv/bin/python -m bench.rules
