@@ -42,7 +42,7 @@ class CaseResult:
 
 def observed(decision: Decision) -> dict[str, Any]:
     """The decision's values that cases can lock."""
-    first = {a.type: a.params for a in reversed(decision.actions)}
+    first = {str(a.type): a.params for a in reversed(decision.actions)}
     assign = first.get("ASSIGN_PIPELINE", {})
     event = first.get("CREATE_EVENT", {})
     return {"intent": str(decision.intent), "decision_type": str(decision.decision_type),
@@ -65,12 +65,18 @@ def _check(expect: dict[str, Any], got: dict[str, Any]) -> list[str]:
     return problems
 
 
-async def run_cases(compiled: CompiledRules, folder: Path) -> list[CaseResult]:
-    """Run every case under `folder` against `compiled` in a dry run with the LLM off."""
+def case_files(folder: Path) -> list[tuple[Path, str]]:
+    """The case files of an org's tests folder with their text."""
+    paths = sorted(folder.glob("*.y*ml")) if folder.is_dir() else []
+    return [(p, p.read_text(encoding="utf-8")) for p in paths]
+
+
+async def run_cases(compiled: CompiledRules, files: list[tuple[Path, str]]) -> list[CaseResult]:
+    """Run every case of `files` against `compiled` in a dry run with the LLM off."""
     results: list[CaseResult] = []
     org = compiled.bundle.org.org
-    for path in sorted(folder.glob("*.y*ml")) if folder.is_dir() else []:
-        doc = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    for path, text in files:
+        doc = parse_yaml(text, str(path))
         if not isinstance(doc, Located):
             results.append(CaseResult(str(path), doc.line, "(file)", [str(doc)]))
             continue

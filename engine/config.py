@@ -79,12 +79,13 @@ class Hours(Strict):
 
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri")
 
 
 class BusinessHours(Hours):
     """Opening hours and the weekdays they apply to."""
 
-    days: list[Weekday] = Field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"], min_length=1)
+    days: list[Weekday] = Field(default_factory=lambda: list(_WEEKDAYS), min_length=1)
 
 
 class Pipeline(Strict):
@@ -401,14 +402,17 @@ class Escalation(Strict):
     roles: list[Role] = Field(default_factory=list)
 
 
+def _default_thresholds() -> dict[DecisionType | Literal["default"], Threshold]:
+    return {"default": Threshold(auto_execute=0.85, require_approval=0.6)}
+
+
 class Policy(Strict):
     """`policies/<org>.yaml` (after `extends` is merged): how the agent decides and acts."""
 
     extends: str | None = Field(default=None, description="Another policy to inherit from, e.g. default.")
     llm: LLMSettings = LLMSettings()
     ambiguity: Ambiguity = Ambiguity()
-    thresholds: dict[DecisionType | Literal["default"], Threshold] = Field(
-        default_factory=lambda: {"default": Threshold(auto_execute=0.85, require_approval=0.6)})
+    thresholds: dict[DecisionType | Literal["default"], Threshold] = Field(default_factory=_default_thresholds)
     routing: dict[Intent, Route] = Field(default_factory=dict)
     urgency: Urgency = Urgency()
     scheduling: Scheduling = Scheduling()

@@ -14,6 +14,7 @@ hangs the engine while holding the GIL.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import subprocess
@@ -72,10 +73,8 @@ class DurableRuleset:
             return fired
 
     def _retract(self, payload: str) -> None:
-        try:
+        with contextlib.suppress(_dre.error):  # not asserted (refused above): nothing to take back
             _dre.retract_fact(self._handle, payload)
-        except _dre.error:
-            pass  # not asserted (refused above): nothing to take back
 
 
 _loaded: dict[str, DurableRuleset] = {}

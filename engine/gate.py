@@ -95,7 +95,7 @@ def gate(policy: Policy, decision_type: DecisionType, confidence: float, actions
         return GateResult("REQUIRES_APPROVAL", "requires_approval",
                           f"confidence {confidence:.2f} is between require-approval {t.require_approval:.2f} and "
                           f"auto-execute {t.auto_execute:.2f} for {decision_type}", allowed, blocked)
-    rejected = [{"action": a.model_dump(mode="json"), "reason": "decision rejected: confidence too low"}
+    rejected: list[dict[str, object]] = [{"action": a.model_dump(mode="json"), "reason": "decision rejected: confidence too low"}
                 for a in allowed]
     esc = [escalation] if escalation is not None and policy.capabilities.escalate else []
     return GateResult("REJECTED", "reject",

@@ -117,7 +117,7 @@ def parse_yaml(text: str, path: str) -> Located | ConfigError:
 def _validator(model: type[BaseModel]) -> jsonschema.protocols.Validator:
     schema = model.model_json_schema(by_alias=True)
     cls = jsonschema.validators.validator_for(schema)
-    return cls(schema)  # type: ignore[no-any-return]
+    return cls(schema)
 
 
 def _fmt_loc(loc: Iterable[str | int]) -> str:
@@ -258,13 +258,13 @@ def _check_references(org: OrgConfig, org_doc: Located, policy: Policy, policy_p
     for intent, route in policy.routing.items():
         where = ("routing", str(intent))
         if route.pipeline is not None:
-            pl = org.pipeline(route.pipeline)
-            if pl is None:
+            found = org.pipeline(route.pipeline)
+            if found is None:
                 errors.append(ConfigError(policy_path, pline(*where, "pipeline"), "unknown_pipeline",
                                           f"routing for {intent} names pipeline '{route.pipeline}', which org '{org.org}' does not define"))
-            elif route.stage is not None and route.stage not in pl.stages:
+            elif route.stage is not None and route.stage not in found.stages:
                 errors.append(ConfigError(policy_path, pline(*where, "stage"), "unknown_stage",
-                                          f"routing for {intent} names stage '{route.stage}', not a stage of pipeline '{pl.id}' ({', '.join(pl.stages)})"))
+                                          f"routing for {intent} names stage '{route.stage}', not a stage of pipeline '{found.id}' ({', '.join(found.stages)})"))
         for role in [route.assignee_role, *route.notify.roles]:
             if role is not None and role not in org.roles:
                 errors.append(ConfigError(policy_path, pline(*where), "unknown_role",

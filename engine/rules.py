@@ -115,11 +115,9 @@ class CompiledRules:
             if isinstance(v, bool):
                 continue
             try:
-                fact[key] = float(v) if v is not None else None
+                fact[key] = float(v)
             except (TypeError, ValueError):
-                pass
-            if fact.get(key) is None:
-                fact.pop(key, None)
+                continue  # not a number: numeric conditions on it do not hold
         for tf in self.text_features:
             if tf.evaluate(text):
                 fact[tf.key] = True

@@ -78,7 +78,7 @@ def summarize(decisions: list[Decision]) -> dict[str, Any]:
         "llm_consulted_rate": round(len(llm_calls) / n, 4),
         "auto_execute_rate": round(sum(d.status == "EXECUTED" for d in decisions) / n, 4),
         "approval_rate": round(sum(d.status == "REQUIRES_APPROVAL" for d in decisions) / n, 4),
-        "llm_tokens": sum(d.llm.input_tokens + d.llm.output_tokens for d in llm_calls),
+        "llm_tokens": sum(d.llm.input_tokens + d.llm.output_tokens for d in llm_calls if d.llm is not None),
         "revisions": sorted({d.revision for d in decisions}),
     }
 

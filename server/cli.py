@@ -173,7 +173,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_test(args: argparse.Namespace) -> int:
     """Run each org's locked decision cases (rulesets/<org>/tests/*.yaml); fail on an empty suite."""
-    from engine.cases import run_cases
+    from engine.cases import case_files, run_cases
 
     rulesets, policies = _dirs(args)
     orgs = [rulesets / args.org] if args.org else org_dirs(rulesets)
@@ -183,7 +183,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         compiled = _compiled_or_exit(org_dir, policies)
         if compiled is None:
             return 1
-        results = asyncio.run(run_cases(compiled, org_dir / "tests"))
+        results = asyncio.run(run_cases(compiled, case_files(org_dir / "tests")))
         for r in results:
             total += 1
             if r.ok:
