@@ -296,16 +296,21 @@ class FallbackDecision:
 
 
 def fallback(settings: Fallback, text: EventText, resolution: Resolution) -> FallbackDecision:
-    """Decide without the LLM: the fallback rule with the most distinct keyword hits wins; a tie goes
-    to the rules' own best guess, then to the earlier rule; no hit → the rules' guess, else the default.
+    """Decide without the LLM. When the rules conflicted, their stronger intent stands (with the
+    fallback's confidence, so a person approves it). Otherwise the fallback rule with the most distinct
+    keyword hits wins; a tie goes to the rules' own best guess, then to the earlier rule; no hit → the
+    rules' guess, else the default.
     """
+    guess = resolution.candidate
+    if resolution.ambiguous == "conflict" and guess is not None:
+        return FallbackDecision(guess.intent, min(guess.confidence, settings.default_confidence + 0.15),
+                                f"kept the rules' stronger intent {guess.intent}")
     scope = text.scope("all", include_quoted=False)
     best: list[tuple[int, int, Any, list[str]]] = []
     for order, rule in enumerate(settings.rules):
         hits = [k for k in rule.keywords if scope.has(Term.parse(k), count_negated=False)]
         if hits:
             best.append((len(hits), -order, rule, hits))
-    guess = resolution.candidate
     if best:
         top = max(b[0] for b in best)
         tied = [b for b in best if b[0] == top]
