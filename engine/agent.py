@@ -119,7 +119,9 @@ class Agent:
 
         # 5. plan
         t = time.perf_counter()
-        plan = make_plan(bundle, intent, decision_type, priority, envelope, text, self.state, self.state, now)
+        override = cand.pipeline if cand is not None and cand.intent == intent else None
+        plan = make_plan(bundle, intent, decision_type, priority, envelope, text, self.state, self.state, now,
+                         pipeline_override=override)
         timings["plan_ms"] = _ms(t)
         reasoning.extend(_sentence(n) for n in plan.notes[:2])
 
@@ -178,6 +180,7 @@ def _trace(compiled: CompiledRules, engine: str, matches: list[Any], res: Resolu
         "rules": [{"rule": m.key, "intent": str(m.rule.then.intent) if m.rule.then.intent else None,
                    "confidence": m.rule.then.confidence, "at": f"{m.path}:{m.line}"} for m in matches],
         "resolution": {"ambiguous": res.ambiguous, "reason": res.reason, "scores": res.scores},
+        "fields": dict(res.candidate.fields) if res.candidate else {},
         "urgency_words": hits,
         "injection_removed": text.injection,
         "quoted_text_ignored": bool(text.quoted),

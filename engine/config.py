@@ -86,6 +86,15 @@ class BusinessHours(Hours):
     """Opening hours and the weekdays they apply to."""
 
     days: list[Weekday] = Field(default_factory=lambda: list(_WEEKDAYS), min_length=1)
+    special: dict[Weekday, Hours] = Field(
+        default_factory=dict, description="Other opening hours on some days, e.g. sat: {start: '09:00', end: '13:00'}.")
+
+    @model_validator(mode="after")
+    def _special_days_open(self) -> BusinessHours:
+        closed = [d for d in self.special if d not in self.days]
+        if closed:
+            raise ValueError(f"special hours given for {', '.join(closed)}, which is not among the business days")
+        return self
 
 
 class Pipeline(Strict):
@@ -250,7 +259,8 @@ class Then(Strict):
     confidence: Confidence = 0.8
     priority: Priority | None = None
     decision_type: DecisionType | None = None
-    set: dict[str, Scalar] = Field(default_factory=dict, description="Fields recorded on the decision.")
+    set: dict[str, Scalar] = Field(default_factory=dict, description="Fields recorded on the decision's trace.")
+    pipeline: Id | None = Field(default=None, description="Route to this pipeline instead of the routing table's.")
     consult_llm: bool = Field(default=False, description="Always hand this event to the LLM.")
     urgent: bool = Field(default=False, description="Raise priority to the policy's urgent priority.")
 

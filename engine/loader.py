@@ -287,6 +287,11 @@ def _check_references(org: OrgConfig, org_doc: Located, policy: Policy, policy_p
             errors.append(ConfigError(ref.path, ref.line, "duplicate_rule_id",
                                       f"rule id '{ref.key}' is already defined at {first.path}:{first.line}"))
         seen_rules[ref.key] = ref
+        target = ref.rule.then.pipeline
+        if target is not None and org.pipeline(target) is None:
+            errors.append(ConfigError(ref.path, docs[ref.path].line(("rules", _rule_index(docs[ref.path], ref), "then", "pipeline")),
+                                      "unknown_pipeline",
+                                      f"rule '{ref.rule.id}' routes to '{target}', which org '{org.org}' does not define"))
         text = ref.rule.when.text
         if text:
             for k, pattern in enumerate(text.regex):

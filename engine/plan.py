@@ -33,13 +33,15 @@ class Plan:
     escalated: str | None = None
 
 
-def work_hours(org: OrgConfig) -> WorkHours:
+def work_hours(org: OrgConfig, step_minutes: int = 15) -> WorkHours:
     """The org's opening hours and lunch as the scheduler wants them."""
     bh = org.business_hours
     lunch = org.lunch
     return WorkHours(timezone=org.timezone, start=bh.start, end=bh.end,
                      lunch_start=lunch.start if lunch else bh.start, lunch_end=lunch.end if lunch else bh.start,
-                     days=frozenset(_WEEKDAYS[d] for d in bh.days))
+                     days=frozenset(_WEEKDAYS[d] for d in bh.days),
+                     special=tuple((_WEEKDAYS[d], h.start, h.end) for d, h in bh.special.items()),
+                     step_minutes=step_minutes)
 
 
 def pick_assignee(org: OrgConfig, role: str, loads: LoadSource, prefer: list[str]) -> tuple[User | None, str]:
@@ -81,10 +83,13 @@ def escalation_action(policy: Policy, org: OrgConfig, reason: str, priority: int
 
 def make_plan(bundle: OrgBundle, intent: Intent, decision_type: DecisionType | None, priority: int,
               event: dict[str, Any], text: EventText, calendar: Calendar, loads: LoadSource,
-              now: datetime) -> Plan:
-    """The actions for one decision (nothing is executed here)."""
+              now: datetime, pipeline_override: str | None = None) -> Plan:
+    """The actions for one decision (nothing is executed here). A rule's `then.pipeline` overrides the
+    routing table's pipeline for its intent."""
     org, policy = bundle.org, bundle.policy
     route = policy.routing.get(intent) or Route(decision_type=DecisionType.ESCALATE)
+    if pipeline_override:
+        route = route.model_copy(update={"pipeline": pipeline_override, "stage": None})
     dtype = decision_type or route.decision_type
     data = event.get("data") or {}
 
@@ -139,7 +144,7 @@ def _booking(bundle: OrgBundle, route: Route, priority: int, event: dict[str, An
     org, policy = bundle.org, bundle.policy
     data = event.get("data") or {}
     host = data.get("host") if isinstance(data.get("host"), str) else None
-    hours = work_hours(org)
+    hours = work_hours(org, policy.scheduling.slot_step_minutes)
     tz = ZoneInfo(org.timezone)
     busy = []
     if host and org.user(host):

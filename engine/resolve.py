@@ -25,6 +25,7 @@ class Candidate:
     urgent: bool
     rules: tuple[str, ...]
     fields: dict[str, object] = field(default_factory=dict)
+    pipeline: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ def resolve(matches: list[RuleRef], ambiguity: Ambiguity) -> Resolution:
         fields.update(r.rule.then.set)
     cand = Candidate(intent=intent, confidence=top, decision_type=decision_type,
                      priority=max((r.rule.then.priority for r in refs if r.rule.then.priority), default=None),
-                     urgent=any(r.rule.then.urgent for r in refs), rules=tuple(r.key for r in refs), fields=fields)
+                     urgent=any(r.rule.then.urgent for r in refs), rules=tuple(r.key for r in refs), fields=fields,
+                     pipeline=next((r.rule.then.pipeline for r in refs if r.rule.then.pipeline), None))
 
     asking = [m for m in matches if m.rule.then.consult_llm]
     if asking:

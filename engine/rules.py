@@ -165,7 +165,7 @@ def evaluate(cond: Cond, fact: dict[str, Any]) -> bool:
         return next(iter(arg)) in fact
     if op == "$nex":
         return next(iter(arg)) not in fact
-    if op == "$ne":
+    if op == "$neq":
         (k, v), = arg.items()
         return k in fact and fact[k] != v
     if op in _OPS:
@@ -226,8 +226,8 @@ class _Compiler:
         if op == "equals":
             return {key: _norm_value(v)}
         if op == "not_equals":
-            # The engine's $ne needs the field present; an absent field is "not equal" to users.
-            return {"$or": [{"$nex": {key: 1}}, {"$ne": {key: _norm_value(v)}}]}
+            # The engine's $neq needs the field present; an absent field is "not equal" to users.
+            return {"$or": [{"$nex": {key: 1}}, {"$neq": {key: _norm_value(v)}}]}
         if op == "in":
             return _any_of(key, [_norm_value(x) for x in v])
         raise AssertionError(f"unhandled operator {op}")

@@ -35,6 +35,16 @@ class WorkHours:
     lunch_start: time
     lunch_end: time
     days: frozenset[int]  # 0=Monday … 6=Sunday
+    # Days with other opening hours (e.g. Saturday 09:00–13:00): weekday -> (start, end).
+    special: tuple[tuple[int, time, time], ...] = ()
+    step_minutes: int = GRID_MINUTES  # the grid candidate slots are placed on
+
+    def window(self, weekday: int) -> tuple[time, time]:
+        """Opening and closing time on a weekday."""
+        for day, start, end in self.special:
+            if day == weekday:
+                return start, end
+        return self.start, self.end
 
     def __post_init__(self) -> None:
         try:
@@ -347,15 +357,16 @@ def _slot_issues(wall: datetime, minutes: int, hours: WorkHours, tz: ZoneInfo, b
     """Why the slot starting at local wall time `wall` cannot be used (rule 5); empty means it is free."""
     issues: list[str] = []
     end = wall + timedelta(minutes=minutes)
-    opening = f"{_hm(hours.start)}–{_hm(hours.end)}"
+    open_, close = hours.window(wall.weekday())
+    opening = f"{_hm(open_)}–{_hm(close)}"
     if wall.weekday() not in hours.days:
         issues.append(f"{_day(wall.date())} is not a business day")
-    elif wall.time() < hours.start:
+    elif wall.time() < open_:
         issues.append(f"the slot starts before working hours ({opening})")
-    elif wall.time() >= hours.end:
+    elif wall.time() >= close:
         issues.append(f"the slot is after working hours ({opening})")
-    elif end > datetime.combine(wall.date(), hours.end):
-        issues.append(f"the slot would end at {_hm(end)}, after working hours end at {_hm(hours.end)}")
+    elif end > datetime.combine(wall.date(), close):
+        issues.append(f"the slot would end at {_hm(end)}, after working hours end at {_hm(close)}")
     if (wall.weekday() in hours.days and wall.time() < hours.lunch_end
             and datetime.combine(wall.date(), hours.lunch_start) < end):
         issues.append(f"the slot overlaps the lunch break {_hm(hours.lunch_start)}–{_hm(hours.lunch_end)}")
@@ -370,8 +381,9 @@ def _slot_issues(wall: datetime, minutes: int, hours: WorkHours, tz: ZoneInfo, b
 
 
 def _grid(day: date, minutes: int, hours: WorkHours) -> Iterator[datetime]:
-    """Candidate wall-clock starts on the 15-minute grid that keep the slot inside working hours."""
-    for m in range(_minutes(hours.start), _minutes(hours.end) - minutes + 1, GRID_MINUTES):
+    """Candidate wall-clock starts on the grid (15 minutes by default) that keep the slot inside working hours."""
+    open_, close = hours.window(day.weekday())
+    for m in range(_minutes(open_), _minutes(close) - minutes + 1, hours.step_minutes):
         yield datetime.combine(day, time(m // 60, m % 60))
 
 

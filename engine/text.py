@@ -17,6 +17,9 @@ NEGATORS = frozenset({
     "nothing", "nor", "neither", "hardly", "wont", "shouldnt", "needn't", "neednt",
 })
 NEGATION_WINDOW = 3  # words before a keyword that can negate it ("not really that urgent")
+CLAUSE_BREAKS = frozenset({"but", "however", "although", "though", "yet", "except", "and"})
+# "won't stop bleeding", "can't stop coughing": the negator belongs to the verb, not to the keyword.
+NEGATED_VERBS = frozenset({"stop", "stops", "stopped", "stopping", "quit", "end", "ends"})
 
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'"})
 _TOKEN = re.compile(r"[a-z0-9@$€£%]+(?:['][a-z]+)?")
@@ -120,7 +123,7 @@ class Scope:
         for sentence in _SENTENCE_SPLIT.split(normalize(text)):
             toks = _TOKEN.findall(sentence)
             for j, tok in enumerate(toks):
-                neg = any(t in NEGATORS for t in toks[max(0, j - NEGATION_WINDOW):j])
+                neg = _negated(toks, j)
                 sc.tokens.append(tok)
                 sc.negated.append(neg)
             sc.tokens.append("|")  # sentence break: a phrase never spans sentences
@@ -154,8 +157,20 @@ class Scope:
         return False
 
 
+def _negated(toks: list[str], j: int) -> bool:
+    for k in range(j - 1, max(-1, j - NEGATION_WINDOW - 1), -1):
+        t = toks[k]
+        if t in CLAUSE_BREAKS:
+            return False
+        if t in NEGATORS:
+            return not (k + 1 < j and toks[k + 1] in NEGATED_VERBS)
+    return False
+
+
 def _forms(tok: str) -> tuple[str, ...]:
     # Plural and possessive forms count as the word: "invoices" matches the keyword "invoice".
+    if len(tok) > 4 and tok.endswith("ies"):
+        return tok, tok[:-3] + "y"
     if len(tok) > 3 and tok.endswith("es"):
         return tok, tok[:-1], tok[:-2]
     if len(tok) > 2 and tok.endswith("s") and not tok.endswith("ss"):
