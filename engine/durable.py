@@ -32,7 +32,11 @@ MAX_RULES = 4096
 _ERROR_TOO_MANY_SATISFIED = 303
 
 
-class EngineLimit(Exception):
+class EngineError(Exception):
+    """The engine refused an event (the caller falls back to the Python evaluator)."""
+
+
+class EngineLimit(EngineError):
     """The engine refused an event because it satisfies more conditions than it can hold at once."""
 
 
@@ -51,7 +55,10 @@ class DurableRuleset:
         with self._lock:
             self._seq += 1
             fact = {**fact, "sid": "0", "id": f"e{self._seq}"}
-            payload = json.dumps(fact, ensure_ascii=False)
+            try:
+                payload = json.dumps(fact, ensure_ascii=False, allow_nan=False)
+            except ValueError as exc:
+                raise EngineError(str(exc)) from None
             fired: list[str] = []
             try:
                 result = _dre.assert_fact(self._handle, payload)
@@ -59,7 +66,7 @@ class DurableRuleset:
                 self._retract(payload)
                 if str(_ERROR_TOO_MANY_SATISFIED) in str(exc):
                     raise EngineLimit(str(exc)) from None
-                raise
+                raise EngineError(str(exc)) from None
             try:
                 if result[0] == 0:
                     state_handle = result[1]

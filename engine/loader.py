@@ -134,10 +134,15 @@ def check_schema(doc: Located, model: type[BaseModel], partial: bool = False) ->
         if partial and err.validator == "required" and not err.absolute_path:
             continue
         loc = tuple(err.absolute_path)
+        at = loc
         msg = err.message
         if err.validator == "additionalProperties":
-            msg = f"{msg}; allowed here: {', '.join(sorted(err.schema.get('properties', {})))}"
-        errors.append(ConfigError(doc.path, doc.line(loc), "schema", f"{_fmt_loc(loc)}: {msg}"))
+            allowed = err.schema.get("properties", {})
+            extras = [k for k in err.instance if k not in allowed] if isinstance(err.instance, dict) else []
+            if extras:
+                at = (*loc, extras[0])  # the line of the unknown key itself
+            msg = f"{msg}; allowed here: {', '.join(sorted(allowed))}"
+        errors.append(ConfigError(doc.path, doc.line(at), "schema", f"{_fmt_loc(loc)}: {msg}"))
     return errors
 
 
@@ -182,7 +187,9 @@ def load_policy(policies_dir: Path, org: str) -> tuple[Policy | None, list[Confi
     while name is not None:
         path = policies_dir / f"{name}.yaml"
         if name in seen:
-            errors.append(ConfigError(str(path), 1, "extends_cycle", f"policy '{name}' extends itself through {sorted(seen)}"))
+            where = chain[-1]
+            errors.append(ConfigError(where.path, where.line(("extends",)), "extends_cycle",
+                                      f"policy '{name}' extends itself through {sorted(seen)}"))
             return None, errors, used
         seen.add(name)
         if not path.exists():
@@ -265,13 +272,17 @@ def _check_references(org: OrgConfig, org_doc: Located, policy: Policy, policy_p
             elif route.stage is not None and route.stage not in found.stages:
                 errors.append(ConfigError(policy_path, pline(*where, "stage"), "unknown_stage",
                                           f"routing for {intent} names stage '{route.stage}', not a stage of pipeline '{found.id}' ({', '.join(found.stages)})"))
-        for role in [route.assignee_role, *route.notify.roles]:
+        roles: list[tuple[str | None, tuple[str | int, ...]]] = [(route.assignee_role, ("assignee_role",))]
+        roles += [(r, ("notify", "roles", k)) for k, r in enumerate(route.notify.roles)]
+        for role, at in roles:
             if role is not None and role not in org.roles:
-                errors.append(ConfigError(policy_path, pline(*where), "unknown_role",
+                errors.append(ConfigError(policy_path, pline(*where, *at), "unknown_role",
                                           f"routing for {intent} names role '{role}', which no user of org '{org.org}' holds ({', '.join(sorted(org.roles))})"))
-        for uid in [route.assignee, *route.notify.users]:
+        users: list[tuple[str | None, tuple[str | int, ...]]] = [(route.assignee, ("assignee",))]
+        users += [(u, ("notify", "users", k)) for k, u in enumerate(route.notify.users)]
+        for uid, at in users:
             if uid is not None and uid not in user_ids:
-                errors.append(ConfigError(policy_path, pline(*where), "unknown_user",
+                errors.append(ConfigError(policy_path, pline(*where, *at), "unknown_user",
                                           f"routing for {intent} names user '{uid}', who is not among org '{org.org}''s users"))
     if policy.escalation:
         for role in policy.escalation.roles:

@@ -11,6 +11,8 @@ conditions at once than the engine accepts.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -23,6 +25,8 @@ from engine.loader import OrgBundle, RuleRef
 from engine.text import EventText, Term, extract
 
 Cond = dict[str, Any]
+log = logging.getLogger(__name__)
+MAX_ALTERNATIVES = 64  # a rule's lists (type, source, in) multiply into at most this many engine rules
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,54 @@ class TextFeature:
             return True
         raw = text.raw(self.scope, self.include_quoted) if self.regex else ""
         return any(r.search(raw) for r in self.regex)
+
+
+@dataclass
+class TextIndex:
+    """Which text features each word can make true, built once per compiled revision, so that an
+    event costs in proportion to the words it contains rather than to the number of rules.
+
+    Features made only of `any` keywords and phrases are indexed (single words by the word, phrases by
+    their first word); the others (all / none / regex / prefix terms) are evaluated in full.
+    """
+
+    words: dict[tuple[str, bool, bool], dict[str, list[str]]] = field(default_factory=dict)
+    phrases: dict[tuple[str, bool, bool], dict[str, list[tuple[Term, str]]]] = field(default_factory=dict)
+    full: list[TextFeature] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, features: list[TextFeature]) -> TextIndex:
+        """Index the features that are plain keyword lists; keep the rest for full evaluation."""
+        idx = cls()
+        for tf in features:
+            if tf.all or tf.none or tf.regex or any(t.prefix for t in tf.any):
+                idx.full.append(tf)
+                continue
+            group = (tf.scope, tf.include_quoted, tf.count_negated)
+            for term in tf.any:
+                if len(term.words) == 1:
+                    idx.words.setdefault(group, {}).setdefault(term.words[0], []).append(tf.key)
+                else:
+                    idx.phrases.setdefault(group, {}).setdefault(term.words[0], []).append((term, tf.key))
+        return idx
+
+    def true_features(self, text: EventText) -> set[str]:
+        """Keys of every text feature the event's text satisfies."""
+        out: set[str] = set()
+        for group in self.words.keys() | self.phrases.keys():
+            scope, quoted, negated_too = group
+            sc = text.scope(scope, quoted)
+            vocab = sc.words if negated_too else sc.plain
+            index = self.words.get(group, {})
+            small, large = (vocab, index) if len(vocab) < len(index) else (index, vocab)
+            for w in small:
+                if w in large:
+                    out.update(index[w])
+            for first, terms in self.phrases.get(group, {}).items():
+                if first in sc.words:
+                    out.update(key for term, key in terms if key not in out and sc.has(term, negated_too))
+        out.update(tf.key for tf in self.full if tf.evaluate(text))
+        return out
 
 
 @dataclass(frozen=True)
@@ -94,8 +146,13 @@ class CompiledRules:
     match_features: list[MatchFeature]
     value_slots: dict[str, tuple[str, ...]]  # fact key -> path, value as given (strings lower-cased)
     number_slots: dict[str, tuple[str, ...]]  # fact key -> path, value as a number
+    exists_slots: dict[str, tuple[str, ...]]  # fact key -> path, present when the field holds any value
     engine: durable.DurableRuleset | None = None
     warnings: list[ConfigError] = field(default_factory=list)
+    text_index: TextIndex = field(default_factory=TextIndex)
+
+    def __post_init__(self) -> None:
+        self.text_index = TextIndex.build(self.text_features)
 
     @property
     def revision(self) -> str:
@@ -110,17 +167,21 @@ class CompiledRules:
             v = resolve_path(event, path)
             if isinstance(v, str | int | float | bool):
                 fact[key] = _norm_value(v)
+        for key, path in self.exists_slots.items():
+            if resolve_path(event, path) is not None:
+                fact[key] = 1
         for key, path in self.number_slots.items():
             v = resolve_path(event, path)
             if isinstance(v, bool):
                 continue
             try:
-                fact[key] = float(v)
+                x = float(v)
             except (TypeError, ValueError):
                 continue  # not a number: numeric conditions on it do not hold
-        for tf in self.text_features:
-            if tf.evaluate(text):
-                fact[tf.key] = True
+            if math.isfinite(x):  # "inf" or "1e999" would break the engine's JSON
+                fact[key] = x
+        for key in self.text_index.true_features(text):
+            fact[key] = True
         for mf in self.match_features:
             if mf.evaluate(event):
                 fact[mf.key] = True
@@ -138,12 +199,17 @@ class CompiledRules:
             except durable.EngineLimit:
                 # More conditions true at once than the engine holds: same semantics, in Python.
                 names, engine = match_python(self.definition, fact), "python (engine limit)"
+            except durable.EngineError as exc:
+                # Never lose an event to an engine fault: same semantics, in Python, and say why.
+                log.warning("durable-rules refused a fact for %s (%s); matched in Python", self.bundle.org.org, exc)
+                names, engine = match_python(self.definition, fact), f"python (engine error: {exc})"
         seen = set()
         out = []
         for n in names:
-            if n not in seen:
-                seen.add(n)
-                out.append(int(n[1:]))
+            i = int(n[1:].split(".")[0])  # "r12.1" is the second alternative of rule 12
+            if i not in seen:
+                seen.add(i)
+                out.append(i)
         out.sort(key=lambda i: (-self.rules[i].rule.salience, i))
         return [self.rules[i] for i in out], engine
 
@@ -192,10 +258,11 @@ class _Compiler:
         self.matches: dict[str, MatchFeature] = {}
         self.values: dict[tuple[str, ...], str] = {}
         self.numbers: dict[tuple[str, ...], str] = {}
+        self.present: dict[tuple[str, ...], str] = {}
         self.errors: list[ConfigError] = []
 
-    def slot(self, path: tuple[str, ...], numeric: bool) -> str:
-        table, prefix = (self.numbers, "n") if numeric else (self.values, "v")
+    def slot(self, path: tuple[str, ...], numeric: bool = False, exists: bool = False) -> str:
+        table, prefix = (self.numbers, "n") if numeric else (self.present, "e") if exists else (self.values, "v")
         if path not in table:
             table[path] = f"{prefix}{len(table)}"
         return table[path]
@@ -220,9 +287,10 @@ class _Compiler:
             return {self.matches[spec].key: True}
         if op in ("gt", "gte", "lt", "lte"):
             return {f"${op}": {self.slot(path, numeric=True): float(v)}}
-        key = self.slot(path, numeric=False)
         if op == "exists":
-            return {"$ex" if v else "$nex": {key: 1}}
+            # Its own slot: a list or an object exists too, though only scalars are compared.
+            return {"$ex" if v else "$nex": {self.slot(path, exists=True): 1}}
+        key = self.slot(path)
         if op == "equals":
             return {key: _norm_value(v)}
         if op == "not_equals":
@@ -260,6 +328,29 @@ def _atoms(cond: Cond, out: list[Cond]) -> None:
         out.append(cond)
 
 
+def _dnf(cond: Cond) -> list[list[Cond]]:
+    """The condition as alternatives of plain conjunctions (no `$or` left)."""
+    (op, arg), = cond.items()
+    if op == "$and":
+        out: list[list[Cond]] = [[]]
+        for part in arg:
+            out = [left + right for left in out for right in _dnf(part)]
+        return out
+    if op == "$or":
+        return [alt for part in arg for alt in _dnf(part)]
+    return [[cond]]
+
+
+def _selectivity(atom: Cond) -> int:
+    # Rare features first (text, regex), then data fields, then the common type/source tests.
+    key = _atom_key(atom)
+    if key[0] in "tx" and key[1:].isdigit():
+        return 0
+    if key[0] in "vne" and key[1:].isdigit():
+        return 1
+    return 2
+
+
 def _atom_key(atom: Cond) -> str:
     (op, arg), = atom.items()
     return op if not op.startswith("$") else next(iter(arg))
@@ -284,7 +375,19 @@ def compile_rules(bundle: OrgBundle, *, load_engine: bool = True, probe: bool = 
                                       f"rule '{ref.key}' has {len(atoms)} conditions; the rules engine takes at most "
                                       f"{durable.MAX_SIMULTANEOUS} per event"))
         all_atoms.update(json.dumps(a, sort_keys=True) for a in atoms)
-        definition[f"r{i}"] = {"all": [{"m": cond}]}
+        # The engine gives every branch of an `$or` its own node, and one event may satisfy at most 64
+        # nodes: 65 rules listing `type: [a, b]` break every event of type a. So each rule is expanded
+        # into plain conjunctions (one engine rule per alternative), most selective condition first.
+        alternatives = _dnf(cond)
+        if len(alternatives) > MAX_ALTERNATIVES:
+            errors.append(ConfigError(ref.path, ref.line, "engine_limit",
+                                      f"rule '{ref.key}' expands to {len(alternatives)} alternatives (its type, source "
+                                      f"and `in` lists multiply); at most {MAX_ALTERNATIVES} are allowed — split the rule"))
+            continue
+        for j, conj in enumerate(alternatives):
+            conj = sorted(conj, key=_selectivity)
+            body = conj[0] if len(conj) == 1 else {"$and": conj}
+            definition[f"r{i}" if len(alternatives) == 1 else f"r{i}.{j}"] = {"all": [{"m": body}]}
     org_path = bundle.files[0]
     if len(rules) > durable.MAX_RULES:
         errors.append(ConfigError(org_path, 0, "engine_limit",
@@ -294,7 +397,7 @@ def compile_rules(bundle: OrgBundle, *, load_engine: bool = True, probe: bool = 
                                   f"the rules use {len(all_atoms)} distinct conditions; the rules engine hangs past "
                                   f"~512, so at most {durable.MAX_DISTINCT_CONDITIONS} are allowed — merge keyword "
                                   "lists into shared text conditions or split the org"))
-    properties = 4 + len(c.values) + len(c.numbers) + len(c.text) + len(c.matches)
+    properties = 4 + len(c.values) + len(c.numbers) + len(c.present) + len(c.text) + len(c.matches)
     if properties > durable.MAX_PROPERTIES:
         errors.append(ConfigError(org_path, 0, "engine_limit",
                                   f"events would carry {properties} feature fields; the rules engine takes at most "
@@ -311,6 +414,7 @@ def compile_rules(bundle: OrgBundle, *, load_engine: bool = True, probe: bool = 
         bundle=bundle, rules=rules, definition=definition,
         text_features=list(c.text.values()), match_features=list(c.matches.values()),
         value_slots={k: p for p, k in c.values.items()}, number_slots={k: p for p, k in c.numbers.items()},
+        exists_slots={k: p for p, k in c.present.items()},
         warnings=warnings)
     if load_engine:
         if probe:
