@@ -347,6 +347,12 @@ def indexed_matcher(definition: dict[str, Any]) -> Callable[[dict[str, Any]], li
         if op == "$ex":
             k = next(iter(arg))
             return k, lambda f: k in f
+        if op == "$or":
+            branches = [check(b)[1] for b in arg]
+            return None, lambda f: any(fn(f) for fn in branches)
+        if op == "$and":
+            parts = [check(b)[1] for b in arg]
+            return None, lambda f: all(fn(f) for fn in parts)
         if op == "$nex":
             k = next(iter(arg))
             return None, lambda f: k not in f
@@ -366,7 +372,10 @@ def indexed_matcher(definition: dict[str, Any]) -> Callable[[dict[str, Any]], li
         m = rule["all"][0]["m"]
         atoms = m["$and"] if "$and" in m else [m]
         compiled = [check(a) for a in atoms]
-        anchor = next((k for k, _ in compiled if k is not None), None)
+        keys = [k for k, _ in compiled if k is not None]
+        # the rarest field as anchor: a text or regex feature, else a data field, else type/source
+        anchor = min(keys, key=lambda k: 0 if k[0] in "tx" and k[1:].isdigit() else
+                     1 if k[0] in "vne" and k[1:].isdigit() else 2, default=None)
         entry = (name, [fn for _, fn in compiled])
         (by_key.setdefault(anchor, []) if anchor else always).append(entry)
 

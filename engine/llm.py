@@ -139,7 +139,7 @@ def validate_actions(actions: list[dict[str, Any]], org: OrgConfig) -> tuple[lis
             if key in p and org.user(str(p[key])) is None:
                 problems.append(f"unknown user '{p[key]}'")
         to = p.get("to")
-        for uid in to if isinstance(to, list) else []:
+        for uid in [to] if isinstance(to, str) else to if isinstance(to, list) else []:
             if org.user(str(uid)) is None:
                 problems.append(f"unknown user '{uid}'")
         if problems:
@@ -261,6 +261,8 @@ class LLMStage:
                     errors.append(f"attempt {attempt + 1}: invalid answer: {msg}")
                     trace.rejected.append(msg)
                     breaker.failure()
+                    if not breaker.allow():
+                        break
                 else:
                     breaker.success()
                     accepted, rejected = validate_actions(classification.actions or [], org)

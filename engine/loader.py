@@ -24,6 +24,7 @@ from engine.config import DecisionType, OrgConfig, Policy, Rule, Ruleset, Thresh
 from engine.errors import ConfigError, ConfigInvalid
 
 M = TypeVar("M", bound=BaseModel)
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 ORG_FILE = "org.yaml"
 DEFAULT_POLICY = "default"
@@ -91,16 +92,31 @@ def _walk(node: yaml.Node, loc: Path_, out: dict[Path_, int]) -> None:
             _walk(item, (*loc, i), out)
 
 
+def _load(text: str, loader_cls: Any) -> tuple[yaml.Node | None, Any]:
+    loader = loader_cls(text)
+    try:
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
+    finally:
+        loader.dispose()
+
+
+def _syntax_error(exc: yaml.YAMLError, path: str) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    line = mark.line + 1 if mark is not None else 1
+    problem = getattr(exc, "problem", None) or str(exc)
+    return ConfigError(path, line, "yaml_syntax", str(problem).strip())
+
+
 def parse_yaml(text: str, path: str) -> Located | ConfigError:
     """Parse one YAML document (safe loader) and map every node to its line."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        problem = getattr(exc, "problem", None) or str(exc)
-        return ConfigError(path, line, "yaml_syntax", str(problem).strip())
+        node, data = _load(text, _SafeLoader)  # libyaml when available: the safe loader, in C
+    except yaml.YAMLError:
+        try:  # the pure-Python loader words syntax errors better; parsing a broken file twice is cheap
+            node, data = _load(text, yaml.SafeLoader)
+        except yaml.YAMLError as exc:
+            return _syntax_error(exc, path)
     if data is None:
         data = {}
     if not isinstance(data, dict):

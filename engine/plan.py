@@ -8,7 +8,7 @@ actions here: what it proposed is only recorded.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -149,8 +149,8 @@ def _booking(bundle: OrgBundle, route: Route, priority: int, event: dict[str, An
     busy = []
     if host and org.user(host):
         local = now.astimezone(tz)
-        busy = calendar.busy(host, local.replace(hour=0, minute=0, second=0, microsecond=0),
-                             local.replace(year=local.year + 1))
+        day_start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        busy = calendar.busy(host, day_start, day_start + timedelta(days=400))
     duration = data.get("duration_minutes")
     outcome = plan_booking(
         requested_start=data.get("requested_start") if isinstance(data.get("requested_start"), str) else None,

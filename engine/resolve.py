@@ -64,6 +64,10 @@ def resolve(matches: list[RuleRef], ambiguity: Ambiguity) -> Resolution:
         if m.rule.then.intent is not None:
             by_intent.setdefault(m.rule.then.intent, []).append(m)
     scores = {str(i): _score(refs) for i, refs in by_intent.items()}
+    asking = [m for m in matches if m.rule.then.consult_llm]
+    if not by_intent and asking:
+        return Resolution(None, "rule_requests_llm", f"rule {_names(asking)} asks for the LLM to decide",
+                          matched, scores, priority, urgent)
     if not by_intent:
         why = ("no rule matched this event" if not matches else
                f"the matching rules ({', '.join(matched)}) name no intent")
@@ -81,7 +85,6 @@ def resolve(matches: list[RuleRef], ambiguity: Ambiguity) -> Resolution:
                      urgent=any(r.rule.then.urgent for r in refs), rules=tuple(r.key for r in refs), fields=fields,
                      pipeline=next((r.rule.then.pipeline for r in refs if r.rule.then.pipeline), None))
 
-    asking = [m for m in matches if m.rule.then.consult_llm]
     if asking:
         return Resolution(cand, "rule_requests_llm", f"rule {_names(asking)} asks for the LLM to decide",
                           matched, scores, priority, urgent)

@@ -131,8 +131,14 @@ def resolve_path(event: dict[str, Any], path: tuple[str, ...]) -> Any:
     return cur
 
 
-def _norm_value(v: Any) -> Any:
-    return v.strip().lower() if isinstance(v, str) else v
+def _norm_value(v: Any) -> str:
+    # One canonical text form for equality, so the engine (which coerces 5 == "5" and true == "true")
+    # and the Python evaluator agree, and "Billing" equals billing.
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v).strip().lower()
 
 
 @dataclass
@@ -341,10 +347,23 @@ def _dnf(cond: Cond) -> list[list[Cond]]:
     return [[cond]]
 
 
+def _arrange(cond: Cond) -> list[list[Cond]]:
+    """The rule as engine rules: one conjunction with plain conditions first (shared ones first) and
+    `$or` groups last; or, when it has only `$or` groups, one conjunction per alternative."""
+    (op, arg), = cond.items()
+    parts = arg if op == "$and" else [cond]
+    plain = sorted((p for p in parts if "$or" not in p), key=_selectivity)
+    groups = [p for p in parts if "$or" in p]
+    if plain:
+        return [plain + groups]
+    return [sorted(alt, key=_selectivity) for alt in _dnf(cond)]
+
+
 def _selectivity(atom: Cond) -> int:
-    # Rare features first (text, regex), then data fields, then the common type/source tests.
+    # A single type or source test first: identical first conditions share one engine node, which
+    # keeps the network (and its memory) small; then data fields; then text features.
     key = _atom_key(atom)
-    if key[0] in "tx" and key[1:].isdigit():
+    if key in ("type", "source"):
         return 0
     if key[0] in "vne" and key[1:].isdigit():
         return 1
@@ -376,16 +395,17 @@ def compile_rules(bundle: OrgBundle, *, load_engine: bool = True, probe: bool = 
                                       f"{durable.MAX_SIMULTANEOUS} per event"))
         all_atoms.update(json.dumps(a, sort_keys=True) for a in atoms)
         # The engine gives every branch of an `$or` its own node, and one event may satisfy at most 64
-        # nodes: 65 rules listing `type: [a, b]` break every event of type a. So each rule is expanded
-        # into plain conjunctions (one engine rule per alternative), most selective condition first.
-        alternatives = _dnf(cond)
+        # nodes: 65 rules starting with `type: [a, b]` break every event of type a. So plain conditions
+        # go first and the `$or` groups last, where the engine only reaches them through the plain
+        # conditions; a rule made of `$or`s alone is expanded into one engine
+        # rule per alternative.
+        alternatives = _arrange(cond)
         if len(alternatives) > MAX_ALTERNATIVES:
             errors.append(ConfigError(ref.path, ref.line, "engine_limit",
                                       f"rule '{ref.key}' expands to {len(alternatives)} alternatives (its type, source "
                                       f"and `in` lists multiply); at most {MAX_ALTERNATIVES} are allowed — split the rule"))
             continue
         for j, conj in enumerate(alternatives):
-            conj = sorted(conj, key=_selectivity)
             body = conj[0] if len(conj) == 1 else {"$and": conj}
             definition[f"r{i}" if len(alternatives) == 1 else f"r{i}.{j}"] = {"all": [{"m": body}]}
     org_path = bundle.files[0]

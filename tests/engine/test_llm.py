@@ -218,8 +218,6 @@ async def test_actions_naming_unknown_pipelines_or_users_are_rejected(provider: 
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: validate_actions only checks `to` when it is a list; a single "
-                                       "unknown recipient given as a string is accepted")
 async def test_a_single_unknown_recipient_is_rejected(standin: StandIn, acme_bundle: OrgBundle) -> None:
     p = make_provider("openai", api_key=KEY, base_url=standin.openai_base_url)
     standin.responder = lambda system, user: {
@@ -287,8 +285,6 @@ async def test_an_opening_circuit_stops_the_retries(provider: LLMProvider, stand
     assert len(standin.requests) == 2 and len(sleeps.delays) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: invalid answers count as breaker failures but do not stop the "
-                                       "retry loop, so the provider is still called while the circuit is open")
 async def test_an_opening_circuit_stops_the_retries_of_invalid_answers(standin: StandIn,
                                                                        acme_bundle: OrgBundle) -> None:
     standin.mode = "malformed"

@@ -119,8 +119,6 @@ def test_candidate_carries_the_winning_rules_conclusions() -> None:
     assert (r.priority, r.urgent) == (4, True)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a rule with `then: {consult_llm: true}` and no intent (valid config) "
-                                       "is reported as no_match, 'the matching rules name no intent'")
 def test_a_rule_asking_for_the_llm_without_an_intent() -> None:
     r = resolve([ref("legal", consult_llm=True)], POLICY)
     assert r.ambiguous == "rule_requests_llm"
