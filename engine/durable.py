@@ -45,7 +45,6 @@ class DurableRuleset:
 
     def __init__(self, name: str, definition: dict[str, Any]) -> None:
         self.name = name
-        self.definition = definition
         self._handle = _dre.create_ruleset(name, json.dumps(definition, ensure_ascii=False))
         self._lock = threading.Lock()
         self._seq = 0

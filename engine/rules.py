@@ -147,7 +147,7 @@ class CompiledRules:
 
     bundle: OrgBundle
     rules: list[RuleRef]
-    definition: dict[str, Cond]
+    definition_json: str  # the engine definition, kept compact: it is parsed only when Python must match
     text_features: list[TextFeature]
     match_features: list[MatchFeature]
     value_slots: dict[str, tuple[str, ...]]  # fact key -> path, value as given (strings lower-cased)
@@ -157,8 +157,17 @@ class CompiledRules:
     warnings: list[ConfigError] = field(default_factory=list)
     text_index: TextIndex = field(default_factory=TextIndex)
 
+    _definition: dict[str, Cond] | None = field(default=None, repr=False)
+
     def __post_init__(self) -> None:
         self.text_index = TextIndex.build(self.text_features)
+
+    @property
+    def definition(self) -> dict[str, Cond]:
+        """The compiled rules in durable-rules' JSON dialect (engine rule name -> condition)."""
+        if self._definition is None:
+            self._definition = json.loads(self.definition_json)
+        return self._definition
 
     @property
     def revision(self) -> str:
@@ -431,7 +440,7 @@ def compile_rules(bundle: OrgBundle, *, load_engine: bool = True, probe: bool = 
     if errors:
         return errors
     compiled = CompiledRules(
-        bundle=bundle, rules=rules, definition=definition,
+        bundle=bundle, rules=rules, definition_json=json.dumps(definition, separators=(",", ":")),
         text_features=list(c.text.values()), match_features=list(c.matches.values()),
         value_slots={k: p for p, k in c.values.items()}, number_slots={k: p for p, k in c.numbers.items()},
         exists_slots={k: p for p, k in c.present.items()},
