@@ -370,7 +370,7 @@ def indexed_matcher(definition: dict[str, Any]) -> Callable[[dict[str, Any]], li
     always: list[tuple[str, list[Callable[[dict[str, Any]], bool]]]] = []
     for name, rule in definition.items():
         m = rule["all"][0]["m"]
-        atoms = m["$and"] if "$and" in m else [m]
+        atoms = m.get("$and", [m])
         compiled = [check(a) for a in atoms]
         keys = [k for k, _ in compiled if k is not None]
         # the rarest field as anchor: a text or regex feature, else a data field, else type/source
@@ -593,7 +593,6 @@ def memory_child(mem_dir: str | None, n_orgs: int, probe: bool) -> None:
     """Compile and load every org under mem_dir/rulesets; print RSS figures as one JSON line."""
     from engine import durable
     from engine.loader import validate_org
-    from engine.registry import release_memory
     from engine.rules import compile_rules
 
     proc = psutil.Process()
@@ -631,7 +630,7 @@ def memory_child(mem_dir: str | None, n_orgs: int, probe: bool) -> None:
             errors.extend(str(e) for e in compiled)
             continue
         kept.append(compiled)
-    release_memory()  # what engine.registry does after loading orgs
+    gc.collect()
     total = proc.memory_info().rss
     print(json.dumps({"orgs": len(kept), "baseline_mb": base / 2**20, "rss_mb": total / 2**20,
                       "delta_mb": (total - base) / 2**20, "validate_s": t_validate, "compile_s": t_compile,

@@ -133,8 +133,11 @@ def validate_actions(actions: list[dict[str, Any]], org: OrgConfig) -> tuple[lis
             continue
         p = action.params
         problems = []
-        if "pipeline" in p and org.pipeline(str(p["pipeline"])) is None:
+        pipeline = org.pipeline(str(p["pipeline"])) if "pipeline" in p else None
+        if "pipeline" in p and pipeline is None:
             problems.append(f"unknown pipeline '{p['pipeline']}'")
+        elif pipeline is not None and "stage" in p and str(p["stage"]) not in pipeline.stages:
+            problems.append(f"unknown stage '{p['stage']}' of pipeline '{pipeline.id}'")
         for key in ("assignee", "host", "user"):
             if key in p and org.user(str(p[key])) is None:
                 problems.append(f"unknown user '{p[key]}'")
@@ -160,21 +163,27 @@ class CircuitBreaker:
     clock: Callable[[], float] = time.monotonic
     consecutive: int = 0
     opened_at: float | None = None
+    trial: bool = False  # half-open: one trial call is out
 
     def allow(self) -> bool:
-        """Whether a call may be made now."""
+        """Whether a call may be made now: always when closed; when open, one trial after the reset time."""
         if self.opened_at is None:
             return True
-        return self.clock() - self.opened_at >= self.reset_seconds
+        if self.trial or self.clock() - self.opened_at < self.reset_seconds:
+            return False
+        self.trial = True
+        return True
 
     def success(self) -> None:
         """Record a good answer: the circuit closes."""
         self.consecutive = 0
         self.opened_at = None
+        self.trial = False
 
     def failure(self) -> None:
         """Record a failed call: past the threshold the circuit opens (again)."""
         self.consecutive += 1
+        self.trial = False
         if self.consecutive >= self.failures:
             self.opened_at = self.clock()
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import jsonschema
 import yaml
@@ -203,8 +203,8 @@ def load_policy(policies_dir: Path, org: str) -> tuple[Policy | None, list[Confi
     while name is not None:
         path = policies_dir / f"{name}.yaml"
         if name in seen:
-            where = chain[-1]
-            errors.append(ConfigError(where.path, where.line(("extends",)), "extends_cycle",
+            last = chain[-1]
+            errors.append(ConfigError(last.path, last.line(("extends",)), "extends_cycle",
                                       f"policy '{name}' extends itself through {sorted(seen)}"))
             return None, errors, used
         seen.add(name)
@@ -238,8 +238,11 @@ def load_policy(policies_dir: Path, org: str) -> tuple[Policy | None, list[Confi
     env = _env_overrides()
     if "AGENT_AUTO_EXECUTE_THRESHOLD" in env or "AGENT_REQUIRE_APPROVAL_THRESHOLD" in env:
         try:
-            thresholds = {}
+            thresholds: dict[DecisionType | Literal["default"], Threshold] = {}
             for k, t in policy.thresholds.items():
+                if k == DecisionType.ESCALATE:  # escalations always go to a person; never gate them
+                    thresholds[k] = t
+                    continue
                 thresholds[k] = Threshold(
                     auto_execute=float(env.get("AGENT_AUTO_EXECUTE_THRESHOLD", t.auto_execute)),
                     require_approval=float(env.get("AGENT_REQUIRE_APPROVAL_THRESHOLD", t.require_approval)))
@@ -340,15 +343,16 @@ def _rule_index(doc: Located, ref: RuleRef) -> int:
 
 # --------------------------------------------------------------------------- the whole org
 
-def _revision(paths: list[Path]) -> str:
+def _revision(paths: list[Path], policy: Policy) -> str:
+    # The files, plus the effective policy: an environment override that changes the policy changes
+    # the revision; one that changes nothing (an org naming its own provider) does not.
     h = hashlib.sha256()
     for path in sorted(paths):
         h.update(path.name.encode())
         h.update(b"\0")
         h.update(path.read_bytes())
         h.update(b"\0")
-    for k, v in sorted(_env_overrides().items()):
-        h.update(f"{k}={v}".encode())
+    h.update(policy.model_dump_json().encode())
     return h.hexdigest()[:12]
 
 
@@ -417,7 +421,7 @@ def validate_org(org_dir: Path, policies_dir: Path) -> tuple[OrgBundle | None, l
         if not r.rule.enabled:
             errors.append(ConfigError(r.path, r.line, "unreachable_rule", f"rule '{r.key}' is disabled", "warning"))
     bundle = OrgBundle(org=org, policy=policy, rules=tuple(enabled),
-                       revision=_revision([org_path, *rule_files, *policy_paths]),
+                       revision=_revision([org_path, *rule_files, *policy_paths], policy),
                        files=tuple(str(p) for p in [org_path, *rule_files, *policy_paths]),
                        warnings=tuple(e for e in errors if e.severity == "warning"))
     return bundle, errors

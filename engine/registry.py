@@ -6,9 +6,6 @@ that it can be shown, and fixing the files clears it on the next reload.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import gc
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,21 +13,6 @@ from pathlib import Path
 from engine.errors import ConfigError
 from engine.loader import org_dirs, validate_org
 from engine.rules import CompiledRules, compile_rules
-
-
-def release_memory() -> None:
-    """Collect garbage and hand freed heap back to the OS (glibc's malloc_trim).
-
-    Validating YAML leaves megabytes of short-lived objects per org; without a trim the process keeps
-    that memory resident long after loading. A no-op where glibc is not available.
-    """
-    gc.collect()
-    name = ctypes.util.find_library("c")
-    if name:
-        try:
-            ctypes.CDLL(name).malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
 
 
 @dataclass
@@ -64,11 +46,9 @@ class Registry:
 
     def load_all(self) -> dict[str, list[ConfigError]]:
         """(Re)load every org folder; returns the findings per org."""
-        found = {d.name: self.reload(d.name, release=False) for d in org_dirs(self.rulesets_dir)}
-        release_memory()
-        return found
+        return {d.name: self.reload(d.name) for d in org_dirs(self.rulesets_dir)}
 
-    def reload(self, org: str, *, release: bool = True) -> list[ConfigError]:
+    def reload(self, org: str) -> list[ConfigError]:
         """Rebuild one org. On success its new revision becomes active; on failure the last good one
         stays active and the errors are kept. Returns the errors and warnings found."""
         compiled, findings = build(self.rulesets_dir / org, self.policies_dir)
@@ -78,11 +58,9 @@ class Registry:
             if compiled is not None and not errors:
                 state.active = compiled
                 state.errors = []
+                state.warnings = [f for f in findings if f.severity == "warning"]  # of the active revision
             else:
                 state.errors = errors
-            state.warnings = [f for f in findings if f.severity == "warning"]
-        if release:
-            release_memory()
         return findings
 
     def get(self, org: str) -> CompiledRules | None:

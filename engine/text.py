@@ -26,7 +26,8 @@ _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'"})
 _TOKEN = re.compile(r"[a-z0-9@$€£%]+(?:['][a-z]+)?")
 # One pass over the text: a word (group 1), or a sentence or clause break (no group); negation and
 # phrases never reach across a break ("No, this is urgent").
-_LEX = re.compile(r"([a-z0-9@$€£%]+)|[.!?;](?=\s)|\n|[,:;]|\s[-–—](?=\s)")
+# A single line break is not one (mail is hard-wrapped at ~72 columns); a blank line is.
+_LEX = re.compile(r"([a-z0-9@$€£%]+)|[.!?;](?=\s)|\n\s*\n|[,:;]|\s[-–—](?=\s)")
 _TAG = re.compile(r"<(script|style)\b.*?</\1>|<[^>]+>", re.IGNORECASE | re.DOTALL)
 
 _QUOTE_HEADERS = [
@@ -51,7 +52,7 @@ _VERBS = {"classify", "categorise", "categorize", "label", "tag", "mark", "flag"
 
 # Each check: words of which at least one must be in the text for the pattern to match at all, and the
 # pattern. Checking the words first (a set look-up) spares the regex scan on almost every message.
-_INJECTION_CHECKS: list[tuple[frozenset[str] | None, str]] = [
+_INJECTION_CHECKS: list[tuple[set[str] | None, str]] = [
     ({"ignore", "disregard", "forget", "override", "bypass"},
      r"\b(ignore|disregard|forget|override|bypass)\b.{0,40}\b(instructions?|rules?|prompts?|directions|guidelines|policy|policies|programming|training)\b"),
     ({"now", "longer"}, r"\byou are (now|no longer)\b|\bfrom now on,? you\b"),

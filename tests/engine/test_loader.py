@@ -244,12 +244,14 @@ def test_load_org_raises_with_every_error(org_copy: OrgCopy) -> None:
 def test_default_provider_env_applies_to_orgs_that_do_not_name_one(org_copy: OrgCopy, acme_bundle: OrgBundle,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     org_copy.add_org("beta")  # no policies/beta.yaml: default.yaml (provider: none) applies
+    beta_before = org_copy.validate("beta")[0]
     monkeypatch.setenv("AGENT_DEFAULT_PROVIDER", "anthropic")
     acme, beta = org_copy.validate("acme")[0], org_copy.validate("beta")[0]
-    assert acme is not None and beta is not None
+    assert acme is not None and beta is not None and beta_before is not None
     assert beta.policy.llm.provider == "anthropic"
+    assert beta.revision != beta_before.revision  # the override changed beta's policy, so its revision
     assert acme.policy.llm.provider == "openai"  # acme names its own provider and keeps it
-    assert acme.revision != acme_bundle.revision  # the override is part of the revision
+    assert acme.revision == acme_bundle.revision  # ... and its revision, since nothing changed for it
 
 
 def test_threshold_env_overrides_every_threshold_and_the_revision(org_copy: OrgCopy, acme_bundle: OrgBundle,
@@ -259,13 +261,17 @@ def test_threshold_env_overrides_every_threshold_and_the_revision(org_copy: OrgC
     monkeypatch.setenv("AGENT_AUTO_EXECUTE_THRESHOLD", "0.95")
     auto = org_copy.validate()[0]
     assert auto is not None
-    assert {t.auto_execute for t in auto.policy.thresholds.values()} == {0.95}
+    gated = {k: t for k, t in auto.policy.thresholds.items() if k != DecisionType.ESCALATE}
+    assert {t.auto_execute for t in gated.values()} == {0.95}
+    # escalations always reach a person: the override leaves them alone
+    assert auto.policy.threshold(DecisionType.ESCALATE) == acme_bundle.policy.threshold(DecisionType.ESCALATE)
     assert auto.policy.threshold(DecisionType.CREATE_EVENT).require_approval == 0.6  # untouched
 
     monkeypatch.setenv("AGENT_REQUIRE_APPROVAL_THRESHOLD", "0.7")
     both = org_copy.validate()[0]
     assert both is not None
-    assert {(t.auto_execute, t.require_approval) for t in both.policy.thresholds.values()} == {(0.95, 0.7)}
+    assert {(t.auto_execute, t.require_approval) for k, t in both.policy.thresholds.items()
+            if k != DecisionType.ESCALATE} == {(0.95, 0.7)}
     assert len({acme_bundle.revision, auto.revision, both.revision}) == 3
 
 
