@@ -75,6 +75,7 @@ def summarize(decisions: list[Decision]) -> dict[str, Any]:
         "by_decision_type": by("decision_type"),
         "by_status": by("status"),
         "by_decided_by": by("decided_by"),
+        "ambiguous_rate": round(sum(d.decided_by != "rules" for d in decisions) / n, 4),
         "llm_consulted_rate": round(len(llm_calls) / n, 4),
         "auto_execute_rate": round(sum(d.status == "EXECUTED" for d in decisions) / n, 4),
         "approval_rate": round(sum(d.status == "REQUIRES_APPROVAL" for d in decisions) / n, 4),
@@ -98,7 +99,8 @@ def render_table(decisions: list[Decision]) -> str:
                d.decided_by, d.status, d.reasoning]
         lines.append("  ".join(_cell(v, w).ljust(w) for v, (_, w) in zip(row, cols, strict=True)))
     s = summarize(decisions)
-    lines += ["", f"{s['events']} events · LLM consulted {s['llm_consulted_rate']:.0%} · auto-execute "
+    lines += ["", f"{s['events']} events · ambiguous for the rules {s['ambiguous_rate']:.0%} · LLM consulted "
+              f"{s['llm_consulted_rate']:.0%} · auto-execute "
               f"{s['auto_execute_rate']:.0%} · approval {s['approval_rate']:.0%}",
               "intents: " + ", ".join(f"{k} {v}" for k, v in s["by_intent"].items()),
               "decided by: " + ", ".join(f"{k} {v}" for k, v in s["by_decided_by"].items())]
