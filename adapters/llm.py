@@ -6,7 +6,9 @@ cheap and `make_provider("none")` never touches an SDK.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -97,3 +99,62 @@ def map_sdk_error(provider: str, sdk: Any, exc: BaseException, api_key: str | No
     if isinstance(exc, sdk.APIError):
         return LLMError("server", f"{provider}: API error: {detail}")
     return LLMError("config", f"{provider}: client error: {detail}")
+
+
+class SDKProvider:
+    """What the OpenAI and Anthropic providers share: keys and base URLs from the SDKs' own
+    environment variables, a lazily imported SDK, one client per event loop, SDK errors mapped to
+    `LLMError` with the key redacted. Subclasses name the SDK and build its client."""
+
+    name = ""
+    key_env = ""
+    url_env = ""
+
+    def __init__(self, api_key: str | None = None, base_url: str | None = None) -> None:
+        self._api_key = api_key if api_key is not None else os.environ.get(self.key_env)
+        self._base_url = base_url if base_url is not None else (os.environ.get(self.url_env) or None)
+        self._client: Any = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._sdk: Any = None
+
+    def __repr__(self) -> str:
+        key = "set" if self._api_key else "missing"
+        return f"{type(self).__name__}(base_url={self._base_url!r}, api_key={key})"
+
+    def _import_sdk(self) -> Any:
+        """The SDK module (imported here, on first use: importing both SDKs costs ~1.6 s)."""
+        raise NotImplementedError
+
+    def _new_client(self, sdk: Any) -> Any:
+        """A client of the SDK with its own retries off (the engine owns retries)."""
+        raise NotImplementedError
+
+    def _error(self, exc: BaseException) -> LLMError:
+        return map_sdk_error(self.name, self._sdk, exc, self._api_key)
+
+    def _get_client(self) -> Any:
+        """The SDK client, built (and the SDK imported) on first use and again under a new event loop.
+
+        The SDK's connection pool belongs to the loop it was first used in; reusing it from another loop
+        fails with connection errors, so a provider used from a second loop gets a fresh client.
+        """
+        loop = asyncio.get_running_loop()
+        if self._client is not None and self._client_loop is not loop:
+            self._client = None
+        if self._client is None:
+            if not self._api_key:
+                raise LLMError("config", f"{self.key_env} is not set: set it in the environment or pass "
+                                         f"api_key to use the {self.name} provider.")
+            self._sdk = self._import_sdk()
+            try:
+                self._client = self._new_client(self._sdk)
+                self._client_loop = loop
+            except Exception as exc:  # the SDK's own configuration errors
+                raise self._error(exc) from None
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the SDK's HTTP client if one was built (safe to call more than once)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import time
 from typing import Any
 
-from adapters.llm import map_sdk_error
-from engine.ports import LLMError, LLMReply, LLMRequest
+from adapters.llm import SDKProvider
+from engine.ports import LLMReply, LLMRequest
 
 
-class OpenAIProvider:
+class OpenAIProvider(SDKProvider):
     """`LLMProvider` for OpenAI (or any server speaking its Chat Completions API, e.g. the test stand-in).
 
     The `openai` SDK is imported and the client built on the first call. `api_key` / `base_url` default to
@@ -20,40 +18,16 @@ class OpenAIProvider:
 
     name = "openai"
 
-    def __init__(self, api_key: str | None = None, base_url: str | None = None) -> None:
-        self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        self._base_url = base_url if base_url is not None else (os.environ.get("OPENAI_BASE_URL") or None)
-        self._client: Any = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
-        self._sdk: Any = None
+    key_env = "OPENAI_API_KEY"
+    url_env = "OPENAI_BASE_URL"
 
-    def __repr__(self) -> str:
-        key = "set" if self._api_key else "missing"
-        return f"OpenAIProvider(base_url={self._base_url!r}, api_key={key})"
+    def _import_sdk(self) -> Any:
+        import openai
 
-    def _get_client(self) -> Any:
-        """The SDK client, built (and the SDK imported) on first use and again under a new event loop.
+        return openai
 
-        The SDK's connection pool belongs to the loop it was first used in; reusing it from another loop
-        fails with connection errors, so a provider used from a second loop gets a fresh client.
-        """
-        loop = asyncio.get_running_loop()
-        if self._client is not None and self._client_loop is not loop:
-            self._client = None
-        if self._client is None:
-            if not self._api_key:
-                raise LLMError("config", "OPENAI_API_KEY is not set: set it in the environment or pass "
-                                         "api_key to use the openai provider.")
-            import openai
-
-            self._sdk = openai
-            try:
-                self._client = openai.AsyncOpenAI(api_key=self._api_key, base_url=self._base_url,
-                                                  max_retries=0)
-                self._client_loop = loop
-            except openai.OpenAIError as exc:
-                raise map_sdk_error(self.name, openai, exc, self._api_key) from None
-        return self._client
+    def _new_client(self, sdk: Any) -> Any:
+        return sdk.AsyncOpenAI(api_key=self._api_key, base_url=self._base_url, max_retries=0)
 
     async def complete(self, request: LLMRequest) -> LLMReply:
         """Send one chat completion in JSON mode; return the raw text, token counts and latency.
@@ -74,7 +48,7 @@ class OpenAIProvider:
                 timeout=request.timeout_seconds,
             )
         except self._sdk.OpenAIError as exc:
-            raise map_sdk_error(self.name, self._sdk, exc, self._api_key) from None
+            raise self._error(exc) from None
         latency_ms = (time.perf_counter() - start) * 1000.0
         text = ""
         if response.choices:
@@ -88,9 +62,3 @@ class OpenAIProvider:
             output_tokens=int(usage.completion_tokens or 0) if usage else 0,
             latency_ms=latency_ms,
         )
-
-    async def aclose(self) -> None:
-        """Close the SDK's HTTP client if one was built (safe to call more than once)."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()

@@ -70,7 +70,8 @@ class TextIndex:
 
     words: dict[tuple[str, bool, bool], dict[str, list[str]]] = field(default_factory=dict)
     phrases: dict[tuple[str, bool, bool], dict[str, list[tuple[Term, str]]]] = field(default_factory=dict)
-    full: list[TextFeature] = field(default_factory=list)
+    full: list[TextFeature] = field(default_factory=list)  # evaluated for every event
+    gated: dict[tuple[str, bool], dict[str, list[TextFeature]]] = field(default_factory=dict)  # only if a word occurs
 
     @classmethod
     def build(cls, features: list[TextFeature]) -> TextIndex:
@@ -78,7 +79,15 @@ class TextIndex:
         idx = cls()
         for tf in features:
             if tf.all or tf.none or tf.regex or any(t.prefix for t in tf.any):
-                idx.full.append(tf)
+                # Evaluated in full, but only when a word it needs occurs: the first word of an `all`
+                # term (required), else of any `any` term. Regexes and prefixes cannot be gated.
+                needs = [tf.all[0]] if tf.all else list(tf.any)
+                if tf.regex or not needs or any(t.prefix for t in needs):
+                    idx.full.append(tf)
+                else:
+                    gate = idx.gated.setdefault((tf.scope, tf.include_quoted), {})
+                    for first in {t.words[0] for t in needs}:
+                        gate.setdefault(first, []).append(tf)
                 continue
             group = (tf.scope, tf.include_quoted, tf.count_negated)
             for term in tf.any:
@@ -104,6 +113,11 @@ class TextIndex:
                 if first in sc.words:
                     out.update(key for term, key in terms if key not in out and sc.has(term, negated_too))
         out.update(tf.key for tf in self.full if tf.evaluate(text))
+        for (scope, quoted), gate in self.gated.items():
+            present = text.scope(scope, quoted).words
+            for word, feats in gate.items():
+                if word in present:
+                    out.update(tf.key for tf in feats if tf.key not in out and tf.evaluate(text))
         return out
 
 

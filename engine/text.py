@@ -76,7 +76,11 @@ _INJECTION_CHECKS: list[tuple[set[str] | None, str]] = [
     ({"instruction", "instructions", "jailbreak", "mode"},
      r"\b(new|updated|real|actual|hidden|secret) instructions?\b|\bjailbreak\b|\b(developer|admin|god|debug) mode\b"),
 ]
-_CHECKS = [(frozenset(w) if w is not None else None, re.compile(p, re.IGNORECASE)) for w, p in _INJECTION_CHECKS]
+# Each check twice: for one sentence, and for a whole text (where `^` may also follow a sentence's end),
+# so that a text with no match anywhere is never split into sentences.
+_CHECKS = [(frozenset(w) if w is not None else None, re.compile(p, re.IGNORECASE),
+            re.compile(p.replace("(^|", r"(^|(?<=[.!?])\s+|", 1), re.IGNORECASE | re.MULTILINE))
+           for w, p in _INJECTION_CHECKS]
 INJECTION = re.compile("|".join(f"(?:{p})" for _, p in _INJECTION_CHECKS), re.IGNORECASE)
 _WORDS = re.compile(r"[a-z]+")
 
@@ -84,9 +88,11 @@ _WORDS = re.compile(r"[a-z]+")
 _SPAN_WORDS = frozenset({"priority", "urgency", "intent", "classification"})
 
 
-def _injection_checks(words: set[str]) -> list[re.Pattern[str]]:
-    """The injection patterns that could match a text with these words (those whose anchors it holds)."""
-    return [rx for anchors, rx in _CHECKS if anchors is None or not anchors.isdisjoint(words)]
+def _injection_checks(text: str, words: set[str]) -> list[re.Pattern[str]]:
+    """The injection patterns (sentence versions) that match somewhere in `text`: only those whose
+    anchor words the text holds are tried at all."""
+    return [rx for anchors, rx, whole in _CHECKS
+            if (anchors is None or not anchors.isdisjoint(words)) and whole.search(text)]
 
 
 # Labels that try to set the outcome ("Priority: 5", "intent = billing"): only the label is removed,
@@ -323,16 +329,19 @@ def _remove_injection(text: str, found: list[str]) -> str:
         for m in INJECTION_SPAN.finditer(text):
             found.append(m.group(0).strip()[:200])
         text = INJECTION_SPAN.sub(" ", text)
-    checks = _injection_checks(words)
+    checks = _injection_checks(text, words)
     if not checks:
         return text
+    # Split keeping the separators, so the text around a removed sentence is left exactly as it was.
+    parts = re.split(r"((?<=[.!?])\s+|\n)", text)
     kept = []
-    for piece in re.split(r"(?<=[.!?])\s+|\n", text):
+    for i in range(0, len(parts), 2):
+        piece = parts[i]
         if any(rx.search(piece) for rx in checks):
             found.append(piece.strip()[:200])
         else:
-            kept.append(piece)
-    return "\n".join(kept)
+            kept.append(piece + (parts[i + 1] if i + 1 < len(parts) else ""))
+    return "".join(kept)
 
 
 def extract(data: dict[str, Any]) -> EventText:
