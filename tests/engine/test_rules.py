@@ -228,3 +228,33 @@ def test_python_matcher_is_used_when_no_engine_is_loaded(make_bundle: BundleFact
     fact = c.features(event(type_="a:b"))
     assert c.match_fact(fact)[1] == "python"
     assert match_python(c.definition, fact) == ["r0"]
+
+
+# --------------------------------------------------------------------------- `$or` and the engine's node limit
+
+def test_many_rules_listing_several_types_stay_in_the_engine(make_bundle: BundleFactory) -> None:
+    """200 rules with `type: [a, b]` used to put 400 `$or` branches at the head of the network, so every
+    event of type a satisfied more than 64 nodes (error 303) or the ruleset was refused (error 107)."""
+    rules = [rule(f"r{i}", {"type": ["email:received", "form:submitted"], "text": {"any": [f"word{i}"]}})
+             for i in range(200)]
+    rules += [rule("only-types", {"type": ["email:received", "form:submitted"]}),
+              rule("in-list", {"fields": [{"field": "data.category", "in": ["a", "b"]}]})]
+    c = compiled(make_bundle(rules))
+    # a rule with plain conditions keeps one engine rule, its `$or` last
+    assert list(c.definition["r0"]["all"][0]["m"]["$and"][-1]) == ["$or"]
+    # a rule of `$or`s alone becomes one engine rule per alternative
+    assert "r200" not in c.definition and {"r200.0", "r200.1"} <= set(c.definition)
+    assert "$or" not in json.dumps([c.definition["r200.0"], c.definition["r200.1"]])
+    ev = event({"text": "about word3 and word150", "category": "b"}, type_="email:received")
+    matches, engine = c.match_fact(c.features(ev))
+    assert engine == "durable-rules"
+    assert {m.rule.id for m in matches} == {"r3", "r150", "only-types", "in-list"}
+    assert ids(c, event({"text": "nothing here"}, type_="intake:created")) == set()
+
+
+def test_non_finite_numbers_never_reach_the_engine(make_bundle: BundleFactory) -> None:
+    c = compiled(make_bundle([field("big", field="data.amount", gt=100)]))
+    for amount in ("inf", "Infinity", "1e999", "nan"):
+        matches, engine = c.match_fact(c.features(event({"amount": amount})))
+        assert matches == [] and engine == "durable-rules", amount
+    assert ids(c, event({"amount": "150"})) == {"big"}
