@@ -152,6 +152,11 @@ def check_schema(doc: Located, model: type[BaseModel], partial: bool = False) ->
         loc = tuple(err.absolute_path)
         at = loc
         msg = err.message
+        if err.context:  # anyOf/oneOf ("X is not valid under any of the given schemas"): say which part failed
+            # "… is not of type 'null'" (the optional branch) says nothing useful; the other branch does.
+            useful = [e for e in err.context if not (e.validator == "type" and e.validator_value == "null")]
+            if useful:
+                msg = jsonschema.exceptions.best_match(useful).message
         if err.validator == "additionalProperties":
             allowed = err.schema.get("properties", {})
             extras = [k for k in err.instance if k not in allowed] if isinstance(err.instance, dict) else []
