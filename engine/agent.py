@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from engine.config import DecisionType, Intent
+from engine.config import DecisionType, Intent, OrgConfig, Policy
 from engine.gate import GateResult, RateLimiter, gate
 from engine.llm import LLMResult, LLMStage, fallback
 from engine.models import Action, Decision, Event, utcnow
@@ -52,6 +53,26 @@ class Agent:
         self.rate_limiter = rate_limiter or RateLimiter()
         self._on_decision = on_decision
 
+    async def _choose(self, org: OrgConfig, policy: Policy, envelope: dict[str, Any], text: EventText,
+                      res: Resolution) -> _Choice:
+        """The rules' candidate when it is clear; else the LLM's classification; else the fallback's."""
+        cand = res.candidate
+        if res.ambiguous is None and cand is not None:
+            return _Choice(cand.intent, cand.confidence, cand.decision_type, "rules")
+        result = await self.llm.classify(org, policy.llm, envelope, text, res)
+        c = result.classification
+        if c is not None:
+            intent, confidence, decided_by = c.intent, round(c.confidence, 4), "llm"
+            note = _sentence(f"LLM: {c.reasoning or 'no reasoning given'}")
+        else:
+            fb = fallback(policy.fallback, text, res)
+            intent, confidence, decided_by = fb.intent, fb.confidence, "fallback"
+            note = _sentence(f"LLM unavailable ({_first(result.failure)}); {fb.reason}")
+        # the rules' decision type belongs to their intent only
+        dtype = cand.decision_type if cand is not None and cand.intent == intent else None
+        return _Choice(intent, confidence, dtype, decided_by, result,
+                       c.effective_priority() if c is not None else None, [note])
+
     async def process(self, event: Event, *, dry_run: bool = False) -> Decision:
         """Decide for one event. In a dry run nothing is executed, recorded or rate-limited."""
         t0 = time.perf_counter()
@@ -73,49 +94,20 @@ class Agent:
         res = resolve(matches, policy.ambiguity)
 
         # 4. llm, only if ambiguous
-        llm_result: LLMResult | None = None
-        decided_by = "rules"
         reasoning: list[str] = [_sentence(res.reason)]
         cand = res.candidate
-        intent: Intent
-        confidence: float
-        decision_type: DecisionType | None = cand.decision_type if cand else None
-        llm_priority: int | None = None
-        if res.ambiguous is None and cand is not None:
-            intent, confidence = cand.intent, cand.confidence
-        else:
-            t = time.perf_counter()
-            llm_result = await self.llm.classify(org, policy.llm, envelope, text, res)
+        t = time.perf_counter()
+        choice = await self._choose(org, policy, envelope, text, res)
+        if choice.llm is not None:
             timings["llm_ms"] = _ms(t)
-            c = llm_result.classification
-            if c is not None:
-                decided_by = "llm"
-                intent, confidence = c.intent, round(c.confidence, 4)
-                llm_priority = c.effective_priority()
-                if cand is None or cand.intent != intent:
-                    decision_type = None  # the rules' decision type belonged to another intent
-                reasoning.append(_sentence(f"LLM: {c.reasoning or 'no reasoning given'}"))
-            else:
-                decided_by = "fallback"
-                fb = fallback(policy.fallback, text, res)
-                intent, confidence = fb.intent, fb.confidence
-                if cand is None or cand.intent != intent:
-                    decision_type = None
-                reasoning.append(_sentence(f"LLM unavailable ({_first(llm_result.failure)}); {fb.reason}"))
-
-        # priority: urgency words (never negated, never from an injected instruction) win
-        route = policy.routing.get(intent)
+        intent, confidence, decision_type, decided_by = (choice.intent, choice.confidence, choice.decision_type,
+                                                         choice.decided_by)
+        llm_result = choice.llm
+        reasoning += choice.notes
         hits = urgency_hits(policy.urgency.keywords, text)
-        rule_priority = cand.priority if cand is not None and cand.intent == intent else res.priority
-        if intent == Intent.SPAM:
-            priority = route.priority if route and route.priority else 1
-        elif hits or res.urgent:
-            priority = policy.urgency.priority
-            reasoning.append(_sentence(f"Urgent: {', '.join(repr(h) for h in hits) or 'a rule says so'}"))
-        elif llm_priority is not None and not text.injection:
-            priority = llm_priority
-        else:
-            priority = rule_priority or (route.priority if route and route.priority else policy.urgency.normal_priority)
+        priority, why = _priority(policy, intent, res, hits, choice.llm_priority, bool(text.injection))
+        if why:
+            reasoning.append(why)
 
         # 5. plan
         t = time.perf_counter()
@@ -168,6 +160,36 @@ class Agent:
             if self._on_decision is not None:
                 await self._on_decision(decision)
         return decision
+
+
+@dataclass
+class _Choice:
+    """The intent the decision goes with, and who chose it."""
+
+    intent: Intent
+    confidence: float
+    decision_type: DecisionType | None
+    decided_by: str
+    llm: LLMResult | None = None
+    llm_priority: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _priority(policy: Policy, intent: Intent, res: Resolution, hits: list[str], llm_priority: int | None,
+              injected: bool) -> tuple[int, str | None]:
+    """The decision's priority and, when urgent, why. Urgency words (never negated, never from an
+    injected instruction) win; spam is always the route's low priority; the LLM's opinion counts only
+    when no instruction was found in the text."""
+    route = policy.routing.get(intent)
+    cand = res.candidate
+    if intent == Intent.SPAM:
+        return (route.priority if route and route.priority else 1), None
+    if hits or res.urgent:
+        return policy.urgency.priority, _sentence(f"Urgent: {', '.join(repr(h) for h in hits) or 'a rule says so'}")
+    if llm_priority is not None and not injected:
+        return llm_priority, None
+    rule_priority = cand.priority if cand is not None and cand.intent == intent else res.priority
+    return rule_priority or (route.priority if route and route.priority else policy.urgency.normal_priority), None
 
 
 def _trace(compiled: CompiledRules, engine: str, matches: list[Any], res: Resolution, text: EventText,
