@@ -59,7 +59,7 @@ class Agent:
         cand = res.candidate
         if res.ambiguous is None and cand is not None:
             return _Choice(cand.intent, cand.confidence, cand.decision_type, "rules")
-        result = await self.llm.classify(org, policy.llm, envelope, text, res)
+        result = await self.llm.classify(org, policy.llm, envelope, text, res, policy.capabilities)
         c = result.classification
         if c is not None:
             intent, confidence, decided_by = c.intent, round(c.confidence, 4), "llm"

@@ -18,7 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.config import DecisionType, Fallback, Intent, LLMSettings, OrgConfig
+from engine.config import Capabilities, DecisionType, Fallback, Intent, LLMSettings, OrgConfig
+from engine.gate import CAPABILITY_OF
 from engine.models import LLMTrace
 from engine.ports import LLMError, LLMProvider, LLMRequest
 from engine.resolve import Resolution
@@ -121,8 +122,10 @@ def parse_reply(text: str) -> dict[str, Any]:
     return obj
 
 
-def validate_actions(actions: list[dict[str, Any]], org: OrgConfig) -> tuple[list[ProposedAction], list[str]]:
-    """Keep the proposed actions that name only this org's pipelines and users; say why others are rejected."""
+def validate_actions(actions: list[dict[str, Any]], org: OrgConfig,
+                     capabilities: Capabilities | None = None) -> tuple[list[ProposedAction], list[str]]:
+    """Keep the proposed actions that name only this org's pipelines, stages and users, and that the
+    org's capabilities allow; say why the others are rejected."""
     ok: list[ProposedAction] = []
     rejected: list[str] = []
     for raw in actions:
@@ -133,6 +136,9 @@ def validate_actions(actions: list[dict[str, Any]], org: OrgConfig) -> tuple[lis
             continue
         p = action.params
         problems = []
+        cap = CAPABILITY_OF.get(action.type)
+        if capabilities is not None and cap and not getattr(capabilities, cap):
+            problems.append(f"capability {cap} is disabled")
         pipeline = org.pipeline(str(p["pipeline"])) if "pipeline" in p else None
         if "pipeline" in p and pipeline is None:
             problems.append(f"unknown pipeline '{p['pipeline']}'")
@@ -229,7 +235,7 @@ class LLMStage:
         return delay
 
     async def classify(self, org: OrgConfig, settings: LLMSettings, event: dict[str, Any], text: EventText,
-                       resolution: Resolution) -> LLMResult:
+                       resolution: Resolution, capabilities: Capabilities | None = None) -> LLMResult:
         """Ask the model; return its validated classification or why there is none."""
         if self.provider is None or settings.provider == "none":
             return LLMResult(None, None, "no LLM provider is configured (provider: none)")
@@ -274,7 +280,7 @@ class LLMStage:
                         break
                 else:
                     breaker.success()
-                    accepted, rejected = validate_actions(classification.actions or [], org)
+                    accepted, rejected = validate_actions(classification.actions or [], org, capabilities)
                     trace.rejected.extend(rejected)
                     trace.error = "; ".join(errors) or None
                     return LLMResult(classification, trace, None, accepted)

@@ -398,3 +398,16 @@ def test_fallback_keeps_the_stronger_intent_of_a_conflict(rules: Fallback) -> No
 def test_fallback_default_is_configurable() -> None:
     custom = Fallback(default_intent=Intent.SPAM, default_confidence=0.2)
     assert fb(custom, "anything at all") == ("SPAM", 0.2)
+
+
+def test_actions_of_a_disabled_capability_are_rejected(acme_bundle: OrgBundle) -> None:
+    from engine.config import Capabilities
+    from engine.llm import validate_actions
+
+    org = acme_bundle.org
+    ok, rejected = validate_actions(
+        [{"type": "TRIGGER_AUTOMATION", "params": {"workflow": "x"}},
+         {"type": "ASSIGN_PIPELINE", "params": {"pipeline": "sales-inquiries"}}],
+        org, Capabilities(trigger_automations=False))
+    assert [a.type for a in ok] == ["ASSIGN_PIPELINE"]
+    assert rejected == ["action TRIGGER_AUTOMATION rejected: capability trigger_automations is disabled"]
