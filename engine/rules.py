@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -480,12 +479,3 @@ def _simultaneous_bound(atoms: set[str]) -> int:
         else:
             eq_keys.add(_atom_key(atom))
     return others + len(eq_keys)
-
-
-def group_by_intent(matches: list[RuleRef]) -> dict[str, list[RuleRef]]:
-    """Matched rules grouped by the intent they conclude (rules without an intent are left out)."""
-    out: dict[str, list[RuleRef]] = defaultdict(list)
-    for m in matches:
-        if m.rule.then.intent is not None:
-            out[str(m.rule.then.intent)].append(m)
-    return dict(out)

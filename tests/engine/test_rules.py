@@ -11,7 +11,7 @@ import pytest
 
 from engine import durable
 from engine.loader import OrgBundle
-from engine.rules import CompiledRules, compile_rules, group_by_intent, match_python
+from engine.rules import CompiledRules, compile_rules, match_python
 from tests.engine.conftest import BundleFactory
 
 
@@ -90,21 +90,6 @@ def test_matches_are_ordered_by_salience_then_file_order(make_bundle: BundleFact
     matches, engine = c.match_fact(c.features(event(type_="a:b")))
     assert engine == "durable-rules"
     assert [m.key for m in matches] == ["t/high", "t/first", "t/second", "t/low"]
-
-
-def test_group_by_intent(make_bundle: BundleFactory) -> None:
-    c = compiled(make_bundle([
-        rule("billing", {"text": {"any": ["invoice"]}}, intent="BILLING_QUESTION"),
-        rule("billing-form", {"fields": [{"field": "data.category", "equals": "billing"}]}, intent="BILLING_QUESTION"),
-        rule("bug", {"text": {"any": ["bug"]}}, intent="SUPPORT_REQUEST"),
-        rule("vip", {"fields": [{"field": "data.category", "exists": True}]}, intent=None, priority=4),
-    ]), load_engine=False)
-    ev = event({"category": "billing", "message": "Where is my invoice? Also a bug in the portal."})
-    matches, _ = c.match_fact(c.features(ev))
-    assert {m.rule.id for m in matches} == {"billing", "billing-form", "bug", "vip"}
-    groups = group_by_intent(matches)
-    assert {k: [r.rule.id for r in v] for k, v in groups.items()} == {
-        "BILLING_QUESTION": ["billing", "billing-form"], "SUPPORT_REQUEST": ["bug"]}
 
 
 # --------------------------------------------------------------------------- field operators
