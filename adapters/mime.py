@@ -1,0 +1,373 @@
+"""Inbound email as raw MIME: turn an RFC 822 message into the few fields the orchestrator reads.
+
+The body is reduced to one piece of plain text: the text/plain alternative when there is one, otherwise the HTML
+alternative converted to readable text. Quoted history is kept but marked with "> " at the start of each line, so
+that code reading the text can skip lines starting with ">" and see only what the sender wrote this time;
+forwarded messages are left unmarked because there the forwarded content is the point. Attachments are not
+read; their names are listed on a last line.
+
+Mail in the wild is often broken (wrong charsets, missing headers, not MIME at all), and a webhook cannot ask the
+sender to try again, so `parse_email` never raises: whatever cannot be read comes back as "".
+"""
+
+from __future__ import annotations
+
+import codecs
+import email
+import email.policy
+import re
+from email.errors import InvalidHeaderDefect
+from email.header import decode_header, make_header
+from email.message import EmailMessage, Message
+from html.parser import HTMLParser
+
+FIELDS = ("from", "to", "subject", "text", "message_id", "in_reply_to")
+"""The keys of `parse_email`'s result, always all present."""
+
+_HEADERS = {"from": "From", "to": "To", "subject": "Subject", "message_id": "Message-ID", "in_reply_to": "In-Reply-To"}
+
+# C0 controls other than tab, line feed and carriage return (and DEL): they are never text, and a NUL in
+# particular upsets logs, terminals and some databases.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+# Reply attributions: Gmail and Apple Mail ("On <date>, <name> wrote:"), and the same in French, Spanish and
+# German (where the name follows "schrieb"). A digit is required, since every client puts a date there, to keep a
+# sentence like "On reflection, here is what I wrote:" from hiding the rest of a message.
+_ATTRIBUTION = re.compile(
+    r"^(?:(?:On|Le|El)\s.*\d.*\b(?:wrote|a écrit|escribió)\s*:|Am\s.*\d.*\bschrieb\b.*:)$",
+)
+_ATTRIBUTION_START = re.compile(r"^(?:On|Le|El|Am)\s")
+_ORIGINAL_MESSAGE = re.compile(r"^-{2,}\s*Original Message\s*-{2,}$", re.IGNORECASE)
+_FORWARDED = re.compile(r"^(?:-{2,}\s*Forwarded message\s*-{2,}|Begin forwarded message:)$", re.IGNORECASE)
+# Outlook's header block. Labels may come out wrapped in "*" when another tool rendered them bold.
+_BLOCK_FROM = re.compile(r"^\*?From:\*?\s*\S", re.IGNORECASE)
+_BLOCK_SENT = re.compile(r"^\*?(?:Sent|Date):", re.IGNORECASE)
+_BLOCK_SUBJECT = re.compile(r"^\*?Subject:", re.IGNORECASE)
+_BLOCK_ONE_LINE = re.compile(r"^\*?From:.*\b(?:Sent|Date):.*\bSubject:", re.IGNORECASE)
+_BLOCK_LINES = 6  # how far below "From:" the Sent/Date and Subject lines may be
+_MARKER_MAX = 1000  # characters; no reply marker line is longer
+_OUTLOOK_RULE = re.compile(r"^_{10,}$")  # the line Outlook puts above the header block
+# Outlook introduces a forwarded message with the same header block as a reply; only the subject tells them
+# apart (FW, Fwd, and the French, German and Spanish prefixes TR, WG, RV).
+_FORWARD_SUBJECT = re.compile(r"^\s*(?:fwd?|tr|wg|rv)\s*:", re.IGNORECASE)
+
+
+def parse_email(raw: bytes) -> dict[str, str]:
+    """A raw RFC 822 message → {"from", "to", "subject", "text", "message_id", "in_reply_to"} (missing headers → "")."""
+    result = dict.fromkeys(FIELDS, "")
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogateescape")
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        return result
+    try:
+        msg = email.message_from_bytes(bytes(raw), policy=email.policy.default)
+    except Exception:
+        return result
+    for key, name in _HEADERS.items():
+        result[key] = _header(msg, name)
+    try:
+        result["text"] = _text(msg, forwarded=bool(_FORWARD_SUBJECT.match(result["subject"])))
+    except Exception:
+        # Parsing is lazy in places (nested parts, parameters), so a broken part can still fail here; the
+        # headers read above are worth returning on their own.
+        result["text"] = ""
+    return result
+
+
+def html_to_text(html: str) -> str:
+    """Readable plain text from an HTML email body: structure becomes line breaks, markup and scripts go."""
+    parser = _HTMLText()
+    try:
+        parser.feed(html)
+        parser.close()
+    except Exception:
+        pass  # keep what was read before the parser gave up
+    lines = [line.strip() for line in parser.text().split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
+
+
+def _header(msg: Message, name: str) -> str:
+    """One header as decoded text ("" when absent); every To header when there are several."""
+    try:
+        raws = [value for key, value in msg.raw_items() if key.lower() == name.lower()]
+    except Exception:
+        return ""
+    if name != "To":
+        raws = raws[:1]
+    texts = []
+    for raw in raws:
+        try:
+            parsed = msg.policy.header_fetch_parse(name, raw)
+            # policy.default re-renders address headers from what it could parse, and what it cannot parse
+            # it drops ("a@b@c" becomes "<>", "jane@x.test <jane@x.test>" loses the name): then the header as
+            # sent, with its encoded words decoded, says more.
+            invalid = any(isinstance(defect, InvalidHeaderDefect) for defect in getattr(parsed, "defects", ()))
+            texts.append(_decode_words(raw) if invalid else str(parsed))
+        except Exception:
+            texts.append(_decode_words(raw))
+    return " ".join(_CONTROL.sub("", ", ".join(texts)).split())
+
+
+def _decode_words(raw: str) -> str:
+    """A header value as sent, with RFC 2047 encoded words decoded and raw 8-bit bytes read as UTF-8."""
+    # The parser keeps raw 8-bit header bytes as surrogate escapes; UTF-8 is what such headers nearly always are.
+    try:
+        text = str(raw).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeError:
+        text = str(raw).encode("utf-8", "replace").decode("utf-8")
+    text = " ".join(text.split())
+    try:
+        return str(make_header(decode_header(text)))
+    except Exception:
+        return text  # an encoded word with an unknown charset or broken base64: show it as it came
+
+
+def _text(msg: Message, *, forwarded: bool) -> str:
+    """The message body as plain text with quoted history marked, plus the attachment line."""
+    # Each step on its own: a part that breaks the attachment walk should not cost the body, nor the reverse.
+    try:
+        part, text, is_html = _body(msg)
+    except Exception:
+        part, text, is_html = None, "", False
+    text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    if is_html:
+        text = html_to_text(text)
+    lines = [line.rstrip() for line in text.split("\n")]
+    first = next((i for i, line in enumerate(lines) if line), len(lines))
+    last = next((i for i in range(len(lines) - 1, -1, -1) if lines[i]), -1)
+    lines = [line.rstrip() for line in _mark_quoted(lines[first:last + 1], forwarded=forwarded)]
+    text = "\n".join(lines)
+    try:
+        names = _attachment_names(msg, part)
+    except Exception:
+        names = []
+    if names:
+        text = (text + "\n\n" if text else "") + f"[attachments: {', '.join(names)}]"
+    return text
+
+
+def _body(msg: Message) -> tuple[Message | None, str, bool]:
+    """The part chosen as the body, its decoded text, and whether that text is HTML."""
+    if not isinstance(msg, EmailMessage):
+        return None, "", False
+    for subtype in ("plain", "html"):
+        part = msg.get_body(preferencelist=(subtype,))
+        if part is None:
+            continue
+        text = _decode(part)
+        # An empty text/plain alternative next to a real HTML one happens (some senders only fill the HTML).
+        if text.strip():
+            return part, text, subtype == "html"
+    return None, "", False
+
+
+def _decode(part: Message) -> str:
+    """A leaf part's content as text, undoing the transfer encoding and the charset."""
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    return _decode_bytes(payload, part.get_content_charset())
+
+
+def _decode_bytes(data: bytes, charset: str | None) -> str:
+    """Bytes in a declared (possibly wrong or unknown) charset as text; undecodable bytes become U+FFFD."""
+    name: str | None = None
+    if charset:
+        try:
+            name = codecs.lookup(charset).name
+        except LookupError:
+            name = None
+    attempts: list[str] = []
+    if name == "iso8859-1":
+        # Mail labelled latin-1 is nearly always windows-1252 (curly quotes, euro sign in 0x80-0x9F, which
+        # latin-1 maps to invisible control characters); cp1252 fails on its five unused bytes, then latin-1 runs.
+        attempts.append("cp1252")
+    if name:
+        attempts.append(name)
+    # Undeclared or mislabelled (us-ascii) 8-bit text is UTF-8 far more often than anything else.
+    attempts.append("utf-8")
+    for encoding in attempts:
+        try:
+            return data.decode(encoding)
+        except (UnicodeDecodeError, LookupError):
+            continue
+    try:
+        return data.decode(name or "utf-8", errors="replace")
+    except LookupError:
+        # A codec that exists but is not a text encoding (charset="base64" has been seen).
+        return data.decode("utf-8", errors="replace")
+
+
+def _attachment_names(msg: Message, body: Message | None) -> list[str]:
+    """File names of the parts that are not the body, in message order."""
+    names: list[str] = []
+    stack: list[Message] = [msg]
+    while stack:
+        part = stack.pop()
+        if part.get_content_maintype() == "multipart":
+            payload = part.get_payload()
+            if isinstance(payload, list):
+                stack.extend(sub for sub in reversed(payload) if isinstance(sub, Message))
+            continue
+        # message/rfc822 parts are not opened: their own attachments belong to the attached message.
+        if part is body:
+            continue
+        filename = part.get_filename()
+        if filename:
+            names.append(" ".join(_CONTROL.sub("", filename).split()))
+        elif part.get_content_disposition() == "attachment":
+            names.append(f"(unnamed {part.get_content_type()})")
+    return names
+
+
+def _mark_quoted(lines: list[str], *, forwarded: bool) -> list[str]:
+    """Prefix "> " to every line from the first reply marker on; lines already starting with ">" are left alone.
+
+    `forwarded` says the subject is a forward (FW:, Fwd:), in which case an Outlook header block introduces the
+    forwarded message rather than quoted history.
+    """
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        # Markers are short lines; skipping long ones also keeps the patterns below from crawling through
+        # a megabyte-long line.
+        if not stripped or line.startswith(">") or len(stripped) > _MARKER_MAX:
+            continue
+        if _FORWARDED.match(stripped):
+            # Everything below is the forwarded message, the substance of the email, including any history
+            # inside it.
+            return lines
+        start: int | None = None
+        if _ORIGINAL_MESSAGE.match(stripped) or _is_header_block(lines, i):
+            if forwarded:
+                return lines
+            start = _rule_above(lines, i)
+        elif _is_attribution(lines, i):
+            start = i
+        if start is not None:
+            return lines[:start] + [line if line.startswith(">") else "> " + line for line in lines[start:]]
+    return lines
+
+
+def _is_attribution(lines: list[str], i: int) -> bool:
+    """Whether an "On <date>, <name> wrote:" line starts at `i`; clients wrap it over up to three lines."""
+    if not _ATTRIBUTION_START.match(lines[i].strip()):
+        return False
+    joined = ""
+    for line in lines[i:i + 3]:
+        if not line.strip() or line.startswith(">"):
+            break
+        joined = f"{joined} {line.strip()}".strip()
+        if len(joined) > 400:
+            break
+        if _ATTRIBUTION.match(joined):
+            return True
+    return False
+
+
+def _is_header_block(lines: list[str], i: int) -> bool:
+    """Whether an Outlook "From: … Sent: … To: … Subject: …" block starts at `i`."""
+    first = lines[i].strip()
+    if _BLOCK_ONE_LINE.match(first):
+        return True
+    if not _BLOCK_FROM.match(first):
+        return False
+    sent = subject = False
+    for line in lines[i + 1:i + 1 + _BLOCK_LINES]:
+        stripped = line.strip()
+        if not stripped:
+            break
+        sent = sent or bool(_BLOCK_SENT.match(stripped))
+        subject = subject or bool(_BLOCK_SUBJECT.match(stripped))
+    return sent and subject
+
+
+def _rule_above(lines: list[str], i: int) -> int:
+    """`i`, or the index of Outlook's "_____" rule when it sits just above line `i` (blank lines between)."""
+    j = i - 1
+    while j >= 0 and not lines[j].strip():
+        j -= 1
+    return j if j >= 0 and _OUTLOOK_RULE.match(lines[j].strip()) else i
+
+
+class _HTMLText(HTMLParser):
+    """Collects the visible text of an HTML document with line breaks where the layout has them."""
+
+    # Content that is never shown. head is also left when body starts, since mailers do not always close it.
+    _HIDDEN = frozenset({"head", "title", "script", "style", "noscript", "template"})
+    # Blocks that sit on lines of their own, and those that are also set apart by a blank line.
+    _LINE = frozenset({
+        "div", "li", "tr", "dt", "dd", "dl", "section", "article", "header", "footer", "nav", "aside",
+        "address", "center", "form", "fieldset", "figure", "figcaption", "caption", "hr", "main",
+    })
+    _PARAGRAPH = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "table", "ul", "ol"})
+    # Block edges are soft breaks: "</div><div>" or "text<br></div>" is one line break, not two, while each
+    # <br> is a real one ("<br><br>" is how many mailers separate paragraphs). Soft breaks are written as
+    # these placeholders and resolved in text().
+    _SOFT_LINE = "\x00"
+    _SOFT_PARAGRAPH = "\x01"
+    # Every run of break-like characters; runs without a placeholder come back unchanged. (A pattern that
+    # required a placeholder inside the run would rescan long runs of <br> newlines from every position.)
+    _BREAKS = re.compile(r"[ \n\x00\x01]+")
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self._chunks: list[str] = []
+        self._hidden = 0
+        self._pre = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        """Open hidden and preformatted regions; start blocks on a new line."""
+        if tag == "body":
+            self._hidden = 0
+        if tag in self._HIDDEN:
+            self._hidden += 1
+            return
+        if tag == "br":
+            self._chunks.append("\n")
+        elif tag in self._PARAGRAPH:
+            self._chunks.append(self._SOFT_PARAGRAPH)
+        elif tag in self._LINE:
+            self._chunks.append(self._SOFT_LINE)
+        if tag == "li":
+            self._chunks.append("- ")
+        elif tag == "pre":
+            self._pre += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        """Close hidden and preformatted regions; end lines and paragraphs."""
+        if tag in self._HIDDEN:
+            self._hidden = max(0, self._hidden - 1)
+        elif tag in self._PARAGRAPH:
+            self._chunks.append(self._SOFT_PARAGRAPH)
+        elif tag in self._LINE:
+            self._chunks.append(self._SOFT_LINE)
+        elif tag in ("td", "th"):
+            self._chunks.append(" ")  # keeps neighbouring cells from running into one word
+        if tag == "pre":
+            self._pre = max(0, self._pre - 1)
+
+    def handle_data(self, data: str) -> None:
+        """Keep visible text, collapsing HTML whitespace outside <pre>."""
+        if self._hidden:
+            return
+        # The placeholders must not come from the document itself (NULs are dropped earlier, but be sure).
+        data = data.replace(self._SOFT_LINE, "").replace(self._SOFT_PARAGRAPH, "")
+        if not self._pre:
+            data = re.sub(r"[ \t\r\n\f]+", " ", data)
+        self._chunks.append(data)
+
+    def text(self) -> str:
+        """What was collected so far, breaks resolved; non-breaking spaces become plain ones."""
+        return self._BREAKS.sub(self._resolve, "".join(self._chunks)).replace("\xa0", " ")
+
+    def _resolve(self, run: re.Match[str]) -> str:
+        """A run of spaces, <br> newlines and soft breaks → as many newlines as the strongest of them asks for."""
+        text = run.group()
+        if self._SOFT_LINE not in text and self._SOFT_PARAGRAPH not in text:
+            return text
+        hard = text.count("\n")
+        # A <br> right after a block edge starts an empty line, as a browser shows it ("</div><br><div>" and
+        # Gmail's "<div><br></div>" are blank lines); one that ends a block's last line adds nothing.
+        if hard and re.match(r"[ ]*[\x00\x01]", text):
+            hard += 1
+        return "\n" * max(2 if self._SOFT_PARAGRAPH in text else 1, hard)
