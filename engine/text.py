@@ -8,10 +8,11 @@ little more than a handful.
 from __future__ import annotations
 
 import functools
-import html
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from engine.html import html_to_text
 
 NEGATORS = frozenset({
     "not", "no", "never", "dont", "doesnt", "didnt", "isnt", "arent", "wasnt", "werent", "without",
@@ -28,7 +29,6 @@ _TOKEN = re.compile(r"[a-z0-9@$€£%]+(?:['][a-z]+)?")
 # phrases never reach across a break ("No, this is urgent").
 # A single line break is not one (mail is hard-wrapped at ~72 columns); a blank line is.
 _LEX = re.compile(r"([a-z0-9@$€£%]+)|[.!?;](?=\s)|\n\s*\n|[,:;]|\s[-–—](?=\s)")
-_TAG = re.compile(r"<(script|style)\b.*?</\1>|<[^>]+>", re.IGNORECASE | re.DOTALL)
 
 _QUOTE_HEADERS = [
     re.compile(r"^\s*On\b.{0,300}\bwrote:\s*$", re.IGNORECASE | re.DOTALL),
@@ -106,12 +106,6 @@ _HIDDEN = re.compile(r"<!--.*?-->", re.DOTALL)
 def normalize(s: str) -> str:
     """Lower-case, straighten apostrophes, and drop apostrophes so "can't" and "cant" are one word."""
     return s.translate(_APOSTROPHES).lower().replace("'", "")
-
-
-def html_to_text(s: str) -> str:
-    """Strip tags and entities from HTML, keeping line breaks where blocks ended."""
-    s = re.sub(r"<\s*(br|/p|/div|/li|/tr|/h\d)\b[^>]*>", "\n", s, flags=re.IGNORECASE)
-    return html.unescape(_TAG.sub(" ", s))
 
 
 def split_quoted(body: str) -> tuple[str, str]:
