@@ -25,7 +25,6 @@ from engine.text import EventText, Term, extract
 
 Cond = dict[str, Any]
 log = logging.getLogger(__name__)
-MAX_ALTERNATIVES = 64  # a rule's lists (type, source, in) multiply into at most this many engine rules
 
 
 @dataclass(frozen=True)
@@ -134,6 +133,22 @@ class MatchFeature:
         return value is not None and bool(self.regex.search(str(value)))
 
 
+@dataclass(frozen=True)
+class SetFeature:
+    """Membership of a field in a list of values (`type: [a, b]`, `in:`, `not_equals:`), computed once per
+    event into a boolean field: durable-rules gives every branch of an `$or` its own node per rule,
+    and an event may satisfy at most 64 nodes, so lists never reach the engine as `$or`."""
+
+    key: str
+    slot: str  # the fact key holding the field's value: "type", "source" or a value slot
+    values: frozenset[Any]
+    negate: bool = False  # not_equals: true when the field is absent or holds another value
+
+    def evaluate(self, fact: dict[str, Any]) -> bool:
+        """Whether the fact's value is in the set (or, negated, is not)."""
+        return (fact.get(self.slot) in self.values) != self.negate
+
+
 def resolve_path(event: dict[str, Any], path: tuple[str, ...]) -> Any:
     """The value at a dotted path of the event (None when absent)."""
     cur: Any = event
@@ -166,6 +181,7 @@ class CompiledRules:
     value_slots: dict[str, tuple[str, ...]]  # fact key -> path, value as given (strings lower-cased)
     number_slots: dict[str, tuple[str, ...]]  # fact key -> path, value as a number
     exists_slots: dict[str, tuple[str, ...]]  # fact key -> path, present when the field holds any value
+    set_features: list[SetFeature] = field(default_factory=list)
     engine: durable.DurableRuleset | None = None
     warnings: list[ConfigError] = field(default_factory=list)
     text_index: TextIndex = field(default_factory=TextIndex)
@@ -210,6 +226,9 @@ class CompiledRules:
                 fact[key] = x
         for key in self.text_index.true_features(text):
             fact[key] = True
+        for sf in self.set_features:
+            if sf.evaluate(fact):
+                fact[sf.key] = True
         for mf in self.match_features:
             if mf.evaluate(event):
                 fact[mf.key] = True
@@ -234,7 +253,7 @@ class CompiledRules:
         seen = set()
         out = []
         for n in names:
-            i = int(n[1:].split(".")[0])  # "r12.1" is the second alternative of rule 12
+            i = int(n[1:])
             if i not in seen:
                 seen.add(i)
                 out.append(i)
@@ -287,6 +306,16 @@ class _Compiler:
         self.values: dict[tuple[str, ...], str] = {}
         self.numbers: dict[tuple[str, ...], str] = {}
         self.present: dict[tuple[str, ...], str] = {}
+        self.sets: dict[tuple[str, frozenset[Any], bool], SetFeature] = {}
+
+    def member(self, slot: str, values: list[Any], negate: bool = False) -> Cond:
+        """A condition on one value (plain equality, which the engine shares) or on a set of them."""
+        if len(values) == 1 and not negate:
+            return {slot: values[0]}
+        spec = (slot, frozenset(values), negate)
+        if spec not in self.sets:
+            self.sets[spec] = SetFeature(f"g{len(self.sets)}", slot, spec[1], negate)
+        return {self.sets[spec].key: True}
         self.errors: list[ConfigError] = []
 
     def slot(self, path: tuple[str, ...], numeric: bool = False, exists: bool = False) -> str:
@@ -322,19 +351,19 @@ class _Compiler:
         if op == "equals":
             return {key: _norm_value(v)}
         if op == "not_equals":
-            # The engine's $neq needs the field present; an absent field is "not equal" to users.
-            return {"$or": [{"$nex": {key: 1}}, {"$neq": {key: _norm_value(v)}}]}
+            # An absent field is "not equal" to users (the engine's $neq needs it present).
+            return self.member(key, [_norm_value(v)], negate=True)
         if op == "in":
-            return _any_of(key, [_norm_value(x) for x in v])
+            return self.member(key, [_norm_value(x) for x in v])
         raise AssertionError(f"unhandled operator {op}")
 
     def rule_cond(self, ref: RuleRef) -> Cond:
         w = ref.rule.when
         conds: list[Cond] = []
         if w.types():
-            conds.append(_any_of("type", w.types()))
+            conds.append(self.member("type", w.types()))
         if w.sources():
-            conds.append(_any_of("source", w.sources()))
+            conds.append(self.member("source", w.sources()))
         conds.extend(self.field_cond(fc) for fc in w.fields)
         if w.text is not None:
             conds.append({self.text_feature(w.text): True})
@@ -343,8 +372,6 @@ class _Compiler:
         return conds[0] if len(conds) == 1 else {"$and": conds}
 
 
-def _any_of(key: str, values: list[Any]) -> Cond:
-    return {key: values[0]} if len(values) == 1 else {"$or": [{key: v} for v in values]}
 
 
 def _atoms(cond: Cond, out: list[Cond]) -> None:
@@ -356,36 +383,11 @@ def _atoms(cond: Cond, out: list[Cond]) -> None:
         out.append(cond)
 
 
-def _dnf(cond: Cond) -> list[list[Cond]]:
-    """The condition as alternatives of plain conjunctions (no `$or` left)."""
-    (op, arg), = cond.items()
-    if op == "$and":
-        out: list[list[Cond]] = [[]]
-        for part in arg:
-            out = [left + right for left in out for right in _dnf(part)]
-        return out
-    if op == "$or":
-        return [alt for part in arg for alt in _dnf(part)]
-    return [[cond]]
-
-
-def _arrange(cond: Cond) -> list[list[Cond]]:
-    """The rule as engine rules: one conjunction with plain conditions first (shared ones first) and
-    `$or` groups last; or, when it has only `$or` groups, one conjunction per alternative."""
-    (op, arg), = cond.items()
-    parts = arg if op == "$and" else [cond]
-    plain = sorted((p for p in parts if "$or" not in p), key=_selectivity)
-    groups = [p for p in parts if "$or" in p]
-    if plain:
-        return [plain + groups]
-    return [sorted(alt, key=_selectivity) for alt in _dnf(cond)]
-
-
 def _selectivity(atom: Cond) -> int:
-    # A single type or source test first: identical first conditions share one engine node, which
-    # keeps the network (and its memory) small; then data fields; then text features.
+    # Type and source tests first (a single value, or a list as a set feature: both shared by many
+    # rules), then data fields, then text features.
     key = _atom_key(atom)
-    if key in ("type", "source"):
+    if key in ("type", "source") or (key[0] == "g" and key[1:].isdigit()):
         return 0
     if key[0] in "vne" and key[1:].isdigit():
         return 1
@@ -416,20 +418,10 @@ def compile_rules(bundle: OrgBundle, *, load_engine: bool = True, probe: bool = 
                                       f"rule '{ref.key}' has {len(atoms)} conditions; the rules engine takes at most "
                                       f"{durable.MAX_SIMULTANEOUS} per event"))
         all_atoms.update(json.dumps(a, sort_keys=True) for a in atoms)
-        # The engine gives every branch of an `$or` its own node, and one event may satisfy at most 64
-        # nodes: 65 rules starting with `type: [a, b]` break every event of type a. So plain conditions
-        # go first and the `$or` groups last, where the engine only reaches them through the plain
-        # conditions; a rule made of `$or`s alone is expanded into one engine
-        # rule per alternative.
-        alternatives = _arrange(cond)
-        if len(alternatives) > MAX_ALTERNATIVES:
-            errors.append(ConfigError(ref.path, ref.line, "engine_limit",
-                                      f"rule '{ref.key}' expands to {len(alternatives)} alternatives (its type, source "
-                                      f"and `in` lists multiply); at most {MAX_ALTERNATIVES} are allowed — split the rule"))
-            continue
-        for j, conj in enumerate(alternatives):
-            body = conj[0] if len(conj) == 1 else {"$and": conj}
-            definition[f"r{i}" if len(alternatives) == 1 else f"r{i}.{j}"] = {"all": [{"m": body}]}
+        # Shared conditions first: identical first conditions share one engine node (less memory, and
+        # fewer nodes an event satisfies at once).
+        atoms.sort(key=_selectivity)
+        definition[f"r{i}"] = {"all": [{"m": atoms[0] if len(atoms) == 1 else {"$and": atoms}}]}
     org_path = bundle.files[0]
     if len(rules) > durable.MAX_RULES:
         errors.append(ConfigError(org_path, 0, "engine_limit",
@@ -439,7 +431,7 @@ def compile_rules(bundle: OrgBundle, *, load_engine: bool = True, probe: bool = 
                                   f"the rules use {len(all_atoms)} distinct conditions; the rules engine hangs past "
                                   f"~512, so at most {durable.MAX_DISTINCT_CONDITIONS} are allowed — merge keyword "
                                   "lists into shared text conditions or split the org"))
-    properties = 4 + len(c.values) + len(c.numbers) + len(c.present) + len(c.text) + len(c.matches)
+    properties = 4 + len(c.values) + len(c.numbers) + len(c.present) + len(c.text) + len(c.matches) + len(c.sets)
     if properties > durable.MAX_PROPERTIES:
         errors.append(ConfigError(org_path, 0, "engine_limit",
                                   f"events would carry {properties} feature fields; the rules engine takes at most "
@@ -456,7 +448,7 @@ def compile_rules(bundle: OrgBundle, *, load_engine: bool = True, probe: bool = 
         bundle=bundle, rules=rules, definition_json=json.dumps(definition, separators=(",", ":")),
         text_features=list(c.text.values()), match_features=list(c.matches.values()),
         value_slots={k: p for p, k in c.values.items()}, number_slots={k: p for p, k in c.numbers.items()},
-        exists_slots={k: p for p, k in c.present.items()},
+        exists_slots={k: p for p, k in c.present.items()}, set_features=list(c.sets.values()),
         warnings=warnings)
     if load_engine:
         if probe:
