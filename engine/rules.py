@@ -2,7 +2,9 @@
 
 Text conditions (keywords, phrases, regexes, negations) are evaluated once per event in Python and
 handed to the engine as boolean feature fields (`t3: true`); structured conditions on type, source
-and data fields stay in the engine. The compiled conditions are plain JSON in durable-rules'
+and data fields (equality, comparisons, existence) stay in the engine, except lists of values
+(`type: [a, b]`, `in:`, `not_equals:`), which become membership features (`g2: true`) because the
+engine turns every `$or` branch of every rule into a node of its own. The compiled conditions are plain JSON in durable-rules'
 dialect, so the same definition can also be evaluated by `evaluate` in Python — the reference the
 tests and the benchmark compare against, and the fallback for the rare event that satisfies more
 conditions at once than the engine accepts.
