@@ -194,15 +194,15 @@ def _env_overrides() -> dict[str, str]:
     return {n: os.environ[n] for n in names if os.environ.get(n)}
 
 
-def load_policy(policies_dir: Path, org: str) -> tuple[Policy | None, list[ConfigError], list[Path]]:
+def load_policy(policies_dir: Path, org: str) -> tuple[Policy | None, list[ConfigError], list[Located]]:
     """Load `policies/<org>.yaml` (or default.yaml alone), following `extends`, then apply env overrides.
+    Returns the policy, the errors, and the parsed files of the chain (the org's own first).
 
     `AGENT_DEFAULT_PROVIDER` sets the provider of the default policy (an org that names its own keeps
     it); `AGENT_AUTO_EXECUTE_THRESHOLD` / `AGENT_REQUIRE_APPROVAL_THRESHOLD` override every threshold.
     """
     errors: list[ConfigError] = []
     chain: list[Located] = []
-    used: list[Path] = []
     name: str | None = org if (policies_dir / f"{org}.yaml").exists() else DEFAULT_POLICY
     seen: set[str] = set()
     while name is not None:
@@ -211,21 +211,20 @@ def load_policy(policies_dir: Path, org: str) -> tuple[Policy | None, list[Confi
             last = chain[-1]
             errors.append(ConfigError(last.path, last.line(("extends",)), "extends_cycle",
                                       f"policy '{name}' extends itself through {sorted(seen)}"))
-            return None, errors, used
+            return None, errors, chain
         seen.add(name)
         if not path.exists():
             where = chain[-1] if chain else None
             errors.append(ConfigError(where.path if where else str(path), where.line(("extends",)) if where else 0,
                                       "unknown_policy" if where else "missing_file",
                                       f"policy '{name}' not found at {path}"))
-            return None, errors, used
-        used.append(path)
+            return None, errors, chain
         doc = parse_yaml(path.read_text(encoding="utf-8"), str(path))
         if isinstance(doc, ConfigError):
-            return None, [doc], used
+            return None, [doc], chain
         schema_errors = check_schema(doc, Policy, partial=True)
         if schema_errors:
-            return None, schema_errors, used
+            return None, schema_errors, chain
         chain.append(doc)
         ext = doc.data.get("extends")
         name = str(ext) if ext else None
@@ -239,7 +238,7 @@ def load_policy(policies_dir: Path, org: str) -> tuple[Policy | None, list[Confi
         merged = _deep_merge(merged, data)
     policy = build_model(chain[0], Policy, merged)
     if isinstance(policy, list):
-        return None, policy, used
+        return None, policy, chain
     env = _env_overrides()
     if "AGENT_AUTO_EXECUTE_THRESHOLD" in env or "AGENT_REQUIRE_APPROVAL_THRESHOLD" in env:
         try:
@@ -254,8 +253,8 @@ def load_policy(policies_dir: Path, org: str) -> tuple[Policy | None, list[Confi
             policy = policy.model_copy(update={"thresholds": thresholds})
         except (ValueError, ValidationError) as exc:
             errors.append(ConfigError("environment", 0, "invalid_value", f"AGENT_*_THRESHOLD: {exc}"))
-            return None, errors, used
-    return policy, errors, used
+            return None, errors, chain
+    return policy, errors, chain
 
 
 # --------------------------------------------------------------------------- references
@@ -405,13 +404,10 @@ def validate_org(org_dir: Path, policies_dir: Path) -> tuple[OrgBundle | None, l
         for i, rule in enumerate(rs.rules):
             rules.append(RuleRef(rs.ruleset, rule, str(path), doc.line(("rules", i, "id"))))
 
-    policy, policy_errors, policy_paths = load_policy(policies_dir, org_dir.name)
+    policy, policy_errors, policy_docs = load_policy(policies_dir, org_dir.name)
     errors.extend(policy_errors)
-    for pp in policy_paths:
-        if str(pp) not in docs:
-            loaded = parse_yaml(pp.read_text(encoding="utf-8"), str(pp))
-            if isinstance(loaded, Located):
-                docs[str(pp)] = loaded
+    docs.update((d.path, d) for d in policy_docs)
+    policy_paths = [Path(d.path) for d in policy_docs]
 
     if org is None or policy is None or any(e.severity == "error" for e in errors):
         return None, errors

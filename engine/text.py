@@ -251,12 +251,18 @@ class Term:
 
     @classmethod
     def parse(cls, keyword: str) -> Term:
-        """Normalize a keyword from a rule ("Can't log-in" → can't log in; "refund*" → prefix)."""
-        prefix = keyword.endswith("*")
-        words = tuple(_TOKEN.findall(normalize(keyword.rstrip("*"))))
-        if not words:
-            raise ValueError(f"keyword {keyword!r} has no words")
-        return cls(words, prefix and len(words) == 1)
+        """Normalize a keyword from a rule ("Can't log-in" → can't log in; "refund*" → prefix). Cached:
+        urgency and fallback keywords are looked up on every event."""
+        return _parse_term(keyword)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _parse_term(keyword: str) -> Term:
+    prefix = keyword.endswith("*")
+    words = tuple(_TOKEN.findall(normalize(keyword.rstrip("*"))))
+    if not words:
+        raise ValueError(f"keyword {keyword!r} has no words")
+    return Term(words, prefix and len(words) == 1)
 
 
 @dataclass
