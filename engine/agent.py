@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from engine.config import DecisionType, Intent, OrgConfig, Policy
 from engine.gate import GateResult, RateLimiter, gate
 from engine.llm import LLMResult, LLMStage, fallback
-from engine.models import Action, Decision, Event, utcnow
+from engine.models import Action, Decision, Event, new_id, utcnow
 from engine.plan import escalation_action, make_plan
 from engine.ports import DecisionStore, StaticState
 from engine.resolve import Resolution, resolve
@@ -73,8 +73,25 @@ class Agent:
         return _Choice(intent, confidence, dtype, decided_by, result,
                        c.effective_priority() if c is not None else None, [note])
 
-    async def process(self, event: Event, *, dry_run: bool = False) -> Decision:
-        """Decide for one event. In a dry run nothing is executed, recorded or rate-limited."""
+    def triage(self, event: Event) -> int:
+        """The priority the rules stage alone gives an event (no LLM, nothing recorded): the service uses it
+        to process urgent events synchronously and queue the rest."""
+        compiled = self._rules_for(event.org)
+        if compiled is None:
+            raise UnknownOrg(f"org '{event.org}' has no active configuration")
+        policy = compiled.bundle.policy
+        text = extract(event.data)
+        matches, _ = compiled.match_fact(compiled.features(event.envelope(), text))
+        res = resolve(matches, policy.ambiguity)
+        if res.urgent or urgency_hits(policy.urgency.keywords, text):
+            return policy.urgency.priority
+        if res.candidate is not None and res.candidate.intent == Intent.SPAM:
+            return 1
+        return res.priority or policy.urgency.normal_priority
+
+    async def process(self, event: Event, *, dry_run: bool = False, decision_id: str | None = None) -> Decision:
+        """Decide for one event. In a dry run nothing is executed, recorded or rate-limited. `decision_id`
+        lets the caller log with the decision's id before it exists."""
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         compiled = self._rules_for(event.org)
@@ -127,7 +144,7 @@ class Agent:
         reasoning.append(_sentence(g.reason))
 
         decision = Decision(
-            event_id=event.id, org=org.org, input={"source": str(event.source), "type": event.type},
+            id=decision_id or new_id("dec"), event_id=event.id, org=org.org, input={"source": str(event.source), "type": event.type},
             intent=intent, priority=priority, decision_type=plan.decision_type, confidence=confidence,
             decided_by=decided_by,  # type: ignore[arg-type]
             matched_rules=list(res.matched), reasoning=" ".join(reasoning), actions=[], status=g.status,

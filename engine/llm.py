@@ -10,7 +10,7 @@ import json
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from string import Template
@@ -210,17 +210,33 @@ class LLMStage:
     """Consults a provider for ambiguous events. Owns retries (SDK retries are off) and one breaker
     per org and provider."""
 
-    def __init__(self, provider: LLMProvider | None, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    def __init__(self, provider: LLMProvider | Mapping[str, LLMProvider | None] | None, *,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  clock: Callable[[], float] = time.monotonic, rng: Callable[[], float] = random.random) -> None:
-        self.provider = provider
+        """`provider`: one provider for every org, or providers by name ("openai", "anthropic") so that each
+        org's policy picks its own (a service serving several orgs)."""
+        self._by_name: Mapping[str, LLMProvider | None] | None = None
+        if isinstance(provider, Mapping):
+            self._by_name = provider
+            provider = None
+        self.provider: LLMProvider | None = provider
         self._sleep = sleep
         self._clock = clock
         self._rng = rng
         self._breakers: dict[str, CircuitBreaker] = {}
 
+    def provider_for(self, settings: LLMSettings) -> LLMProvider | None:
+        """The provider an org's LLM settings select (None: no LLM)."""
+        if settings.provider == "none":
+            return None
+        if self._by_name is not None:
+            return self._by_name.get(settings.provider)
+        return self.provider
+
     def breaker(self, org: str, settings: LLMSettings) -> CircuitBreaker:
-        """The circuit breaker for an org's use of this provider."""
-        key = f"{org}/{self.provider.name if self.provider else 'none'}"
+        """The circuit breaker for an org's use of its provider."""
+        provider = self.provider_for(settings)
+        key = f"{org}/{provider.name if provider else 'none'}"
         if key not in self._breakers:
             cb = settings.circuit_breaker
             self._breakers[key] = CircuitBreaker(cb.failures, cb.reset_seconds, self._clock)
@@ -237,15 +253,18 @@ class LLMStage:
     async def classify(self, org: OrgConfig, settings: LLMSettings, event: dict[str, Any], text: EventText,
                        resolution: Resolution, capabilities: Capabilities | None = None) -> LLMResult:
         """Ask the model; return its validated classification or why there is none."""
-        if self.provider is None or settings.provider == "none":
-            return LLMResult(None, None, "no LLM provider is configured (provider: none)")
+        provider = self.provider_for(settings)
+        if provider is None:
+            why = ("provider: none" if settings.provider == "none" or self._by_name is None
+                   else f"{settings.provider} is not set up in this process: no API key")
+            return LLMResult(None, None, f"no LLM provider is configured ({why})")
         breaker = self.breaker(org.org, settings)
         system = system_prompt(org)
         user = user_prompt(org, event, text, resolution)
-        trace = LLMTrace(provider=self.provider.name, model=settings.model, prompt=user)
+        trace = LLMTrace(provider=provider.name, model=settings.model, prompt=user)
         if not breaker.allow():
             trace.error = (f"circuit open after {breaker.consecutive} consecutive failures; "
-                           f"not calling {self.provider.name} for {settings.circuit_breaker.reset_seconds:.0f} s")
+                           f"not calling {provider.name} for {settings.circuit_breaker.reset_seconds:.0f} s")
             return LLMResult(None, trace, trace.error)
         request = LLMRequest(system=system, user=user, model=settings.model, temperature=settings.temperature,
                              max_tokens=settings.max_tokens, timeout_seconds=settings.timeout_seconds)
@@ -254,7 +273,7 @@ class LLMStage:
             trace.attempts = attempt + 1
             retry_after: float | None = None
             try:
-                reply = await asyncio.wait_for(self.provider.complete(request), settings.timeout_seconds + 5)
+                reply = await asyncio.wait_for(provider.complete(request), settings.timeout_seconds + 5)
             except (LLMError, TimeoutError) as exc:
                 err = exc if isinstance(exc, LLMError) else LLMError("timeout", "no answer in time")
                 errors.append(f"attempt {attempt + 1}: {err.kind}: {err}")

@@ -1,4 +1,4 @@
-"""The `astralis` command: validate, schema, simulate, test."""
+"""The `astralis` command: serve, keys, validate, schema, simulate, test."""
 
 from __future__ import annotations
 
@@ -200,6 +200,63 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 1 if total_failed else 0
 
 
+# --------------------------------------------------------------------------- serve and keys
+
+def _db(args: argparse.Namespace) -> str:
+    return str(args.db or os.environ.get("ASTRALIS_DB", "astralis.db"))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the HTTP service on the embedded defaults (SQLite file, in-process workers)."""
+    from server import logs
+    from server.app import Settings, run
+    from server.service import Processing
+
+    logs.configure(args.log_level, json_format=args.log_format == "json")
+    rulesets, policies = _dirs(args)
+    settings = Settings(db=_db(args), rulesets=rulesets, policies=policies, llm=args.llm,
+                        synchronous=args.synchronous, requests_per_minute=args.rate_limit,
+                        max_body_bytes=args.max_body, watch=not args.no_watch, schedules=not args.no_schedules,
+                        processing=Processing(workers=args.workers, lease_seconds=args.lease,
+                                              max_attempts=args.max_attempts,
+                                              shutdown_grace_seconds=args.shutdown_grace))
+    run(settings, args.host, args.port)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Create, list or revoke API keys (stored hashed; a new key is printed once)."""
+    from adapters.sqlite_store import SQLiteStore
+    from server.auth import new_key
+
+    async def go() -> int:
+        async with await SQLiteStore.open(_db(args)) as store:
+            if args.action == "create":
+                rulesets, _ = _dirs(args)
+                if not (rulesets / args.org / "org.yaml").exists() and not args.force:
+                    print(f"{rulesets / args.org}: no such org (use --force to create a key anyway)", file=sys.stderr)
+                    return 1
+                key_id, key, key_hash = new_key()
+                await store.add_api_key(key_id, args.org, args.name or f"{args.org}-{key_id}", key_hash)
+                print(key)
+                print(f"key {key_id} for org {args.org}: shown once, stored hashed; "
+                      f"revoke with `astralis keys revoke {key_id}`", file=sys.stderr)
+                return 0
+            if args.action == "revoke":
+                key_id = args.key_id.removeprefix("ak_").split("_")[0]
+                if await store.revoke_api_key(key_id):
+                    print(f"revoked {key_id}")
+                    return 0
+                print(f"no active key {key_id}", file=sys.stderr)
+                return 1
+            for k in await store.list_api_keys(args.org):
+                state = f"revoked {k['revoked_at']}" if k["revoked_at"] else "active"
+                print(f"{k['id']}  {k['org']:<16} {k['name']:<24} created {k['created_at']}  {state}")
+            return 0
+
+    return asyncio.run(go())
+
+
 # --------------------------------------------------------------------------- main
 
 def parser() -> argparse.ArgumentParser:
@@ -230,6 +287,43 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--llm", choices=["live", "off"], default="off",
                    help="live: consult the policy's provider for ambiguous events; off (default): fallback rules")
     m.set_defaults(func=cmd_simulate)
+
+    sv = sub.add_parser("serve", help="run the HTTP service (SQLite file, in-process workers)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--db", help="SQLite file (default: ./astralis.db or $ASTRALIS_DB)")
+    dirs(sv)
+    sv.add_argument("--llm", choices=["policy", "off"], default="policy",
+                    help="policy (default): each org's policy provider when its API key is set; off: never")
+    sv.add_argument("--workers", type=int, default=4, help="events decided concurrently by the queue workers")
+    sv.add_argument("--lease", type=float, default=30.0, help="seconds a worker's claim on an event lasts unrenewed")
+    sv.add_argument("--max-attempts", type=int, default=5, help="failed attempts before an event is dead-lettered")
+    sv.add_argument("--shutdown-grace", type=float, default=10.0,
+                    help="seconds in-flight events get to finish on SIGTERM before going back to the queue")
+    sv.add_argument("--rate-limit", type=int, default=600, help="requests per minute per API key")
+    sv.add_argument("--max-body", type=int, default=1024 * 1024, help="request body limit in bytes")
+    sv.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL",
+                    help="SQLite durability: FULL (default) survives power loss; NORMAL may lose the last commits")
+    sv.add_argument("--no-watch", action="store_true", help="do not hot-reload ruleset and policy files")
+    sv.add_argument("--no-schedules", action="store_true", help="do not emit the policies' SCHEDULE events")
+    sv.add_argument("--log-level", default="INFO")
+    sv.add_argument("--log-format", choices=["json", "text"], default="json")
+    sv.set_defaults(func=cmd_serve)
+
+    k = sub.add_parser("keys", help="API keys: create (printed once, stored hashed), list, revoke")
+    ksub = k.add_subparsers(dest="action", required=True)
+    kc = ksub.add_parser("create", help="print a new API key for an org")
+    kc.add_argument("--org", required=True)
+    kc.add_argument("--name", help="a label for the key (shown in logs and as the default approver)")
+    kc.add_argument("--force", action="store_true", help="create even if the org has no folder yet")
+    kl = ksub.add_parser("list", help="list keys (never their secrets)")
+    kl.add_argument("--org")
+    kr = ksub.add_parser("revoke", help="revoke a key by its id (or the key itself)")
+    kr.add_argument("key_id")
+    for sp in (kc, kl, kr):
+        sp.add_argument("--db", help="SQLite file (default: ./astralis.db or $ASTRALIS_DB)")
+        dirs(sp)
+    k.set_defaults(func=cmd_keys)
 
     t = sub.add_parser("test", help="run the org's locked decision cases")
     t.add_argument("org", nargs="?")

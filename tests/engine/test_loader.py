@@ -120,6 +120,56 @@ def test_business_hours_ending_before_they_start_is_a_model_error(org_copy: OrgC
     assert "must be after start" in err
 
 
+def _add_schedules(copy: OrgCopy, *items: str) -> None:
+    copy.replace(POLICY, "\nescalation:\n", "\nschedules:\n" + "".join(items) + "\nescalation:\n")
+
+
+DIGEST = "  - id: digest\n    cron: '0 8 * * mon-fri'\n    type: schedule:daily_digest\n"
+
+
+def test_schedules_load(org_copy: OrgCopy) -> None:
+    _add_schedules(org_copy, DIGEST, "  - {id: night, cron: '30 2 * * *', timezone: Europe/London, data: {x: 1}}\n")
+    bundle, errors = org_copy.validate()
+    assert bundle is not None and errors == []
+    assert [(s.id, s.cron, s.type, s.timezone, s.data) for s in bundle.policy.schedules] == [
+        ("digest", "0 8 * * mon-fri", "schedule:daily_digest", None, {}),
+        ("night", "30 2 * * *", "schedule:tick", "Europe/London", {"x": 1})]
+
+
+@pytest.mark.parametrize(("cron", "message"), [
+    ("61 8 * * mon-fri", "cron '61 8 * * mon-fri' is not a valid cron expression (out of range)"),
+    ("0 8 * * mon-fry", "cron '0 8 * * mon-fry' is not a valid cron expression"),
+    ("0 0 31 2 *", "cron '0 0 31 2 *' never fires (no such date)"),
+    ("0 8 * * * *", "cron '0 8 * * * *' has 6 fields, expected 5: minute hour day-of-month month day-of-week, "
+                    "e.g. '0 8 * * mon-fri'"),
+])
+def test_bad_cron_is_a_model_error_at_its_line(org_copy: OrgCopy, cron: str, message: str) -> None:
+    _add_schedules(org_copy, DIGEST, f"  - id: broken\n    cron: '{cron}'\n")
+    line = org_copy.line_of(POLICY, f"cron: '{cron}'")
+    assert only_error(org_copy) == f"{POLICY}:{line}: invalid_value: schedules[1].cron: {message}"
+
+
+def test_schedule_with_an_unknown_time_zone(org_copy: OrgCopy) -> None:
+    _add_schedules(org_copy, DIGEST + "    timezone: America/Gotham\n")
+    line = org_copy.line_of(POLICY, "America/Gotham")
+    assert only_error(org_copy) == (
+        f"{POLICY}:{line}: invalid_value: schedules[0].timezone: 'America/Gotham' is not a known IANA time zone")
+
+
+def test_schedule_with_a_bad_event_type_is_a_schema_error(org_copy: OrgCopy) -> None:
+    _add_schedules(org_copy, DIGEST.replace("schedule:daily_digest", "DailyDigest"))
+    line = org_copy.line_of(POLICY, "type: DailyDigest")
+    assert only_error(org_copy) == (
+        f"{POLICY}:{line}: schema: schedules[0].type: 'DailyDigest' does not match '^[a-z_]+:[a-z_]+$'")
+
+
+def test_duplicate_schedule_id(org_copy: OrgCopy) -> None:
+    _add_schedules(org_copy, DIGEST, "  - {id: digest, cron: '0 9 * * *'}\n")
+    assert only_error(org_copy) == (
+        f"{POLICY}:{org_copy.line_of(POLICY, 'schedules:')}: invalid_value: schedules: "
+        "schedule id 'digest' is defined twice (schedules[0] and schedules[1])")
+
+
 # --------------------------------------------------------------------------- stage 4: references
 
 def test_unknown_pipeline_in_routing(org_copy: OrgCopy) -> None:

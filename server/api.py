@@ -1,0 +1,403 @@
+"""/api/agent/*: process, decisions, approvals, analytics, config, simulate, the inbox; and /healthz, /metrics.
+
+Every route is scoped to the API key's org: an id of another org's decision or event answers 404, exactly as an
+id that does not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from engine.agent import UnknownOrg
+from engine.config import Source
+from engine.models import Decision, Event
+from engine.simulator import summarize
+from server import configs
+from server.app import METRICS, REGISTRY, SERVICE, SETTINGS, STORE, principal
+from server.errors import ApiError, invalid
+from server.schemas import AcceptedOut, ConfigUpdate, DbTrigger, EventIn, Rejection, Review, SimulateRequest
+
+M = TypeVar("M", bound=BaseModel)
+MODES = ("auto", "sync", "queue", "dry_run")
+
+
+async def read_json(request: web.Request, model: type[M], *, optional: bool = False) -> M:
+    """The request body validated as `model`; 415/400/422 naming what is wrong."""
+    if not request.can_read_body:
+        if optional:
+            return model()
+        raise ApiError(400, "bad_request", "a JSON body is required")
+    if request.content_type not in ("application/json", "text/json") and not request.content_type.endswith("+json"):
+        raise ApiError(415, "unsupported_media_type",
+                       f"send Content-Type: application/json, not {request.content_type or 'nothing'}")
+    raw = await request.read()
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid(exc) from None
+
+
+def to_json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON response (pydantic models and datetimes included)."""
+    text = data.model_dump_json() if isinstance(data, BaseModel) else json.dumps(data, default=_default)
+    return web.Response(text=text, status=status, content_type="application/json", headers=headers)
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, BaseModel):
+        return o.model_dump(mode="json")
+    if isinstance(o, datetime):
+        return o.isoformat()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def event_from(body: EventIn, org: str) -> Event:
+    """The envelope for the key's org; a body naming another org is refused."""
+    if body.org is not None and body.org != org:
+        raise ApiError(403, "forbidden_org", f"this API key belongs to org '{org}', not '{body.org}'",
+                       {"field": "org"})
+    fields = body.model_dump(exclude_none=True, exclude={"org"})
+    try:
+        return Event.model_validate({**fields, "org": org})
+    except ValidationError as exc:
+        raise invalid(exc, "event") from None
+
+
+def _known_org(request: web.Request, org: str) -> None:
+    if request.app[REGISTRY].get(org) is None:
+        state = request.app[REGISTRY].state(org)
+        details = [str(e) for e in state.errors] if state else []
+        raise ApiError(409, "org_not_loaded", f"org '{org}' has no valid configuration loaded", details)
+
+
+# ---- process --------------------------------------------------------------------------------------------
+
+async def submit(request: web.Request, event: Event, *, mode: str, channel: str) -> web.Response:
+    """Accept an event and answer per `mode`: 200 with the decision (sync, dry_run, urgent in auto) or 202."""
+    app = request.app
+    service = app[SERVICE]
+    _known_org(request, event.org)
+    if mode == "dry_run":
+        t0 = time.perf_counter()
+        decision = await service.agent.process(event, dry_run=True)
+        app[METRICS].observe_decision(decision, "dry_run", time.perf_counter() - t0)
+        return to_json(decision)
+    if mode == "auto":
+        try:
+            priority = service.agent.triage(event)
+        except UnknownOrg as exc:
+            raise ApiError(409, "org_not_loaded", str(exc)) from None
+        mode = "sync" if priority >= 5 else "queue"
+    else:
+        priority = 3
+    acc = await service.accept(event, channel=channel, priority=priority, lease=(mode == "sync"))
+    if not acc.new:
+        return await _duplicate(request, event, acc.status, acc.decision_id, mode)
+    if mode == "queue":
+        return to_json(AcceptedOut(event_id=event.id, status="accepted", duplicate=False, mode="queue"), 202)
+    decision = await service.decide_now(event)
+    if decision is None:  # failed: the event stays in the inbox and is retried
+        info = await app[STORE].event_info(event.org, event.id)
+        return to_json(AcceptedOut(event_id=event.id, status=info["status"] if info else "accepted",
+                                   duplicate=False, mode="sync"), 202)
+    return to_json(decision, headers={"X-Astralis-Mode": "sync"})
+
+
+async def _duplicate(request: web.Request, event: Event, status: str, decision_id: str | None,
+                     mode: str) -> web.Response:
+    """A repeated delivery: the original event's answer, nothing new written."""
+    if decision_id is not None and mode == "sync":
+        decision = await request.app[STORE].get_decision(event.org, decision_id)
+        if decision is not None:
+            return to_json(decision, headers={"X-Astralis-Duplicate": "true", "X-Astralis-Mode": "sync"})
+    code = 202 if status in ("accepted", "processing") else 200
+    return to_json(AcceptedOut(event_id=event.id, status=status, duplicate=True, decision_id=decision_id, mode=mode),
+                   code, headers={"X-Astralis-Duplicate": "true"})
+
+
+def _mode(request: web.Request) -> str:
+    mode = request.query.get("mode", "auto")
+    if mode not in MODES:
+        raise ApiError(400, "bad_request", f"mode must be one of {', '.join(MODES)}, not {mode!r}", {"field": "mode"})
+    return mode
+
+
+async def process(request: web.Request) -> web.Response:
+    """POST /api/agent/process?mode=auto|sync|queue|dry_run"""
+    mode = _mode(request)
+    body = await read_json(request, EventIn)
+    return await submit(request, event_from(body, principal(request).org), mode=mode, channel="api")
+
+
+async def db_trigger(request: web.Request) -> web.Response:
+    """POST /api/agent/db-trigger: a row change from the host platform, as a DB_TRIGGER event (queued)."""
+    body = await read_json(request, DbTrigger)
+    verb = {"INSERT": "inserted", "UPDATE": "updated", "DELETE": "deleted"}[body.operation]
+    data = {**body.row, "db": {"table": body.table, "operation": body.operation, "old_row": body.old_row}}
+    fields: dict[str, Any] = {"org": principal(request).org, "source": Source.DB_TRIGGER,
+                              "type": body.type or f"{body.table.rstrip('s')}:{verb}", "data": data,
+                              "occurred_at": body.occurred_at}
+    if body.id:
+        fields["id"] = body.id
+    try:
+        event = Event.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        raise invalid(exc, "event") from None
+    return await submit(request, event, mode=_mode(request) if "mode" in request.query else "queue",
+                        channel="db_trigger")
+
+
+# ---- decisions ------------------------------------------------------------------------------------------
+
+def _multi(request: web.Request, name: str) -> list[str] | None:
+    values = [v for raw in request.query.getall(name, []) for v in raw.split(",") if v]
+    return values or None
+
+
+def _time(request: web.Request, name: str) -> datetime | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, "bad_request", f"{name}: not an ISO-8601 time: {raw!r}", {"field": name}) from None
+    if dt.tzinfo is None:
+        raise ApiError(400, "bad_request", f"{name}: needs a UTC offset, e.g. 2026-12-08T10:00:00Z", {"field": name})
+    return dt
+
+
+def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise ApiError(400, "bad_request", f"{name}: an integer from {lo} to {hi}, not {raw!r}", {"field": name})
+    return int(raw)
+
+
+def _public(d: Decision) -> dict[str, Any]:
+    out = d.model_dump(mode="json")
+    out.pop("trace", None)
+    return out
+
+
+async def list_decisions(request: web.Request) -> web.Response:
+    """GET /api/agent/decisions?status=&intent=&decision_type=&source=&since=&until=&limit=&cursor="""
+    org = principal(request).org
+    try:
+        page, cursor = await request.app[STORE].list_decisions(
+            org, status=_multi(request, "status"), intent=_multi(request, "intent"),
+            decision_type=_multi(request, "decision_type"), source=_multi(request, "source"),
+            since=_time(request, "since"), until=_time(request, "until"),
+            limit=_int(request, "limit", 50, 1, 500), cursor=request.query.get("cursor"))
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", str(exc), {"field": "cursor"}) from None
+    return to_json({"decisions": [_public(d) for d in page], "next_cursor": cursor})
+
+
+async def get_decision(request: web.Request) -> web.Response:
+    """GET /api/agent/decisions/{id}: the decision with its whole trace and its outbox actions."""
+    org = principal(request).org
+    decision = await request.app[STORE].get_decision(org, request.match_info["id"])
+    if decision is None:
+        raise ApiError(404, "not_found", f"no decision {request.match_info['id']!r}")
+    out = decision.model_dump(mode="json")
+    out["outbox"] = await request.app[STORE].list_actions(org, decision.id)
+    return to_json(out)
+
+
+async def _review(request: web.Request, verdict: str) -> web.Response:
+    p = principal(request)
+    body: Review | Rejection
+    if verdict == "approve":
+        body = await read_json(request, Review, optional=True)
+        note = body.note
+    else:
+        body = await read_json(request, Rejection)
+        note = body.reason
+    decision_id = request.match_info["id"]
+    decision, outcome = await request.app[STORE].resolve_decision(
+        p.org, decision_id, verdict, body.by or p.name, note)  # type: ignore[arg-type]
+    if outcome == "missing" or decision is None:
+        raise ApiError(404, "not_found", f"no decision {decision_id!r}")
+    if outcome == "conflict":
+        raise ApiError(409, "not_awaiting_approval",
+                       f"decision {decision_id} is {decision.status}, not awaiting approval",
+                       {"status": decision.status, "review": decision.trace.get("review")})
+    if outcome == "done":
+        request.app[METRICS].observe_decision(decision, "approval", 0.0)
+        await request.app[SERVICE].notify()
+    return to_json(decision, headers={"X-Astralis-Repeat": "true"} if outcome == "repeat" else None)
+
+
+async def approve(request: web.Request) -> web.Response:
+    """POST /api/agent/decisions/{id}/approve: the held actions go to the outbox, once."""
+    return await _review(request, "approve")
+
+
+async def reject(request: web.Request) -> web.Response:
+    """POST /api/agent/decisions/{id}/reject: recorded with who and why; the actions never run."""
+    return await _review(request, "reject")
+
+
+# ---- analytics ------------------------------------------------------------------------------------------
+
+async def analytics(request: web.Request) -> web.Response:
+    """GET /api/agent/analytics?since=&until= (default: the last 24 hours)."""
+    until = _time(request, "until") or datetime.now(UTC)
+    since = _time(request, "since") or until - timedelta(hours=24)
+    if since >= until:
+        raise ApiError(400, "bad_request", "since must be before until", {"field": "since"})
+    return to_json(await request.app[STORE].analytics(principal(request).org, since, until))
+
+
+# ---- config ---------------------------------------------------------------------------------------------
+
+async def get_config(request: web.Request) -> web.Response:
+    """GET /api/agent/config: the org's files, active revision and outstanding errors."""
+    return to_json(await configs.describe(request.app, principal(request).org))
+
+
+async def update_config(request: web.Request) -> web.Response:
+    """POST /api/agent/config: validated exactly like `astralis validate`; a bad update changes nothing (422)."""
+    body = await read_json(request, ConfigUpdate)
+    return to_json(await configs.update(request.app, principal(request).org, body))
+
+
+# ---- simulate -------------------------------------------------------------------------------------------
+
+async def simulate(request: web.Request) -> web.Response:
+    """POST /api/agent/simulate: decisions for events without side effects, against the active or a
+    proposed configuration."""
+    org = principal(request).org
+    body = await read_json(request, SimulateRequest)
+    if (body.events is None) == (body.past is None):
+        raise ApiError(422, "invalid", "give either events or past", {"field": "events"})
+    if body.events is not None:
+        events = [event_from(e, org) for e in body.events]
+    else:
+        rows, _ = await request.app[STORE].list_events(org, limit=body.past or 1)
+        events = [Event.model_validate(r["envelope"]) for r in reversed(rows)]
+    compiled = await configs.proposed(request.app, org, body.config) if body.config else None
+    from engine.agent import Agent
+
+    service = request.app[SERVICE]
+    agent = service.agent if compiled is None else Agent(lambda o: compiled if o == org else None,
+                                                         service.agent.llm, state=service.agent.state)
+    if agent._rules_for(org) is None:
+        _known_org(request, org)
+    decisions = [await agent.process(e, dry_run=True) for e in events]
+    revision = compiled.revision if compiled else request.app[REGISTRY].get(org).revision  # type: ignore[union-attr]
+    return to_json({"revision": revision, "summary": summarize(decisions),
+                    "decisions": [d.model_dump(mode="json") for d in decisions]})
+
+
+# ---- inbox ----------------------------------------------------------------------------------------------
+
+async def list_events(request: web.Request) -> web.Response:
+    """GET /api/agent/events?status=dead: the inbox (dead letters included), newest first."""
+    status = request.query.get("status")
+    if status is not None and status not in ("accepted", "processing", "decided", "dead"):
+        raise ApiError(400, "bad_request", f"status: one of accepted, processing, decided, dead, not {status!r}",
+                       {"field": "status"})
+    cursor = request.query.get("cursor")
+    if cursor is not None and not cursor.isdigit():
+        raise ApiError(400, "bad_request", "invalid cursor", {"field": "cursor"})
+    rows, nxt = await request.app[STORE].list_events(principal(request).org, status=status,
+                                                     limit=_int(request, "limit", 50, 1, 500),
+                                                     before=int(cursor) if cursor else None)
+    return to_json({"events": rows, "next_cursor": str(nxt) if nxt is not None else None})
+
+
+async def get_event(request: web.Request) -> web.Response:
+    """GET /api/agent/events/{id}: status, attempts, error, decision id."""
+    info = await request.app[STORE].event_info(principal(request).org, request.match_info["id"])
+    if info is None:
+        raise ApiError(404, "not_found", f"no event {request.match_info['id']!r}")
+    return to_json(info)
+
+
+async def retry_event(request: web.Request) -> web.Response:
+    """POST /api/agent/events/{id}/retry: a dead-lettered event back to the queue."""
+    org, event_id = principal(request).org, request.match_info["id"]
+    store = request.app[STORE]
+    if not await store.retry_event(org, event_id):
+        info = await store.event_info(org, event_id)
+        if info is None:
+            raise ApiError(404, "not_found", f"no event {event_id!r}")
+        raise ApiError(409, "not_dead", f"event {event_id} is {info['status']}, not dead-lettered",
+                       {"status": info["status"]})
+    request.app[SERVICE].wake()
+    return to_json(await store.event_info(org, event_id), 202)
+
+
+# ---- operations -----------------------------------------------------------------------------------------
+
+async def healthz(request: web.Request) -> web.Response:
+    """GET /healthz: liveness and readiness (database reachable, every org's rulesets loaded)."""
+    app = request.app
+    checks: dict[str, Any] = {}
+    ok = True
+    try:
+        depth = await asyncio.wait_for(app[STORE].inbox_depth(), 5)
+        checks["database"] = {"ok": True, "inbox": depth}
+    except Exception as exc:
+        ok = False
+        checks["database"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    registry = app[REGISTRY]
+    orgs = {}
+    for org in sorted({*registry.orgs, *getattr(registry, "_orgs", {})}):
+        state = registry.state(org)
+        active = state.active if state else None
+        orgs[org] = {"loaded": active is not None, "revision": active.revision if active else None,
+                     "errors": [str(e) for e in state.errors] if state else []}
+        ok = ok and active is not None
+    checks["rulesets"] = {"ok": bool(orgs) and all(o["loaded"] for o in orgs.values()), "orgs": orgs}
+    ok = ok and bool(orgs)
+    return to_json({"status": "ok" if ok else "unavailable", "live": True, "ready": ok, "checks": checks},
+                   200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text format."""
+    app = request.app
+
+    async def refresh() -> None:
+        app[METRICS].set_inbox_depth(await app[STORE].inbox_depth())
+
+    body, content_type = await app[METRICS].render(refresh)
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = content_type
+    return resp
+
+
+def setup(app: web.Application) -> None:
+    """Register the routes of this module."""
+    _ = app[SETTINGS]
+    app.router.add_post("/api/agent/process", process)
+    app.router.add_post("/api/agent/db-trigger", db_trigger)
+    app.router.add_get("/api/agent/decisions", list_decisions)
+    app.router.add_get("/api/agent/decisions/{id}", get_decision)
+    app.router.add_post("/api/agent/decisions/{id}/approve", approve)
+    app.router.add_post("/api/agent/decisions/{id}/reject", reject)
+    app.router.add_get("/api/agent/analytics", analytics)
+    app.router.add_get("/api/agent/config", get_config)
+    app.router.add_post("/api/agent/config", update_config)
+    app.router.add_post("/api/agent/simulate", simulate)
+    app.router.add_get("/api/agent/events", list_events)
+    app.router.add_get("/api/agent/events/{id}", get_event)
+    app.router.add_post("/api/agent/events/{id}/retry", retry_event)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,237 @@
+"""The aiohttp application factory: one typed AppKey per resource, each opened and closed in its own cleanup
+context, in dependency order (store → rulesets → LLM clients → HTTP session → service → background loops)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import aiohttp
+from aiohttp import web
+
+from adapters.sqlite_store import SQLiteStore
+from engine.agent import Agent
+from engine.llm import LLMStage
+from engine.ports import LLMProvider, StaticState
+from engine.registry import Registry
+from server import logs
+from server.auth import KeyCache, Principal, RequestLimiter, bearer, too_many
+from server.errors import ApiError, Handler, error_middleware
+from server.metrics import Metrics
+from server.service import Processing, Service
+
+log = logging.getLogger("astralis.app")
+
+
+@dataclass
+class Settings:
+    """Everything `create_app` needs; the defaults are the embedded ones (SQLite file, in-process workers)."""
+
+    db: str = "astralis.db"
+    rulesets: Path = Path("rulesets")
+    policies: Path = Path("policies")
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    max_body_bytes: int = 1024 * 1024
+    requests_per_minute: int = 600
+    burst: int | None = None
+    key_cache_seconds: float = 1.0
+    processing: Processing = field(default_factory=Processing)
+    workers: bool = True
+    watch: bool = True
+    schedules: bool = True
+    timers_poll_seconds: float = 1.0
+    llm: Literal["policy", "off"] = "policy"
+    webhook_tolerance_seconds: int = 300
+    clock: Callable[[], float] = time.time
+    """Wall clock for webhook timestamps (tests move it)."""
+
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", SQLiteStore)
+REGISTRY = web.AppKey("registry", Registry)
+LLM = web.AppKey("llm", dict)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
+METRICS = web.AppKey("metrics", Metrics)
+SERVICE = web.AppKey("service", Service)
+KEYS = web.AppKey("keys", KeyCache)
+LIMITER = web.AppKey("limiter", RequestLimiter)
+CONFIG_LOCKS = web.AppKey("config_locks", dict)
+
+PRINCIPAL = "principal"
+"""request[PRINCIPAL]: the `Principal` of the API key on /api/agent/* and /api/stream."""
+
+
+def principal(request: web.Request) -> Principal:
+    """The authenticated caller of an API-key route."""
+    p: Principal = request[PRINCIPAL]
+    return p
+
+
+# ---- resources, each in its own cleanup context ---------------------------------------------------------
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = await SQLiteStore.open(settings.db, synchronous=settings.synchronous)
+    app[STORE] = store
+    app[KEYS] = KeyCache(store.api_key_by_hash, ttl=settings.key_cache_seconds)
+    yield
+    await store.close()
+
+
+async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    registry = Registry(settings.rulesets, settings.policies)
+    findings = await asyncio.to_thread(registry.load_all)
+    for org, errs in findings.items():
+        for e in errs:
+            (log.warning if e.severity == "error" else log.info)("%s", e, extra={"org": org})
+        state = registry.state(org)
+        app[METRICS].set_org_status(org, state is not None and state.active is not None,
+                                    len(state.errors) if state else 0)
+    log.info("rulesets loaded: %s", ", ".join(registry.orgs) or "none")
+    app[REGISTRY] = registry
+    yield
+
+
+async def _llm_ctx(app: web.Application) -> AsyncIterator[None]:
+    providers: dict[str, LLMProvider | None] = {}
+    if app[SETTINGS].llm == "policy":
+        from adapters.llm import make_provider
+
+        wanted = {c.bundle.policy.llm.provider for o in app[REGISTRY].orgs if (c := app[REGISTRY].get(o))}
+        for name in sorted(wanted - {"none"}):
+            env = f"{name.upper()}_API_KEY"
+            if not os.environ.get(env):
+                log.warning("a policy uses %s but %s is not set: ambiguous events go to the fallback rules", name, env)
+                continue
+            logs.register_secret(os.environ[env])
+            providers[name] = make_provider(name)
+    app[LLM] = providers
+    yield
+    for p in providers.values():
+        close = getattr(p, "aclose", None)
+        if close is not None:
+            await close()
+
+
+async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+    app[HTTP] = session
+    yield
+    await session.close()
+
+
+async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    registry = app[REGISTRY]
+    agent = Agent(registry.get, LLMStage(app[LLM]), state=StaticState())
+    from server.service import OutboxHandoff
+
+    agent.executor = OutboxHandoff()
+    service = Service(app[STORE], agent, app[METRICS], processing=settings.processing)
+    app[SERVICE] = service
+    await service.start(workers=settings.workers)
+    yield
+    await service.stop()
+
+
+async def _loops_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Timers (reminder:due), SCHEDULE events from the policies' cron entries, and the config file watcher."""
+    from server.scheduler import CronScheduler
+    from server.watcher import ConfigWatcher
+
+    settings, service, registry = app[SETTINGS], app[SERVICE], app[REGISTRY]
+    tasks = [asyncio.create_task(_timers(app), name="timers")]
+    if settings.schedules:
+        def orgs() -> dict[str, Any]:
+            return {o: c for o in registry.orgs if (c := registry.get(o)) is not None}
+
+        cron = CronScheduler(orgs, lambda e: service.emit(e, channel="schedule"))
+        tasks.append(asyncio.create_task(cron.run(), name="cron"))
+    if settings.watch:
+        async def reloaded(org: str, errors: list[Any]) -> None:
+            state = registry.state(org)
+            app[METRICS].set_org_status(org, state is not None and state.active is not None,
+                                        len(state.errors) if state else 0)
+
+        watcher = ConfigWatcher(registry, on_reload=reloaded)
+        tasks.append(asyncio.create_task(watcher.run(), name="config-watcher"))
+    yield
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _timers(app: web.Application) -> None:
+    store, service, every = app[STORE], app[SERVICE], app[SETTINGS].timers_poll_seconds
+    while True:
+        try:
+            fired = await store.fire_due_timers(datetime.now(UTC))
+            for e in fired:
+                app[METRICS].event_received(e.org, str(e.source), "timer")
+            if fired:
+                service.wake()
+        except Exception:
+            log.exception("firing timers failed; retrying")
+        await asyncio.sleep(every)
+
+
+# ---- middlewares ----------------------------------------------------------------------------------------
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """API-key routes: a valid, unrevoked key → its principal; then the key's request rate limit."""
+    path = request.path
+    if not (path.startswith("/api/agent/") or path == "/api/stream"):
+        return await handler(request)
+    key = bearer(request)
+    if key is None:
+        raise ApiError(401, "unauthorized", "missing API key: send Authorization: Bearer <key>",
+                       headers={"WWW-Authenticate": "Bearer"})
+    p = await request.app[KEYS].principal(key)
+    if p is None:
+        raise ApiError(401, "unauthorized", "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+    wait = request.app[LIMITER].take(p.key_id)
+    if wait > 0:
+        raise too_many(wait)
+    request[PRINCIPAL] = p
+    with logs.bind(org=p.org, request_id=request.headers.get("X-Request-Id")):
+        return await handler(request)
+
+
+# ---- the factory ----------------------------------------------------------------------------------------
+
+def create_app(settings: Settings | None = None) -> web.Application:
+    """The service as an aiohttp application (resources open on startup, close on cleanup)."""
+    from server import api, openapi, stream, webhooks
+
+    settings = settings or Settings()
+    metrics = Metrics()
+    app = web.Application(client_max_size=settings.max_body_bytes,
+                          middlewares=[error_middleware, metrics.http_middleware(), auth_middleware])
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[LIMITER] = RequestLimiter(settings.requests_per_minute, settings.burst)
+    app[CONFIG_LOCKS] = {}
+    for ctx in (_store_ctx, _registry_ctx, _llm_ctx, _http_ctx, _service_ctx, _loops_ctx):
+        app.cleanup_ctx.append(ctx)
+    api.setup(app)
+    webhooks.setup(app)
+    stream.setup(app)
+    openapi.setup(app)
+    return app
+
+
+def run(settings: Settings, host: str, port: int) -> None:
+    """Serve until SIGINT/SIGTERM; in-flight events finish or go back to the queue on the way out."""
+    with contextlib.suppress(KeyboardInterrupt):
+        web.run_app(create_app(settings), host=host, port=port, print=None, access_log=None,
+                    shutdown_timeout=settings.processing.shutdown_grace_seconds)

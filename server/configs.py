@@ -1,0 +1,152 @@
+"""Reading and changing an org's configuration over the API.
+
+An update is validated exactly like `astralis validate`: the proposed files are written into a scratch copy of
+the org's folder and the policies folder, and the same loader and compiler run there. Only when that copy is
+free of errors are the files replaced (each atomically, by rename) and the org reloaded; a bad update changes
+nothing and answers 422 with every error as `path:line: code: message`, paths named as in the real folders.
+Shared policies (default.yaml, or any policy another org extends) cannot be changed through one org's key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from engine.errors import ConfigError
+from engine.loader import ORG_FILE
+from engine.registry import build
+from engine.rules import CompiledRules
+from server.app import CONFIG_LOCKS, METRICS, REGISTRY, STORE
+from server.errors import ApiError
+from server.schemas import ConfigUpdate
+
+FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.ya?ml$")
+
+
+def _files(org_dir: Path) -> dict[str, str]:
+    return {p.name: p.read_text(encoding="utf-8") for p in sorted(org_dir.glob("*.y*ml"))}
+
+
+async def describe(app: web.Application, org: str) -> dict[str, Any]:
+    """The org's files as they are on disk, the active revision and the errors of the last failed reload."""
+    registry = app[REGISTRY]
+    org_dir = registry.rulesets_dir / org
+    if not (org_dir / ORG_FILE).exists():
+        raise ApiError(404, "not_found", f"org '{org}' has no configuration folder")
+    policy_path = registry.policies_dir / f"{org}.yaml"
+    files = await asyncio.to_thread(_files, org_dir)
+    policy = await asyncio.to_thread(policy_path.read_text, encoding="utf-8") if policy_path.exists() else None
+    state = registry.state(org)
+    active = state.active if state else None
+    return {"org": org, "revision": active.revision if active else None, "files": files, "policy": policy,
+            "errors": [str(e) for e in state.errors] if state else [],
+            "warnings": [str(w) for w in state.warnings] if state else []}
+
+
+def _check_names(org: str, body: ConfigUpdate) -> None:
+    for name in [*body.files, *body.delete]:
+        if not FILE_NAME.match(name):
+            raise ApiError(422, "invalid", f"files: {name!r} is not a YAML file name in the org's folder",
+                           {"field": f"files.{name}"})
+    if ORG_FILE in body.delete:
+        raise ApiError(422, "invalid", f"delete: {ORG_FILE} cannot be deleted", {"field": "delete"})
+    if not body.files and body.policy is None and not body.delete:
+        raise ApiError(422, "invalid", "nothing to change: give files, policy or delete", {"field": "files"})
+
+
+def _stage(registry_rulesets: Path, registry_policies: Path, org: str, body: ConfigUpdate,
+           scratch: Path) -> tuple[Path, Path]:
+    """Copy the org's folder and the policies into `scratch` and apply the update there."""
+    org_dir = scratch / "rulesets" / org
+    policies = scratch / "policies"
+    shutil.copytree(registry_rulesets / org, org_dir, ignore=shutil.ignore_patterns("tests"))
+    shutil.copytree(registry_policies, policies)
+    for name in body.delete:
+        target = org_dir / name
+        if not target.exists():
+            raise ApiError(422, "invalid", f"delete: there is no file {name!r}", {"field": "delete"})
+        target.unlink()
+    for name, text in body.files.items():
+        (org_dir / name).write_text(text, encoding="utf-8")
+    if body.policy is not None:
+        (policies / f"{org}.yaml").write_text(body.policy, encoding="utf-8")
+    return org_dir, policies
+
+
+def _rename(err: ConfigError, scratch: Path, rulesets: Path, policies: Path) -> str:
+    """An error found in the scratch copy, with the path of the real file."""
+    text = str(err)
+    text = text.replace(str(scratch / "rulesets"), str(rulesets)).replace(str(scratch / "policies"), str(policies))
+    return text
+
+
+def _validate(rulesets: Path, policies: Path, org: str, body: ConfigUpdate) -> tuple[CompiledRules | None, list[str]]:
+    with tempfile.TemporaryDirectory(prefix="astralis-config-") as tmp:
+        scratch = Path(tmp)
+        org_dir, scratch_policies = _stage(rulesets, policies, org, body, scratch)
+        compiled, findings = build(org_dir, scratch_policies)
+        errors = [_rename(f, scratch, rulesets, policies) for f in findings if f.severity == "error"]
+        return (compiled if not errors else None), errors
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _apply(rulesets: Path, policies: Path, org: str, body: ConfigUpdate) -> None:
+    for name, text in body.files.items():
+        _write_atomic(rulesets / org / name, text)
+    if body.policy is not None:
+        _write_atomic(policies / f"{org}.yaml", body.policy)
+    for name in body.delete:
+        (rulesets / org / name).unlink(missing_ok=True)
+
+
+async def proposed(app: web.Application, org: str, body: ConfigUpdate) -> CompiledRules:
+    """The compiled rules of a proposed update (for a dry run), without changing anything; 422 if invalid."""
+    registry = app[REGISTRY]
+    if not (registry.rulesets_dir / org / ORG_FILE).exists():
+        raise ApiError(404, "not_found", f"org '{org}' has no configuration folder")
+    _check_names(org, body)
+    compiled, errors = await asyncio.to_thread(_validate, registry.rulesets_dir, registry.policies_dir, org, body)
+    if compiled is None:
+        raise ApiError(422, "invalid_config", errors[0] if errors else "invalid configuration", errors)
+    return compiled
+
+
+async def update(app: web.Application, org: str, body: ConfigUpdate) -> dict[str, Any]:
+    """Validate and apply an update; the org's new active revision, or 422 with every error."""
+    registry = app[REGISTRY]
+    locks: dict[str, asyncio.Lock] = app[CONFIG_LOCKS]
+    async with locks.setdefault(org, asyncio.Lock()):
+        await proposed(app, org, body)
+        before = registry.get(org)
+        await asyncio.to_thread(_apply, registry.rulesets_dir, registry.policies_dir, org, body)
+        findings = await asyncio.to_thread(registry.reload, org)
+        state = registry.state(org)
+        app[METRICS].set_org_status(org, state is not None and state.active is not None,
+                                    len(state.errors) if state else 0)
+        errors = [str(f) for f in findings if f.severity == "error"]
+        if errors:  # the files changed under us between validation and reload
+            raise ApiError(409, "config_changed", "the files changed while updating; the last good revision stays "
+                           "active", errors)
+        active = registry.get(org)
+        assert active is not None
+        files = await asyncio.to_thread(_files, registry.rulesets_dir / org)
+        policy_path = registry.policies_dir / f"{org}.yaml"
+        if policy_path.exists():
+            files[f"policies/{org}.yaml"] = policy_path.read_text(encoding="utf-8")
+        await app[STORE].save_agent_config(org, active.revision, files)
+        return {"org": org, "revision": active.revision, "previous_revision": before.revision if before else None,
+                "warnings": [str(f) for f in findings if f.severity == "warning"]}

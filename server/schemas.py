@@ -1,0 +1,112 @@
+"""Request and response bodies of the HTTP API (pydantic): validation of what comes in, and the OpenAPI
+components of what goes out."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.config import Source
+from engine.models import Decision
+
+Name = Field(default=None, max_length=200)
+
+
+class EventIn(BaseModel):
+    """An event envelope as posted to the API (DESIGN §4); `org` is the API key's and may be left out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(default=None, min_length=1, max_length=200,
+                           description="The idempotency key; generated when absent.")
+    org: str | None = Field(default=None, max_length=64)
+    source: Source = Source.API
+    type: str = Field(pattern=r"^[a-z_]+:[a-z_]+$", max_length=64)
+    data: dict[str, Any] = Field(default_factory=dict)
+    occurred_at: datetime | None = None
+
+
+class Review(BaseModel):
+    """Who approves a decision, and optionally why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    by: str | None = Field(default=None, min_length=1, max_length=200,
+                           description="Who decided; defaults to the API key's name.")
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class Rejection(BaseModel):
+    """Who rejects a decision, and why (required)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    by: str | None = Field(default=None, min_length=1, max_length=200,
+                           description="Who decided; defaults to the API key's name.")
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class ConfigUpdate(BaseModel):
+    """New texts for some of the org's files; validated together, applied all or nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    files: dict[str, str] = Field(default_factory=dict, description="Ruleset folder file name → YAML text.")
+    policy: str | None = Field(default=None, description="The org's policy file (policies/<org>.yaml) as YAML text.")
+    delete: list[str] = Field(default_factory=list, max_length=100, description="Rule files to remove.")
+
+
+class DbTrigger(BaseModel):
+    """A row change reported by the host platform's database (trigger, CDC, ORM hook)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(default=None, min_length=1, max_length=200,
+                           description="Idempotency key, e.g. the change's LSN or outbox id.")
+    table: str = Field(pattern=r"^[a-z_][a-z0-9_]*$", max_length=64)
+    operation: Literal["INSERT", "UPDATE", "DELETE"]
+    type: str | None = Field(default=None, pattern=r"^[a-z_]+:[a-z_]+$", max_length=64,
+                             description="Event type; defaults to <table>:<inserted|updated|deleted>.")
+    row: dict[str, Any] = Field(default_factory=dict)
+    old_row: dict[str, Any] | None = None
+    occurred_at: datetime | None = None
+
+
+class SimulateRequest(BaseModel):
+    """A dry run: events (given, or the org's latest from the inbox), against the active or a proposed config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[EventIn] | None = Field(default=None, max_length=1000)
+    past: int | None = Field(default=None, ge=1, le=1000, description="Use the org's latest N inbox events.")
+    config: ConfigUpdate | None = Field(default=None, description="Try proposed files without changing anything.")
+
+
+class AcceptedOut(BaseModel):
+    """An event accepted for processing (202), or a duplicate delivery of one."""
+
+    event_id: str
+    status: str = Field(description="accepted | processing | decided | dead")
+    duplicate: bool
+    decision_id: str | None = None
+    mode: str
+
+
+class DecisionPage(BaseModel):
+    """One page of decisions, newest first."""
+
+    decisions: list[Decision]
+    next_cursor: str | None
+
+
+class ErrorOut(BaseModel):
+    """Every error: a stable code, a message naming what is wrong and where, and details."""
+
+    class Body(BaseModel):
+        code: str
+        message: str
+        details: Any = None
+
+    error: Body

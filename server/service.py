@@ -1,0 +1,299 @@
+"""The durable processing path: inbox (group commit) → workers with leases → agent → one decision per event.
+
+Delivery semantics: at-least-once processing, exactly one stored decision per event. An event is acknowledged
+only after the transaction that put it in the inbox has committed (with `synchronous=FULL`, after the WAL
+fsync). Many requests arriving while a commit is in flight share the next commit (group commit), so the
+acknowledgement rate is not capped at one fsync per event. Workers lease events; a lease is renewed while the
+event is being decided and expires if the process dies, so a restarted (or another) process takes the event
+again. `complete_event` refuses a second decision for an event, so a decision made twice (a lease that expired
+under a slow LLM call) is stored once. An event that keeps failing is dead-lettered with its error after
+`max_attempts` claims — a crash counts as a failed attempt, so a poison event cannot crash-loop the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from adapters.sqlite_store import Accepted, Claimed, InboxItem, SQLiteStore
+from engine.agent import Agent, UnknownOrg
+from engine.models import Decision, Event, new_id
+from server import logs
+from server.metrics import Metrics
+
+log = logging.getLogger("astralis.worker")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class GroupCommit(Generic[T, R]):
+    """Batches concurrent writes into one transaction: while one commit is in flight, new items wait for the
+    next one. `write(items)` returns one result per item, in order."""
+
+    def __init__(self, write: Callable[[list[T]], Awaitable[Sequence[R]]], *, max_batch: int = 256) -> None:
+        self._write = write
+        self._max = max_batch
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        """Write `item` with the next batch; return its result once the batch has committed."""
+        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, fut))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+        return await asyncio.shield(fut)
+
+    async def _run(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[: self._max], self._pending[self._max:]
+            try:
+                results = await self._write([item for item, _ in batch])
+            except Exception as exc:  # every waiter of the batch learns that nothing was written
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            else:
+                for (_, fut), result in zip(batch, results, strict=True):
+                    if not fut.done():
+                        fut.set_result(result)
+
+    async def drain(self) -> None:
+        """Wait until every submitted item has been written."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+
+class OutboxHandoff:
+    """The agent's executor in the service: executing a decision means recording its actions in the outbox,
+    which `complete_event` does in the same transaction as the decision (the action runners read from there)."""
+
+    async def execute(self, decision: Decision) -> None:
+        """Mark the decision's actions as handed to the outbox."""
+        decision.trace["execution"] = "actions recorded in the outbox, keyed by their idempotency keys"
+
+
+@dataclass
+class Processing:
+    """Tunables of the worker side."""
+
+    workers: int = 4
+    lease_seconds: float = 30.0
+    max_attempts: int = 5
+    retry_base_seconds: float = 1.0
+    poll_seconds: float = 0.5
+    shutdown_grace_seconds: float = 10.0
+
+
+def process_owner() -> str:
+    """This process's lease-owner name: host, pid and a random part (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{new_id('w')[2:10]}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True when `owner` was a process on this host that no longer runs (its leases can be taken at once)."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class Service:
+    """Accepts events durably, decides them with the agent (inline or by workers) and records the result."""
+
+    def __init__(self, store: SQLiteStore, agent: Agent, metrics: Metrics, *,
+                 processing: Processing | None = None) -> None:
+        self.store = store
+        self.agent = agent
+        self.metrics = metrics
+        self.cfg = processing or Processing()
+        self.owner = process_owner()
+        self._accept: GroupCommit[InboxItem, Accepted] = GroupCommit(store.accept_events)
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._inflight: dict[tuple[str, str], asyncio.Task[Any]] = {}
+        self._sync: set[tuple[str, str]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._slots = asyncio.Semaphore(self.cfg.workers)
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    async def start(self, *, workers: bool = True) -> None:
+        """Recover events left by dead processes, then start the worker loop and the lease keeper."""
+        owners = await self.store.lease_owners()
+        recovered = await self.store.recover_events(dead_owners=[o for o in owners if owner_is_dead(o)])
+        if recovered:
+            log.info("recovered %d unfinished events from a previous run", recovered)
+        self._tasks.append(asyncio.create_task(self._keeper(), name="lease-keeper"))
+        if workers:
+            self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatcher"))
+
+    async def stop(self) -> None:
+        """Stop claiming; let in-flight events finish for the grace period; give the rest back to the queue."""
+        self._stopping = True
+        self._wake.set()
+        await self._accept.drain()
+        inflight = list(self._inflight.values())
+        if inflight:
+            _, pending = await asyncio.wait(inflight, timeout=self.cfg.shutdown_grace_seconds)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        released = await self.store.release_events(self.owner)
+        if released:
+            log.info("gave %d unfinished events back to the queue", released)
+
+    # ---- accepting ------------------------------------------------------------------------------------
+
+    async def accept(self, event: Event, *, channel: str, priority: int = 3, lease: bool = False) -> Accepted:
+        """Durably accept one event (group commit). With `lease`, it is accepted already claimed by this
+        process for synchronous processing (crash: the lease expires and a worker takes it)."""
+        item = InboxItem(event, priority=priority, channel=channel,
+                         lease_owner=self.owner if lease else None, lease_seconds=self.cfg.lease_seconds)
+        acc = await self._accept.submit(item)
+        if acc.new:
+            self.metrics.event_received(event.org, str(event.source), channel)
+            if not lease:
+                self._wake.set()
+        else:
+            self.metrics.event_duplicate(event.org, channel)
+        return acc
+
+    async def emit(self, event: Event, *, channel: str = "internal") -> Accepted:
+        """An event the service itself causes (schedules, timers, the agent's own actions): queued like any."""
+        return await self.accept(event, channel=channel)
+
+    def wake(self) -> None:
+        """Tell the workers that new events may be ready (e.g. timers fired)."""
+        self._wake.set()
+
+    # ---- deciding -------------------------------------------------------------------------------------
+
+    async def decide_now(self, event: Event) -> Decision | None:
+        """Decide an event accepted with `lease=True`, here and now; None if it failed (it is retried by the
+        workers, or dead-lettered)."""
+        key = (event.org, event.id)
+        self._sync.add(key)
+        task = asyncio.current_task()
+        assert task is not None
+        self._inflight[key] = task
+        try:
+            return await self._decide(Claimed(event, 1, None), mode="sync")
+        finally:
+            self._inflight.pop(key, None)
+            self._sync.discard(key)
+
+    async def _decide(self, claimed: Claimed, *, mode: str) -> Decision | None:
+        event = claimed.event
+        decision_id = new_id("dec")
+        t0 = time.perf_counter()
+        with logs.bind(org=event.org, event_id=event.id, decision_id=decision_id):
+            try:
+                decision = await self.agent.process(event, decision_id=decision_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                permanent = isinstance(exc, UnknownOrg)
+                status = await self.store.fail_event(
+                    event.org, event.id, self.owner, f"{type(exc).__name__}: {exc}",
+                    max_attempts=1 if permanent else self.cfg.max_attempts,
+                    retry_in=self.cfg.retry_base_seconds * 2 ** (claimed.attempts - 1))
+                if status == "dead":
+                    self.metrics.event_dead_lettered(event.org)
+                    log.error("event dead-lettered after %d attempts: %s", claimed.attempts, exc,
+                              exc_info=not permanent)
+                else:
+                    log.warning("deciding failed (attempt %d), will retry: %s", claimed.attempts, exc, exc_info=True)
+                return None
+            stored, new = await self.store.complete_event(decision)
+            seconds = time.perf_counter() - t0
+            if new:
+                self.metrics.observe_decision(stored, mode, seconds)
+                log.info("decided %s %s -> %s (%s, %.0f ms)", event.type, stored.intent, stored.status,
+                         stored.decided_by, seconds * 1000)
+                await self.notify()
+            else:
+                log.info("event was already decided as %s; this decision is discarded", stored.id)
+            return stored
+
+    async def _dispatch(self) -> None:
+        """Claim ready events while there is capacity; each is decided in its own task."""
+        while not self._stopping:
+            free = self.cfg.workers - sum(1 for k in self._inflight if k not in self._sync)
+            claimed: list[Claimed] = []
+            if free > 0:
+                try:
+                    claimed = await self.store.claim_events(self.owner, limit=free,
+                                                            lease_seconds=self.cfg.lease_seconds)
+                except Exception:
+                    log.exception("claiming events failed; retrying")
+            for c in claimed:
+                key = (c.event.org, c.event.id)
+                task = asyncio.create_task(self._run_claimed(c))
+                self._inflight[key] = task
+                task.add_done_callback(lambda _t, k=key: (self._inflight.pop(k, None), self._wake.set()))
+            if claimed and len(claimed) == free:
+                # full: wait for a slot
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.cfg.poll_seconds)
+                continue
+            if not claimed:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.cfg.poll_seconds)
+
+    async def _run_claimed(self, claimed: Claimed) -> None:
+        try:
+            await self._decide(claimed, mode="queue")
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a store failure: the lease expires and the event is decided again
+            log.exception("recording the decision of %s failed; the event stays in the inbox", claimed.event.id)
+
+    async def _keeper(self) -> None:
+        """Renew this process's leases and take back expired ones (another process died), periodically."""
+        period = max(0.2, self.cfg.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.store.renew_leases(self.owner, list(self._inflight), self.cfg.lease_seconds)
+                if await self.store.recover_events():
+                    self._wake.set()
+            except Exception:
+                log.exception("lease upkeep failed")
+
+    # ---- approvals and the live stream ----------------------------------------------------------------
+
+    async def notify(self) -> None:
+        """Wake the live-stream readers: something was recorded."""
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for_change(self, seconds: float) -> None:
+        """Until `notify` is called, or `seconds` (other processes write too: readers poll)."""
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), seconds)

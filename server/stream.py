@@ -1,0 +1,56 @@
+"""GET /api/stream: server-sent events of the key's org's decisions, resumable with Last-Event-ID.
+
+Every change is a row of the `stream` table, written in the transaction that made it (a new decision, an
+approval, a rejection), so the stream never shows what was not committed and a reconnecting client that sends
+`Last-Event-ID: <seq>` receives everything after it, across restarts. Event names: `decision.executed`,
+`decision.awaiting_approval`, `decision.failed`, `decision.rejected` (new decisions; `"new": true` in the data)
+and `decision.approved`, `decision.rejected` (reviews). Without Last-Event-ID a client starts at the present.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+from aiohttp_sse import sse_response
+
+from server.app import SERVICE, STORE, principal
+from server.errors import ApiError
+
+log = logging.getLogger("astralis.stream")
+
+POLL_SECONDS = 1.0
+"""Other processes (and approvals made elsewhere) are noticed by polling at this interval."""
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    """The live stream of decisions for the API key's org."""
+    org = principal(request).org
+    store, service = request.app[STORE], request.app[SERVICE]
+    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    if raw is not None and not raw.strip().isdigit():
+        raise ApiError(400, "bad_request", f"Last-Event-ID must be a stream sequence number, not {raw!r}",
+                       {"field": "Last-Event-ID"})
+    last = int(raw) if raw is not None else await store.stream_head(org)
+    limit = request.query.get("limit")  # for tests and tools: stop after N events
+    remaining = int(limit) if limit and limit.isdigit() and int(limit) > 0 else None
+    async with sse_response(request, ping_interval=15) as resp:
+        await resp.send(json.dumps({"org": org, "after": last}), event="ready", retry=2000)
+        while resp.is_connected():
+            entries = await store.stream_after(org, last)
+            for seq, kind, payload in entries:
+                await resp.send(json.dumps(payload), id=str(seq), event=f"decision.{kind}")
+                last = seq
+                if remaining is not None:
+                    remaining -= 1
+                    if remaining == 0:
+                        return resp
+            if not entries:
+                await service.wait_for_change(POLL_SECONDS)
+    return resp
+
+
+def setup(app: web.Application) -> None:
+    """Register the stream route."""
+    app.router.add_get("/api/stream", stream)

@@ -1,0 +1,150 @@
+"""POST /api/webhooks/{org}/{email|form|booking|n8n}: HMAC-signed deliveries from other systems.
+
+The signature (server/signing.py) is checked against the raw body before anything is parsed or written; the
+org's secrets come from the environment variable named by `webhook_secret_env` in its org.yaml (several secrets,
+comma-separated, during a rotation). The delivery id (`X-Astralis-Delivery`, else the body's `id`) is the event
+id and so the idempotency key: a repeated delivery writes nothing and answers 409 with the original event's id.
+An org without a configured secret accepts no webhooks (401), and an unknown org answers exactly like a bad
+signature, so the endpoint does not reveal which orgs exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from adapters.mime import parse_email
+from engine.config import Source
+from engine.models import Event
+from server import logs
+from server.api import submit, to_json
+from server.app import METRICS, REGISTRY, SETTINGS, STORE
+from server.errors import ApiError, invalid
+from server.signing import HEADER, SignatureError, verify
+
+log = logging.getLogger("astralis.webhooks")
+
+DELIVERY = "X-Astralis-Delivery"
+KINDS: dict[str, tuple[Source, str]] = {
+    "email": (Source.EMAIL, "email:received"),
+    "form": (Source.WEBHOOK, "form:submitted"),
+    "booking": (Source.WEBHOOK, "booking:created"),
+    "n8n": (Source.WEBHOOK, "automation:completed"),
+}
+
+
+def _secrets(app: web.Application, org: str) -> list[str]:
+    compiled = app[REGISTRY].get(org)
+    if compiled is None:
+        return []
+    env = compiled.bundle.org.webhook_secret_env
+    if not env:
+        return []
+    values = [s.strip() for s in os.environ.get(env, "").split(",") if s.strip()]
+    for v in values:
+        logs.register_secret(v)
+    return values
+
+
+def _unauthorized(message: str, code: str) -> ApiError:
+    return ApiError(401, "invalid_signature", message, {"reason": code})
+
+
+def _data(kind: str, raw: bytes, content_type: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(data, envelope fields) from the body: JSON (the data itself, or a whole envelope) or raw MIME email."""
+    if kind == "email" and content_type in ("message/rfc822", "text/plain"):
+        parsed = parse_email(raw)
+        if not any(parsed.get(k) for k in ("from", "subject", "text")):
+            raise ApiError(422, "invalid", "the body is not a readable email message", {"field": "body"})
+        return {k: v for k, v in parsed.items() if v}, {}
+    if content_type != "application/json":
+        accepted = "application/json" + (" or message/rfc822" if kind == "email" else "")
+        raise ApiError(415, "unsupported_media_type", f"send Content-Type: {accepted}")
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid", "the body must be a JSON object", {"field": "body"})
+    if isinstance(body.get("data"), dict):  # a whole envelope
+        extra = {k: body[k] for k in ("id", "occurred_at") if k in body}
+        return body["data"], extra
+    return body, {}
+
+
+def _n8n(data: dict[str, Any]) -> dict[str, Any]:
+    """An n8n callback (whatever the workflow sends) with the fields the rules can count on."""
+    out = dict(data)
+    out.setdefault("status", "success" if not data.get("error") else "error")
+    for key in ("workflow", "execution_id", "decision_id", "idempotency_key"):
+        out.setdefault(key, data.get(key))
+    return out
+
+
+async def receive(request: web.Request) -> web.Response:
+    """One signed delivery → one event (queued, or decided at once when urgent)."""
+    org, kind = request.match_info["org"], request.match_info["kind"]
+    app = request.app
+    raw = await request.read()  # size-capped by the app's client_max_size (413 beyond)
+    secrets = _secrets(app, org) if kind in KINDS else []
+    if not secrets:
+        raise _unauthorized("signature cannot be verified for this org (no webhook secret configured)",
+                            "no_secret")
+    try:
+        verify(request.headers.get(HEADER), raw, secrets, now=app[SETTINGS].clock(),
+               tolerance=app[SETTINGS].webhook_tolerance_seconds)
+    except SignatureError as exc:
+        log.warning("webhook refused: %s", exc.code, extra={"org": org, "kind": kind})
+        raise _unauthorized(str(exc), exc.code) from None
+    source, type_ = KINDS[kind]
+    data, extra = _data(kind, raw, request.content_type)
+    if kind == "n8n":
+        data = _n8n(data)
+    delivery = request.headers.get(DELIVERY) or extra.get("id")
+    fields: dict[str, Any] = {"org": org, "source": source, "type": type_, "data": data}
+    if delivery:
+        fields["id"] = delivery
+    if extra.get("occurred_at"):
+        fields["occurred_at"] = extra["occurred_at"]
+    try:
+        event = Event.model_validate(fields)
+    except ValidationError as exc:
+        raise invalid(exc, "delivery") from None
+    with logs.bind(org=org, delivery_id=delivery, event_id=event.id):
+        existing = await app[STORE].event_info(org, event.id) if delivery else None
+        if existing is not None:
+            app[METRICS].event_duplicate(org, f"webhook_{kind}")
+            raise _replayed(existing)
+        digest = hashlib.sha256(f"{org}\n{request.headers.get(HEADER, '')}".encode()).hexdigest()
+        if not await app[STORE].remember_signature(org, digest,
+                                                   keep_seconds=2 * app[SETTINGS].webhook_tolerance_seconds + 60):
+            app[METRICS].event_duplicate(org, f"webhook_{kind}")
+            raise ApiError(409, "replayed_signature", "this exact signed request was already received; a new "
+                           "delivery needs a new signature", {"event_id": None, "status": None, "decision_id": None})
+        resp = await submit(request, event, mode="auto", channel=f"webhook_{kind}")
+        if resp.headers.get("X-Astralis-Duplicate") == "true":  # lost a race with a concurrent delivery
+            info = await app[STORE].event_info(org, event.id)
+            raise _replayed(info or {"id": event.id, "status": "accepted", "decision_id": None})
+        return resp
+
+
+def _replayed(info: dict[str, Any]) -> ApiError:
+    return ApiError(409, "duplicate_delivery", f"delivery {info['id']} was already received; nothing was written",
+                    {"event_id": info["id"], "status": info["status"], "decision_id": info.get("decision_id")})
+
+
+async def unknown_kind(request: web.Request) -> web.Response:
+    """Anything else under /api/webhooks/{org}/."""
+    raise ApiError(404, "not_found", f"no webhook {request.match_info['kind']!r}; expected one of {', '.join(KINDS)}")
+
+
+def setup(app: web.Application) -> None:
+    """Register the webhook routes."""
+    app.router.add_post("/api/webhooks/{org}/{kind:email|form|booking|n8n}", receive)
+    _ = to_json

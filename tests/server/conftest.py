@@ -1,0 +1,71 @@
+"""Fixtures for the service: an app on a temporary database with API keys, and a signed-webhook client."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.app import STORE, Settings, create_app
+from server.auth import new_key
+from server.service import Processing
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "whsec-acme-test-0123456789"
+
+
+@pytest.fixture
+def config_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    """A private copy of rulesets/ and policies/ (tests may edit them)."""
+    rulesets, policies = tmp_path / "rulesets", tmp_path / "policies"
+    shutil.copytree(ROOT / "rulesets", rulesets)
+    shutil.copytree(ROOT / "policies", policies)
+    return rulesets, policies
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, config_dirs: tuple[Path, Path]) -> Callable[..., Settings]:
+    """Settings for a test app: temporary SQLite file, LLM off, no file watcher or cron, fast workers."""
+
+    def make(**overrides: Any) -> Settings:
+        rulesets, policies = config_dirs
+        processing = overrides.pop("processing", Processing(workers=4, lease_seconds=5, poll_seconds=0.05,
+                                                            retry_base_seconds=0.05, shutdown_grace_seconds=2))
+        base: dict[str, Any] = {"db": str(tmp_path / "astralis.db"), "rulesets": rulesets, "policies": policies,
+                                "llm": "off", "watch": False, "schedules": False, "timers_poll_seconds": 0.05,
+                                "key_cache_seconds": 0.0, "processing": processing}
+        base.update(overrides)
+        return Settings(**base)
+
+    return make
+
+
+@pytest.fixture
+def service_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The acme webhook secret in the environment."""
+    monkeypatch.setenv("ACME_WEBHOOK_SECRET", SECRET)
+
+
+@pytest.fixture
+async def make_client(aiohttp_client: Any, make_settings: Callable[..., Settings], service_env: None):
+    """`await make_client(**settings)` → (test client, key_for(org, name) → API key)."""
+
+    async def make(**overrides: Any) -> tuple[Any, Callable[..., Any]]:
+        client = await aiohttp_client(create_app(make_settings(**overrides)))
+
+        async def key_for(org: str = "acme", name: str | None = None) -> str:
+            key_id, key, key_hash = new_key()
+            await client.app[STORE].add_api_key(key_id, org, name or f"{org}-tester", key_hash)
+            return key
+
+        return client, key_for
+
+    return make
+
+
+def auth(key: str) -> dict[str, str]:
+    """The Authorization header for an API key."""
+    return {"Authorization": f"Bearer {key}"}

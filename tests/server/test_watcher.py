@@ -1,0 +1,217 @@
+"""Hot reload: a changed file reloads the orgs it belongs to; a broken one keeps the last good revision
+and reports where it broke; fixing it clears the error (server/watcher.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from engine.errors import ConfigError
+from engine.registry import Registry
+from server.watcher import ConfigWatcher
+
+ROOT = Path(__file__).resolve().parents[2]
+SPAM_INTENT = "    then: {intent: SPAM, confidence: 0.95, decision_type: NO_ACTION, priority: 1}\n"
+
+
+class Tree:
+    """A private copy of the acme and brightsmile orgs and the policies, loaded in a registry."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        for org in ("acme", "brightsmile"):
+            shutil.copytree(ROOT / "rulesets" / org, root / "rulesets" / org)
+        shutil.copytree(ROOT / "policies", root / "policies")
+        self.registry = Registry(root / "rulesets", root / "policies")
+        assert self.registry.load_all() == {"acme": [], "brightsmile": []}
+        self.reloads: list[tuple[str, list[ConfigError]]] = []
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def edit(self, rel: str, old: str, new: str, count: int = 1) -> None:
+        p = self.path(rel)
+        text = p.read_text(encoding="utf-8")
+        assert old in text, f"{rel}: {old!r} not found"
+        p.write_text(text.replace(old, new, count), encoding="utf-8")
+
+    def line_of(self, rel: str, needle: str) -> int:
+        return next(i for i, line in enumerate(self.path(rel).read_text().splitlines(), 1) if needle in line)
+
+    def revision(self, org: str) -> str:
+        active = self.registry.get(org)
+        assert active is not None
+        return active.revision
+
+    def errors(self, org: str) -> list[str]:
+        state = self.registry.state(org)
+        assert state is not None
+        return [str(e).replace(str(self.root) + "/", "") for e in state.errors]
+
+    async def on_reload(self, org: str, findings: list[ConfigError]) -> None:
+        self.reloads.append((org, findings))
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Tree:
+    return Tree(tmp_path)
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 4.0, step: float = 0.02) -> None:
+    """Wait until `condition()` holds, failing after `timeout` seconds."""
+    for _ in range(int(timeout / step)):
+        if condition():
+            return
+        await asyncio.sleep(step)
+    assert condition(), f"not true within {timeout} s"
+
+
+@pytest.fixture
+async def watching(tree: Tree) -> AsyncIterator[ConfigWatcher]:
+    """The watcher running (polling, short debounce) and seen to react; cancelled after the test."""
+    watcher = ConfigWatcher(tree.registry, on_reload=tree.on_reload, debounce_ms=50, force_polling=True,
+                            poll_delay_ms=50)
+    task = asyncio.create_task(watcher.run())
+    # The watcher takes its first snapshot in the background: touch a file until a reload proves it is up.
+    org_yaml = tree.path("rulesets/acme/org.yaml")
+    text = org_yaml.read_text()
+    for _ in range(40):
+        org_yaml.write_text(text)
+        try:
+            await eventually(lambda: bool(tree.reloads), timeout=0.1)
+            break
+        except AssertionError:
+            continue
+    assert tree.reloads, "the watcher never reacted"
+    await asyncio.sleep(0.2)  # let a trailing reload of the touched file finish before the test starts
+    tree.reloads.clear()
+    yield watcher
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+# --------------------------------------------------------------------------- which orgs a change reloads
+
+def test_orgs_for(tree: Tree) -> None:
+    watcher = ConfigWatcher(tree.registry)
+    r, p = tree.path("rulesets"), tree.path("policies")
+    (r / "draft").mkdir()
+    (p / "shared.yaml").write_text("llm: {provider: none}\n")
+    cases = {
+        r / "acme" / "intake.yaml": ["acme"],
+        r / "acme" / "tests" / "cases.yaml": [],  # test cases are not part of the revision
+        r / "acme" / "notes.txt": [],
+        r / "draft" / "rules.yaml": [],  # not an org until it holds org.yaml
+        r / "top.yaml": [],
+        p / "acme.yaml": ["acme"],
+        p / "default.yaml": ["acme", "brightsmile"],
+        p / "shared.yaml": ["acme", "brightsmile"],
+        p / "gone.yml": ["acme", "brightsmile"],
+        tree.root / "elsewhere.yaml": [],
+    }
+    for path, orgs in cases.items():
+        assert watcher.orgs_for([path]) == orgs, path
+    assert watcher.orgs_for([r / "acme" / "spam.yaml", r / "brightsmile" / "office.yaml"]) == ["acme", "brightsmile"]
+    (r / "draft" / "org.yaml").write_text("org: draft\n")
+    assert watcher.orgs_for([r / "draft" / "rules.yaml"]) == ["draft"]
+
+
+async def test_an_org_policy_another_policy_extends_reloads_both(tree: Tree) -> None:
+    watcher = ConfigWatcher(tree.registry)
+    tree.edit("policies/brightsmile.yaml", "extends: default\n", "extends: acme\n")
+    assert list(await watcher.reload_paths([tree.path("policies/brightsmile.yaml")])) == ["brightsmile"]
+    assert tree.registry.state("brightsmile").errors != []  # type: ignore[union-attr]  # acme's routing names acme's pipelines
+    tree.edit("policies/acme.yaml", "routing:\n", "routing: {}\nx_routing:\n")
+    tree.edit("policies/brightsmile.yaml", "extends: acme\n", "extends: default\n")
+    await watcher.reload_paths([tree.path("policies/brightsmile.yaml")])
+    assert watcher.orgs_for([tree.path("policies/acme.yaml")]) == ["acme"]
+
+
+# --------------------------------------------------------------------------- reload_paths, without a file watcher
+
+async def test_a_broken_file_keeps_the_last_good_revision_and_fixing_it_clears_the_error(
+        tree: Tree, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="astralis.config")
+    watcher = ConfigWatcher(tree.registry, on_reload=tree.on_reload)
+    good, other = tree.revision("acme"), tree.revision("brightsmile")
+    tree.edit("rulesets/acme/spam.yaml", SPAM_INTENT, SPAM_INTENT.replace("intent: SPAM", "intent: JUNK"))
+    line = tree.line_of("rulesets/acme/spam.yaml", "intent: JUNK")
+
+    found = await watcher.reload_paths([tree.path("rulesets/acme/spam.yaml")])
+    assert list(found) == ["acme"] and [e.code for e in found["acme"]] == ["schema"]
+    assert tree.revision("acme") == good and tree.revision("brightsmile") == other
+    assert tree.errors("acme") == [f"rulesets/acme/spam.yaml:{line}: schema: rules[0].then.intent: 'JUNK' is not one of "
+                                   "['SALES_INQUIRY', 'SUPPORT_REQUEST', 'BILLING_QUESTION', 'PARTNERSHIP', 'PROJECT', "
+                                   "'SCHEDULING', 'SPAM', 'OTHER']"]
+    warning = next(r for r in caplog.records if r.levelno == logging.WARNING)
+    assert warning.getMessage() == str(found["acme"][0]) and warning.org == "acme"  # type: ignore[attr-defined]
+    assert f"org 'acme': reload rejected with 1 error(s); still on revision {good}" in caplog.text
+    assert tree.reloads == [("acme", found["acme"])]
+
+    caplog.clear()
+    tree.edit("rulesets/acme/spam.yaml", "intent: JUNK, confidence: 0.95", "intent: SPAM, confidence: 0.9")
+    assert await watcher.reload_paths([tree.path("rulesets/acme/spam.yaml")]) == {"acme": []}
+    assert tree.errors("acme") == [] and tree.revision("acme") != good
+    [info] = caplog.records
+    assert info.levelno == logging.INFO and info.getMessage() == f"org 'acme': revision {tree.revision('acme')} active"
+    assert info.org == "acme"  # type: ignore[attr-defined]
+
+
+async def test_a_failing_callback_or_reload_is_logged_not_raised(tree: Tree, caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[str] = []
+
+    def callback(org: str, findings: list[ConfigError]) -> None:  # a plain function works too
+        calls.append(org)
+        raise RuntimeError("listener broke")
+
+    watcher = ConfigWatcher(tree.registry, on_reload=callback)
+    assert await watcher.reload_paths([tree.path("policies/default.yaml")]) == {"acme": [], "brightsmile": []}
+    assert calls == ["acme", "brightsmile"]
+    assert "on_reload callback failed for org 'acme'" in caplog.text
+    tree.path("rulesets/acme/spam.yaml").write_bytes(b"ruleset: \xff\xfe\n")  # not UTF-8: the loader raises
+    assert await watcher.reload_paths([tree.path("rulesets/acme/spam.yaml")]) == {}
+    assert "reloading org 'acme' failed; it stays on its last good revision" in caplog.text
+
+
+# --------------------------------------------------------------------------- the running watcher
+
+async def test_watcher_reloads_a_broken_then_fixed_rule_file(tree: Tree, watching: ConfigWatcher) -> None:
+    good = tree.revision("acme")
+    spam = "rulesets/acme/spam.yaml"
+    tree.edit(spam, "ruleset: spam\n", "ruleset: [spam\n")
+    await eventually(lambda: bool(tree.errors("acme")))
+    assert tree.revision("acme") == good
+    [error] = tree.errors("acme")
+    assert error.startswith(f"{spam}:") and ": yaml_syntax: " in error
+    assert int(error.split(":")[1]) >= tree.line_of(spam, "ruleset: [spam")
+
+    tree.edit(spam, "ruleset: [spam\n", "ruleset: spam\n")
+    tree.edit(spam, "confidence: 0.95, decision_type: NO_ACTION", "confidence: 0.9, decision_type: NO_ACTION")
+    await eventually(lambda: not tree.errors("acme"))
+    assert tree.revision("acme") != good
+    assert {org for org, _ in tree.reloads} == {"acme"}  # the other org was left alone
+
+
+async def test_watcher_reloads_every_org_when_the_default_policy_changes(tree: Tree, watching: ConfigWatcher) -> None:
+    before = {org: tree.revision(org) for org in ("acme", "brightsmile")}
+    default = tree.path("policies/default.yaml")
+    default.write_text(default.read_text() + "# reviewed\n")
+    await eventually(lambda: all(tree.revision(org) != rev for org, rev in before.items()))
+    assert {org for org, _ in tree.reloads} == {"acme", "brightsmile"}
+
+
+async def test_watcher_loads_a_new_org_folder(tree: Tree, watching: ConfigWatcher) -> None:
+    beta = tree.path("rulesets/beta")
+    shutil.copytree(tree.path("rulesets/acme"), beta, ignore=shutil.ignore_patterns("org.yaml"))
+    org_yaml = tree.path("rulesets/acme/org.yaml").read_text().replace("org: acme\n", "org: beta\n")
+    (beta / "org.yaml").write_text(org_yaml)
+    await eventually(lambda: tree.registry.get("beta") is not None
+                     and {r.ruleset for r in tree.registry.get("beta").bundle.rules}  # type: ignore[union-attr]
+                     == {"bookings", "intake", "spam"})
+    assert tree.registry.orgs == ["acme", "beta", "brightsmile"]
