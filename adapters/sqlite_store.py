@@ -343,8 +343,10 @@ class SQLiteStore:
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
         """One `BEGIN IMMEDIATE` … `COMMIT` transaction; rolled back on any exception (cancellation too)."""
         async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
             try:
+                # Inside the try: a task cancelled while BEGIN runs in aiosqlite's thread must still roll back,
+                # or the connection would stay inside a transaction that nobody owns.
+                await self._db.execute("BEGIN IMMEDIATE")
                 yield self._db
                 await self._db.execute("COMMIT")
             except BaseException:

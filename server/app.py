@@ -65,14 +65,13 @@ KEYS = web.AppKey("keys", KeyCache)
 LIMITER = web.AppKey("limiter", RequestLimiter)
 CONFIG_LOCKS = web.AppKey("config_locks", dict)
 
-PRINCIPAL = "principal"
+PRINCIPAL = web.RequestKey("principal", Principal)
 """request[PRINCIPAL]: the `Principal` of the API key on /api/agent/* and /api/stream."""
 
 
 def principal(request: web.Request) -> Principal:
     """The authenticated caller of an API-key route."""
-    p: Principal = request[PRINCIPAL]
-    return p
+    return request[PRINCIPAL]
 
 
 # ---- resources, each in its own cleanup context ---------------------------------------------------------

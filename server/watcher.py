@@ -29,6 +29,8 @@ from engine.registry import Registry
 log = logging.getLogger("astralis.config")
 
 YAML_SUFFIXES = (".yaml", ".yml")
+_WAKE_MS = 1000  # the watch loop wakes at least this often, to re-check recently changed files
+_RECHECK_S = 2.5  # how long a reloaded file is re-checked: past the second its change was stamped in
 
 OnReload = Callable[[str, list[ConfigError]], Awaitable[None] | None]
 
@@ -138,12 +140,37 @@ class ConfigWatcher:
 
     async def run(self) -> None:
         """Watch both folders and reload affected orgs until cancelled."""
+        # Polling (force_polling, or where native events are unavailable) compares modification times in
+        # whole seconds, so a file written again within the second of its last change looks unchanged.
+        # Files just reloaded are therefore re-checked (mtime in ns, size) at each wake-up for a while.
+        recent: dict[Path, tuple[tuple[int, int] | None, float]] = {}
+        loop = asyncio.get_running_loop()
         async for changes in awatch(self._rulesets, self._policies, watch_filter=self._watched,
                                     debounce=self.debounce_ms, force_polling=self.force_polling,
-                                    poll_delay_ms=self.poll_delay_ms):
-            paths = sorted({Path(p) for _, p in changes})
-            log.debug("changed: %s", ", ".join(map(str, paths)))
+                                    poll_delay_ms=self.poll_delay_ms, rust_timeout=_WAKE_MS, yield_on_timeout=True):
+            now = loop.time()
+            paths = {Path(p) for _, p in changes}
+            for path, (seen, until) in list(recent.items()):
+                if path in paths:
+                    continue
+                if _stat(path) != seen:
+                    paths.add(path)
+                elif now > until:
+                    del recent[path]
+            if not paths:
+                continue
+            for path in paths:
+                recent[path] = (_stat(path), now + _RECHECK_S)
+            log.debug("changed: %s", ", ".join(map(str, sorted(paths))))
             try:
-                await self.reload_paths(paths)
+                await self.reload_paths(sorted(paths))
             except Exception:  # a bug in one batch must not end hot reload for good
-                log.exception("reloading after changes to %s failed", ", ".join(map(str, paths)))
+                log.exception("reloading after changes to %s failed", ", ".join(map(str, sorted(paths))))
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size

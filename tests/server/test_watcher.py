@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -62,13 +63,13 @@ def tree(tmp_path: Path) -> Tree:
     return Tree(tmp_path)
 
 
-async def eventually(condition: Callable[[], bool], timeout: float = 4.0, step: float = 0.02) -> None:
-    """Wait until `condition()` holds, failing after `timeout` seconds."""
-    for _ in range(int(timeout / step)):
+async def eventually(condition: Callable[[], bool], within: float = 4.0, step: float = 0.02) -> None:
+    """Wait until `condition()` holds, failing after `within` seconds."""
+    for _ in range(int(within / step)):
         if condition():
             return
         await asyncio.sleep(step)
-    assert condition(), f"not true within {timeout} s"
+    assert condition(), f"not true within {within} s"
 
 
 @pytest.fixture
@@ -83,7 +84,7 @@ async def watching(tree: Tree) -> AsyncIterator[ConfigWatcher]:
     for _ in range(40):
         org_yaml.write_text(text)
         try:
-            await eventually(lambda: bool(tree.reloads), timeout=0.1)
+            await eventually(lambda: bool(tree.reloads), within=0.1)
             break
         except AssertionError:
             continue
@@ -122,15 +123,15 @@ def test_orgs_for(tree: Tree) -> None:
     assert watcher.orgs_for([r / "draft" / "rules.yaml"]) == ["draft"]
 
 
-async def test_an_org_policy_another_policy_extends_reloads_both(tree: Tree) -> None:
+async def test_an_org_policy_that_another_policy_extends_reloads_both(tree: Tree) -> None:
     watcher = ConfigWatcher(tree.registry)
-    tree.edit("policies/brightsmile.yaml", "extends: default\n", "extends: acme\n")
-    assert list(await watcher.reload_paths([tree.path("policies/brightsmile.yaml")])) == ["brightsmile"]
-    assert tree.registry.state("brightsmile").errors != []  # type: ignore[union-attr]  # acme's routing names acme's pipelines
-    tree.edit("policies/acme.yaml", "routing:\n", "routing: {}\nx_routing:\n")
-    tree.edit("policies/brightsmile.yaml", "extends: acme\n", "extends: default\n")
-    await watcher.reload_paths([tree.path("policies/brightsmile.yaml")])
-    assert watcher.orgs_for([tree.path("policies/acme.yaml")]) == ["acme"]
+    beta = tree.path("rulesets/beta")
+    shutil.copytree(tree.path("rulesets/acme"), beta)
+    tree.edit("rulesets/beta/org.yaml", "org: acme\n", "org: beta\n")
+    tree.path("policies/beta.yaml").write_text("extends: acme\n")
+    assert await watcher.reload_paths([tree.path("policies/beta.yaml")]) == {"beta": []}
+    assert watcher.orgs_for([tree.path("policies/acme.yaml")]) == ["acme", "beta"]
+    assert watcher.orgs_for([tree.path("policies/brightsmile.yaml")]) == ["brightsmile"]
 
 
 # --------------------------------------------------------------------------- reload_paths, without a file watcher
@@ -215,3 +216,19 @@ async def test_watcher_loads_a_new_org_folder(tree: Tree, watching: ConfigWatche
                      and {r.ruleset for r in tree.registry.get("beta").bundle.rules}  # type: ignore[union-attr]
                      == {"bookings", "intake", "spam"})
     assert tree.registry.orgs == ["acme", "beta", "brightsmile"]
+
+
+async def test_watcher_sees_a_file_rewritten_within_the_second_of_its_last_change(
+        tree: Tree, watching: ConfigWatcher) -> None:
+    # Polling compares modification times in whole seconds: stamp the fix in the same second as the break
+    # so that only the watcher's own re-check of recently changed files can notice it.
+    spam = tree.path("rulesets/acme/spam.yaml")
+    good = tree.revision("acme")
+    tree.edit("rulesets/acme/spam.yaml", "ruleset: spam\n", "ruleset: [spam\n")
+    await eventually(lambda: bool(tree.errors("acme")))
+    broken_ns = spam.stat().st_mtime_ns
+    tree.edit("rulesets/acme/spam.yaml", "ruleset: [spam\n", "ruleset: spam\n")
+    same_second = broken_ns - broken_ns % 10**9 + (broken_ns % 10**9 + 1) % 10**9
+    os.utime(spam, ns=(same_second, same_second))
+    await eventually(lambda: not tree.errors("acme"))
+    assert tree.revision("acme") == good  # the original text again: the original revision
