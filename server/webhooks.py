@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+from secrets import token_hex
 from typing import Any
 
 from aiohttp import web
@@ -37,6 +38,9 @@ KINDS: dict[str, tuple[Source, str]] = {
     "booking": (Source.WEBHOOK, "booking:created"),
     "n8n": (Source.WEBHOOK, "automation:completed"),
 }
+# A body with only these keys (and `data` an object) is a whole envelope; any other key means a payload that
+# happens to have a `data` field (an n8n callback, say), which is kept whole.
+_ENVELOPE_KEYS = frozenset({"id", "org", "source", "type", "data", "occurred_at"})
 
 
 def _secrets(app: web.Application, org: str) -> list[str]:
@@ -72,7 +76,7 @@ def _data(kind: str, raw: bytes, content_type: str) -> tuple[dict[str, Any], dic
         raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(422, "invalid", "the body must be a JSON object", {"field": "body"})
-    if isinstance(body.get("data"), dict):  # a whole envelope
+    if isinstance(body.get("data"), dict) and set(body) <= _ENVELOPE_KEYS:  # a whole envelope
         extra = {k: body[k] for k in ("id", "occurred_at") if k in body}
         return body["data"], extra
     return body, {}
@@ -94,11 +98,12 @@ async def receive(request: web.Request) -> web.Response:
     raw = await request.read()  # size-capped by the app's client_max_size (413 beyond)
     secrets = _secrets(app, org) if kind in KINDS else []
     if not secrets:
-        raise _unauthorized("signature cannot be verified for this org (no webhook secret configured)",
-                            "no_secret")
+        # Unknown org, or no secret configured: check against a random secret, which matches nothing, so that the
+        # answer is exactly a bad signature's and does not reveal which orgs exist.
+        log.warning("webhook for an org without a webhook secret", extra={"org": org, "kind": kind})
     try:
-        verify(request.headers.get(HEADER), raw, secrets, now=app[SETTINGS].clock(),
-               tolerance=app[SETTINGS].webhook_tolerance_seconds)
+        timestamp = verify(request.headers.get(HEADER), raw, secrets or [token_hex(32)], now=app[SETTINGS].clock(),
+                           tolerance=app[SETTINGS].webhook_tolerance_seconds)
     except SignatureError as exc:
         log.warning("webhook refused: %s", exc.code, extra={"org": org, "kind": kind})
         raise _unauthorized(str(exc), exc.code) from None
@@ -121,7 +126,9 @@ async def receive(request: web.Request) -> web.Response:
         if existing is not None:
             app[METRICS].event_duplicate(org, f"webhook_{kind}")
             raise _replayed(existing)
-        digest = hashlib.sha256(f"{org}\n{request.headers.get(HEADER, '')}".encode()).hexdigest()
+        # Keyed on what was signed (timestamp and body), not the header's text: the same signature written
+        # differently (spacing, order, hex case, extra schemes or decoy v1 values) is still the same request.
+        digest = hashlib.sha256(f"{org}\n{timestamp}\n".encode() + raw).hexdigest()
         if not await app[STORE].remember_signature(org, digest,
                                                    keep_seconds=2 * app[SETTINGS].webhook_tolerance_seconds + 60):
             app[METRICS].event_duplicate(org, f"webhook_{kind}")
@@ -147,4 +154,5 @@ async def unknown_kind(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     """Register the webhook routes."""
     app.router.add_post("/api/webhooks/{org}/{kind:email|form|booking|n8n}", receive)
+    app.router.add_post("/api/webhooks/{org}/{kind}", unknown_kind)
     _ = to_json
