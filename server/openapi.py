@@ -1,20 +1,453 @@
-"""GET /openapi.json: the OpenAPI 3.1 description of every route."""
+"""GET /openapi.json: the OpenAPI 3.1 description of every route.
+
+Request bodies come from the pydantic models in server/schemas.py (their `$defs` hoisted into
+`components.schemas`), the decision from `engine.models.Decision`; the few dict-shaped answers (inbox rows,
+analytics, health, config) are described here by hand. Every status a route can answer is listed with its
+body and content type; tests/server/test_openapi.py checks that each registered route is documented and
+fuzzes the live server against this document with schemathesis.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel
+
+from engine.config import DecisionType, Intent, Source
+from engine.models import Decision
+from server.api import MODES
+from server.schemas import (
+    AcceptedOut,
+    ConfigUpdate,
+    DbTrigger,
+    DecisionPage,
+    EventIn,
+    Rejection,
+    Review,
+    SimulateRequest,
+)
+from server.webhooks import DELIVERY, KINDS
+
+REF = "#/components/schemas/{model}"
+JSON = "application/json"
+STATUSES = ("PENDING", "EXECUTED", "FAILED", "REJECTED", "REQUIRES_APPROVAL")
+INBOX_STATUSES = ("accepted", "processing", "decided", "dead")
+BEARER = [{"bearer": []}]
+SIGNED = [{"signature": []}]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _obj(properties: dict[str, Any], *, required: tuple[str, ...] | None = None, **extra: Any) -> dict[str, Any]:
+    """An object schema; every property is required unless `required` says otherwise."""
+    return {"type": "object", "required": list(properties if required is None else required),
+            "properties": properties, **extra}
+
+
+_STR = {"type": "string"}
+_INT = {"type": "integer"}
+_COUNTS = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
+_PERCENTILES = _obj({k: _nullable({"type": "number"}) for k in ("p50", "p90", "p99", "max")})
+
+# ---- components: schemas --------------------------------------------------------------------------------
+
+_HAND_WRITTEN: dict[str, dict[str, Any]] = {
+    "Error": _obj({"error": _obj({
+        "code": {"type": "string", "description": "Stable: bad_request, bad_json, unauthorized, invalid_signature, "
+                 "forbidden_org, not_found, method_not_allowed, not_awaiting_approval, org_not_loaded, "
+                 "duplicate_delivery, payload_too_large, unsupported_media_type, invalid, invalid_config, "
+                 "rate_limited, ..."},
+        "message": {"type": "string", "description": "What is wrong and where, in a sentence."},
+        "details": {"description": "The fields at fault (422: `[{field, message}]`), or other context, or null."},
+    })}, description="Every error: `{\"error\": {\"code\", \"message\", \"details\"}}`."),
+    "DecisionDetail": {"allOf": [_ref("Decision"), _obj({"outbox": {"type": "array", "items": _ref("OutboxAction")}})],
+                       "description": "A decision with its whole trace and the outbox rows of its actions."},
+    "OutboxAction": _obj({
+        "key": {"type": "string", "description": "The idempotency key (decision id + action index)."},
+        "type": {"$ref": "#/components/schemas/DecisionType"},
+        "params": {"type": "object"},
+        "status": _STR, "attempts": _INT, "error": _nullable(_STR),
+        "created_at": _STR, "updated_at": _STR,
+    }, description="One action in the outbox."),
+    "InboxEvent": _obj({
+        "id": _STR, "org": _STR, "source": _STR, "type": _STR,
+        "status": {"type": "string", "enum": list(INBOX_STATUSES)},
+        "channel": _nullable(_STR), "priority": _INT, "attempts": _INT, "error": _nullable(_STR),
+        "decision_id": _nullable(_STR), "received_at": _STR, "updated_at": _STR,
+        "envelope": {"type": "object", "description": "The event as received (DESIGN §4)."},
+    }, description="An event in the inbox, with its processing state."),
+    "EventPage": _obj({"events": {"type": "array", "items": _ref("InboxEvent")},
+                       "next_cursor": _nullable({"type": "string", "pattern": "^[0-9]+$"})},
+                      description="One page of the inbox, newest first."),
+    "Analytics": _obj({
+        "org": _STR, "since": {"type": "string", "format": "date-time"},
+        "until": {"type": "string", "format": "date-time"}, "total": _INT,
+        "by_status": _COUNTS, "by_intent": _COUNTS, "by_decision_type": _COUNTS, "by_source": _COUNTS,
+        "by_decided_by": _COUNTS,
+        "llm": _obj({"calls": _INT, "call_rate": {"type": "number"}, "input_tokens": _INT, "output_tokens": _INT,
+                     "latency_ms": _PERCENTILES}),
+        "latency_ms": _PERCENTILES,
+        "approvals": _obj({"reviewed": _INT, "approved": _INT, "rejected": _INT, "awaiting": _INT,
+                           "turnaround_seconds": _PERCENTILES}),
+    }, description="Counts, LLM usage, latency and approvals of the decisions created in [since, until)."),
+    "OrgConfiguration": _obj({
+        "org": _STR, "revision": _nullable(_STR),
+        "files": {"type": "object", "additionalProperties": _STR, "description": "File name → YAML text."},
+        "policy": _nullable(_STR),
+        "errors": {"type": "array", "items": _STR}, "warnings": {"type": "array", "items": _STR},
+    }, description="The org's files on disk, its active revision and the problems of its last reload."),
+    "ConfigApplied": _obj({
+        "org": _STR, "revision": _STR, "previous_revision": _nullable(_STR),
+        "warnings": {"type": "array", "items": _STR},
+    }, description="An update applied: the org's new active revision."),
+    "SimulationSummary": _obj({
+        "events": _INT, "by_intent": _COUNTS, "by_decision_type": _COUNTS, "by_status": _COUNTS,
+        "by_decided_by": _COUNTS, "ambiguous_rate": {"type": "number"}, "llm_consulted_rate": {"type": "number"},
+        "auto_execute_rate": {"type": "number"}, "approval_rate": {"type": "number"}, "llm_tokens": _INT,
+        "revisions": {"type": "array", "items": _STR},
+    }),
+    "SimulationResult": _obj({
+        "revision": _STR, "summary": _ref("SimulationSummary"),
+        "decisions": {"type": "array", "items": _ref("Decision")},
+    }, description="Dry-run decisions (nothing written, nothing executed) and their summary."),
+    "Health": _obj({
+        "status": {"type": "string", "enum": ["ok", "unavailable"]}, "live": {"type": "boolean"},
+        "ready": {"type": "boolean"},
+        "checks": _obj({
+            "database": _obj({"ok": {"type": "boolean"}, "inbox": _COUNTS, "error": _STR}, required=("ok",)),
+            "rulesets": _obj({"ok": {"type": "boolean"}, "orgs": {"type": "object", "additionalProperties": _obj({
+                "loaded": {"type": "boolean"}, "revision": _nullable(_STR),
+                "errors": {"type": "array", "items": _STR}})}}),
+        }),
+    }, description="Liveness and readiness: the database answers and every org has rulesets loaded."),
+}
+
+_MODELS: tuple[tuple[type[BaseModel], str], ...] = (
+    (EventIn, "validation"), (DbTrigger, "validation"), (Review, "validation"), (Rejection, "validation"),
+    (ConfigUpdate, "validation"), (SimulateRequest, "validation"),
+    (Decision, "serialization"), (AcceptedOut, "serialization"), (DecisionPage, "serialization"),
+)
+
+
+def _schemas() -> dict[str, Any]:
+    """The pydantic models' JSON Schemas with their `$defs` hoisted, then the hand-written ones."""
+    out: dict[str, Any] = {}
+
+    def put(name: str, schema: dict[str, Any]) -> None:
+        if name in out and out[name] != schema:
+            raise ValueError(f"two different schemas are named {name!r}; rename one of the models")
+        out[name] = schema
+
+    for model, mode in _MODELS:
+        schema = model.model_json_schema(ref_template=REF, mode=mode)  # type: ignore[arg-type]
+        for name, sub in schema.pop("$defs", {}).items():
+            put(name, sub)
+        put(model.__name__, schema)
+    for name, schema in _HAND_WRITTEN.items():
+        put(name, schema)
+    return out
+
+
+# ---- components: responses, parameters ------------------------------------------------------------------
+
+def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    resp: dict[str, Any] = {"description": description, "content": {JSON: {"schema": _ref("Error")}}}
+    if headers:
+        resp["headers"] = headers
+    return resp
+
+
+_RESPONSES: dict[str, dict[str, Any]] = {
+    "BadRequest": _error("A malformed query parameter or header, a body that is not JSON, or no body where one "
+                         "is required."),
+    "Unauthorized": _error("No API key, or an invalid or revoked one.", {
+        "WWW-Authenticate": {"required": True, "schema": {"type": "string", "const": "Bearer"}}}),
+    "BadSignature": _error(f"The {'X-Astralis-Signature'} header is missing, malformed, too old or does not match "
+                           "the body, or the org accepts no webhooks (also for an org that does not exist)."),
+    "ForbiddenOrg": _error("The body names another org than the API key's."),
+    "NotFound": _error("No such resource for the API key's org (another org's ids answer the same)."),
+    "PayloadTooLarge": _error("The body is larger than the server's limit (`--max-body`)."),
+    "UnsupportedMediaType": _error("The Content-Type is not one this route reads."),
+    "Invalid": _error("The body is well-formed but invalid; `details` lists every field at fault."),
+    "RateLimited": _error("Too many requests for this API key.", {
+        "Retry-After": {"required": True, "description": "Seconds to wait.", "schema": {"type": "string",
+                                                                                        "pattern": "^[0-9]+$"}}}),
+}
+_ERRORS = {400: "BadRequest", 401: "Unauthorized", 403: "ForbiddenOrg", 404: "NotFound", 413: "PayloadTooLarge",
+           415: "UnsupportedMediaType", 422: "Invalid", 429: "RateLimited"}
+
+
+def _time_param(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": {"type": "string", "format": "date-time"}}
+
+
+def _enum_filter(name: str, values: list[str], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "style": "form", "explode": True,
+            "description": f"{description} Repeat the parameter (or separate values with commas) for any of several.",
+            "schema": {"type": "array", "items": {"type": "string", "enum": values}, "minItems": 1}}
+
+
+def _limit(default: int = 50) -> dict[str, Any]:
+    return {"name": "limit", "in": "query", "required": False, "description": "Page size.",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": default}}
+
+
+def _mode(default: str) -> dict[str, Any]:
+    return {"name": "mode", "in": "query", "required": False,
+            "description": "auto: decide at once when urgent (priority 5), else queue; sync: decide now (200); "
+                           "queue: accept and decide in the background (202); dry_run: decide without writing or "
+                           "executing anything.",
+            "schema": {"type": "string", "enum": list(MODES), "default": default}}
+
+
+def _id(what: str) -> dict[str, Any]:
+    return {"name": "id", "in": "path", "required": True, "description": f"The {what} id.",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 200}}
+
+
+# ---- operations -----------------------------------------------------------------------------------------
+
+def _body(name: str, *, required: bool = True, description: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"required": required, "content": {JSON: {"schema": _ref(name)}}}
+    if description:
+        body["description"] = description
+    return body
+
+
+def _ok(schema: dict[str, Any], description: str, headers: dict[str, Any] | None = None,
+        content_type: str = JSON) -> dict[str, Any]:
+    resp: dict[str, Any] = {"description": description, "content": {content_type: {"schema": schema}}}
+    if headers:
+        resp["headers"] = headers
+    return resp
+
+
+def _op(summary: str, tag: str, responses: dict[int, Any], *, errors: tuple[int, ...] = (),
+        security: list[dict[str, list[str]]] = BEARER, parameters: list[dict[str, Any]] | None = None,
+        body: dict[str, Any] | None = None, description: str | None = None,
+        extra: dict[int, Any] | None = None) -> dict[str, Any]:
+    """One operation: its own responses, then the shared error responses by status (401 and 429 on API-key
+    routes always), then `extra` responses that replace a shared one."""
+    if security is BEARER:
+        errors = (*errors, 401, 429)
+    out: dict[str, Any] = {str(s): r for s, r in responses.items()}
+    for status in sorted(set(errors)):
+        out[str(status)] = {"$ref": f"#/components/responses/{_ERRORS[status]}"}
+    for status, r in (extra or {}).items():
+        out[str(status)] = r
+    op: dict[str, Any] = {"summary": summary, "tags": [tag], "security": security,
+                          "responses": dict(sorted(out.items()))}
+    if description:
+        op["description"] = description
+    if parameters:
+        op["parameters"] = parameters
+    if body:
+        op["requestBody"] = body
+    return op
+
+
+_HDR_MODE = {"X-Astralis-Mode": {"description": "`sync` when the event was decided in this request.",
+                                 "schema": {"type": "string"}}}
+_HDR_DUP = {"X-Astralis-Duplicate": {"description": "`true` when the event id was already received; nothing new "
+                                                    "was written.", "schema": {"type": "string", "enum": ["true"]}}}
+_DECIDED_OR_DUP = {"anyOf": [_ref("Decision"), _ref("AcceptedOut")]}
+
+
+def _accepting(what: str) -> dict[int, Any]:
+    return {
+        200: _ok(_DECIDED_OR_DUP, f"{what} decided now (sync, dry_run, or urgent in auto mode): the decision. A "
+                 "repeated id answers the original decision (sync) or its inbox status (duplicate: true).",
+                 {**_HDR_MODE, **_HDR_DUP}),
+        202: _ok(_ref("AcceptedOut"), f"{what} accepted into the inbox, to be decided by the workers (or a "
+                 "repeated id still being processed).", _HDR_DUP),
+    }
+
+
+_ORG_NOT_LOADED = _error("The org has no valid configuration loaded (org_not_loaded); `details` lists its errors.")
+
+
+def _paths() -> dict[str, Any]:
+    p: dict[str, Any] = {}
+    p["/api/agent/process"] = {"post": _op(
+        "Submit an event", "events", _accepting("The event"), errors=(400, 403, 413, 415, 422),
+        parameters=[_mode("auto")], body=_body("EventIn", description="An event envelope (DESIGN §4)."),
+        extra={409: _ORG_NOT_LOADED})}
+    p["/api/agent/db-trigger"] = {"post": _op(
+        "Submit a database row change", "events", _accepting("The row change"), errors=(400, 413, 415, 422),
+        parameters=[_mode("queue")], body=_body("DbTrigger"), extra={409: _ORG_NOT_LOADED},
+        description="The change becomes a DB_TRIGGER event of type `<table>:<inserted|updated|deleted>` "
+                    "unless `type` is given; queued unless `mode` says otherwise.")}
+    p["/api/agent/decisions"] = {"get": _op(
+        "List decisions", "decisions", {200: _ok(_ref("DecisionPage"), "A page of decisions, newest first "
+                                                 "(without their traces).")},
+        errors=(400,), parameters=[
+            _enum_filter("status", list(STATUSES), "Only decisions in this status."),
+            _enum_filter("intent", [str(v) for v in Intent], "Only decisions with this intent."),
+            _enum_filter("decision_type", [str(v) for v in DecisionType], "Only decisions of this type."),
+            _enum_filter("source", [str(v) for v in Source], "Only decisions for events from this source."),
+            _time_param("since", "Created at or after (with a UTC offset)."),
+            _time_param("until", "Created before (with a UTC offset)."),
+            _limit(),
+            {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "`next_cursor` of the previous page (with the same filters)."},
+        ])}
+    p["/api/agent/decisions/{id}"] = {"get": _op(
+        "Get a decision", "decisions", {200: _ok(_ref("DecisionDetail"), "The decision, its trace and outbox.")},
+        errors=(404,), parameters=[_id("decision")])}
+    review_errors = (400, 404, 413, 415, 422)
+    conflict = _error("The decision is not awaiting approval (not_awaiting_approval); `details` has its status "
+                      "and review.")
+    repeat = {"X-Astralis-Repeat": {"description": "`true` when the same verdict was already given: nothing changed.",
+                                    "schema": {"type": "string", "enum": ["true"]}}}
+    p["/api/agent/decisions/{id}/approve"] = {"post": _op(
+        "Approve a decision", "decisions", {200: _ok(_ref("Decision"), "The approved decision; its held actions "
+                                                     "are in the outbox.", repeat)},
+        errors=review_errors, parameters=[_id("decision")], extra={409: conflict},
+        body=_body("Review", required=False, description="Optional: who approves, and a note."))}
+    p["/api/agent/decisions/{id}/reject"] = {"post": _op(
+        "Reject a decision", "decisions", {200: _ok(_ref("Decision"), "The rejected decision; its actions never "
+                                                    "run.", repeat)},
+        errors=review_errors, parameters=[_id("decision")], extra={409: conflict}, body=_body("Rejection"))}
+    p["/api/agent/analytics"] = {"get": _op(
+        "Decision analytics", "decisions", {200: _ok(_ref("Analytics"), "The org's analytics for the window.")},
+        errors=(400,), parameters=[_time_param("since", "Window start (default: 24 hours before until)."),
+                                   _time_param("until", "Window end (default: now); after since.")])}
+    p["/api/agent/config"] = {
+        "get": _op("Get the org's configuration", "config",
+                   {200: _ok(_ref("OrgConfiguration"), "The org's files and active revision.")}, errors=(404,)),
+        "post": _op("Update the org's configuration", "config",
+                    {200: _ok(_ref("ConfigApplied"), "Validated and applied; the new revision is active.")},
+                    errors=(400, 404, 413, 415), body=_body("ConfigUpdate"),
+                    description="Validated exactly like `astralis validate`; a bad update changes nothing.",
+                    extra={409: _error("The files changed on disk while updating (config_changed); the last good "
+                                       "revision stays active."),
+                           422: _error("An invalid body (invalid) or configuration (invalid_config: `details` "
+                                       "lists every error as `path:line: code: message`).")}),
+    }
+    p["/api/agent/simulate"] = {"post": _op(
+        "Simulate decisions", "config", {200: _ok(_ref("SimulationResult"), "The dry-run decisions.")},
+        errors=(400, 403, 404, 413, 415), body=_body("SimulateRequest"), extra={
+            409: _ORG_NOT_LOADED,
+            422: _error("An invalid body, neither or both of events and past (invalid), or an invalid proposed "
+                        "configuration (invalid_config).")},
+        description="Decisions for the given events (or the org's latest `past` inbox events) against the active "
+                    "or a proposed configuration, without side effects.")}
+    p["/api/agent/events"] = {"get": _op(
+        "List inbox events", "events", {200: _ok(_ref("EventPage"), "A page of the inbox, newest first.")},
+        errors=(400,), parameters=[
+            {"name": "status", "in": "query", "required": False, "description": "Only events in this status.",
+             "schema": {"type": "string", "enum": list(INBOX_STATUSES)}},
+            _limit(),
+            {"name": "cursor", "in": "query", "required": False, "description": "`next_cursor` of the previous "
+             "page.", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+        ])}
+    p["/api/agent/events/{id}"] = {"get": _op(
+        "Get an inbox event", "events", {200: _ok(_ref("InboxEvent"), "The event and its processing state.")},
+        errors=(404,), parameters=[_id("event")])}
+    p["/api/agent/events/{id}/retry"] = {"post": _op(
+        "Retry a dead-lettered event", "events", {202: _ok(_ref("InboxEvent"), "Back in the queue.")},
+        errors=(404,), parameters=[_id("event")],
+        extra={409: _error("The event is not dead-lettered (not_dead); `details` has its status.")})}
+    p["/api/webhooks/{org}/{kind}"] = {"post": _op(
+        "Receive a signed webhook delivery", "webhooks", {
+            200: _ok(_ref("Decision"), "An urgent delivery, decided at once.", _HDR_MODE),
+            202: _ok(_ref("AcceptedOut"), "Accepted into the inbox."),
+        }, security=SIGNED, errors=(400, 413, 415, 422), parameters=[
+            {"name": "org", "in": "path", "required": True, "description": "The receiving org.",
+             "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]*$", "maxLength": 64}},
+            {"name": "kind", "in": "path", "required": True, "description": "What is delivered.",
+             "schema": {"type": "string", "enum": list(KINDS)}},
+            {"name": DELIVERY, "in": "header", "required": False,
+             "description": "The delivery id: the event id, and so the idempotency key (else the body's `id`).",
+             "schema": {"type": "string", "minLength": 1, "maxLength": 200}},
+        ], body={"required": True, "description": "JSON: the event data, or a whole envelope (its `data`, `id` and "
+                 "`occurred_at` are used). The email kind also reads a raw MIME message.", "content": {
+                     JSON: {"schema": {"type": "object"}},
+                     "message/rfc822": {"schema": {"type": "string"}},
+                     "text/plain": {"schema": {"type": "string"}}}},
+        extra={401: {"$ref": "#/components/responses/BadSignature"},
+               404: _error("The path does not name a webhook route (an unknown kind, or an org that is not a "
+                           "path segment)."),
+               409: _error("This delivery id, or this exact signed request, was already received "
+                           "(duplicate_delivery, replayed_signature): nothing was written; `details` names the "
+                           "original event.")},
+        description="Signed with `X-Astralis-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "
+                    "\"<t>.<raw body>\")>` (server/signing.py) instead of an API key.")}
+    p["/api/stream"] = {"get": _op(
+        "Live stream of decisions", "decisions", {200: _ok(
+            {"type": "string"}, "Server-sent events: `ready`, then `decision.executed`, `decision.awaiting_approval`, "
+            "`decision.failed`, `decision.rejected`, `decision.approved`, each with its stream sequence as the id.",
+            content_type="text/event-stream")},
+        errors=(400,), parameters=[
+            {"name": "Last-Event-ID", "in": "header", "required": False,
+             "description": "Resume after this stream sequence number (default: the present).",
+             "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+            {"name": "last_event_id", "in": "query", "required": False,
+             "description": "As the Last-Event-ID header, for clients that cannot set headers.",
+             "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+            {"name": "limit", "in": "query", "required": False,
+             "description": "Close the stream after this many decisions (for tools and tests).",
+             "schema": {"type": "integer", "minimum": 1}},
+        ])}
+    p["/healthz"] = {"get": _op(
+        "Liveness and readiness", "operations", {
+            200: _ok(_ref("Health"), "Ready."),
+            503: _ok(_ref("Health"), "Not ready: the database does not answer or an org has no rulesets loaded."),
+        }, security=[])}
+    p["/metrics"] = {"get": _op(
+        "Prometheus metrics", "operations",
+        {200: _ok({"type": "string"}, "The Prometheus text exposition format.", content_type="text/plain")},
+        security=[])}
+    p["/openapi.json"] = {"get": _op(
+        "This document", "operations", {200: _ok({"type": "object"}, "The OpenAPI 3.1 description of the API.")},
+        security=[])}
+    for path in p.values():
+        for op in path.values():
+            op["operationId"] = op["summary"].lower().replace(" ", "_").replace("'", "")
+    return p
+
+
+@functools.cache
+def _spec_text() -> str:
+    doc = {
+        "openapi": "3.1.0",
+        "info": {"title": "Astralis Orchestrator", "version": "0.1.0",
+                 "description": "Rules-first orchestration: events in, audited decisions out (DESIGN §4, §5, §7). "
+                                "Every error is `{\"error\": {\"code\", \"message\", \"details\"}}`."},
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "responses": _RESPONSES,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "An org's API key (`astralis keys create --org ORG`)."},
+                "signature": {"type": "apiKey", "in": "header", "name": "X-Astralis-Signature",
+                              "description": "HMAC-SHA256 of `<t>.<raw body>` under the org's webhook secret."},
+            },
+        },
+    }
+    return json.dumps(doc, ensure_ascii=False)
 
 
 def spec() -> dict[str, Any]:
-    """The OpenAPI document."""
-    return {"openapi": "3.1.0", "info": {"title": "Astralis Orchestrator", "version": "0.1.0"}, "paths": {}}
+    """The OpenAPI document (serialised once; each call parses a private copy that callers may change)."""
+    result: dict[str, Any] = json.loads(_spec_text())
+    return result
 
 
 async def openapi(request: web.Request) -> web.Response:
     """GET /openapi.json"""
-    return web.json_response(spec())
+    return web.Response(text=_spec_text(), content_type=JSON)
 
 
 def setup(app: web.Application) -> None:
