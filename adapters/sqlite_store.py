@@ -542,14 +542,27 @@ class SQLiteStore:
         """Put many events in the inbox in ONE transaction (group commit); per item, whether it was new.
 
         A duplicate (same org and id, already in the inbox or earlier in `items`) changes nothing and
-        reports the stored event's status and decision. Items with `lease_owner` are written already
+        reports the stored event's status and decision. An item carrying a webhook `signature` digest that was
+        already seen is a replay: nothing is written and its status reads "replayed". The signature is
+        remembered in the same transaction as the event, so a failed accept never blocks the sender's retry. Items with `lease_owner` are written already
         claimed by that owner (synchronous processing); they go back to the queue if the lease expires.
         """
         now = _now()
         out: list[Accepted] = []
         async with self._write() as db:
+            if any(it.signature for it in items):
+                await db.execute("DELETE FROM seen_signatures WHERE seen_at < ?",
+                                 (_iso(datetime.now(UTC) - timedelta(seconds=SIGNATURE_MEMORY_SECONDS)),))
             for it in items:
                 e = it.event
+                if it.signature:
+                    cur = await db.execute("INSERT INTO seen_signatures (digest, org, seen_at) VALUES (?, ?, ?) "
+                                           "ON CONFLICT DO NOTHING", (it.signature, e.org, now))
+                    fresh = cur.rowcount == 1
+                    await cur.close()
+                    if not fresh:
+                        out.append(Accepted(e.org, e.id, False, "replayed", None))
+                        continue
                 lease_until = _iso(datetime.now(UTC) + timedelta(seconds=it.lease_seconds)) if it.lease_owner else None
                 cur = await db.execute(
                     "INSERT INTO events (org, id, source, type, envelope, status, error, received_at, updated_at, "
@@ -831,19 +844,6 @@ class SQLiteStore:
             rows = await db.execute_fetchall(sql + " ORDER BY created_at", args)
         return [dict(r) for r in rows]
 
-    async def remember_signature(self, org: str, digest: str, *, keep_seconds: float) -> bool:
-        """Record a webhook signature as used; False if it was already seen (a replay). Entries older than
-        `keep_seconds` are pruned (their timestamps are outside the tolerance anyway)."""
-        now_dt = datetime.now(UTC)
-        async with self._write() as db:
-            await db.execute("DELETE FROM seen_signatures WHERE seen_at < ?",
-                             (_iso(now_dt - timedelta(seconds=keep_seconds)),))
-            cur = await db.execute("INSERT INTO seen_signatures (digest, org, seen_at) VALUES (?, ?, ?) "
-                                   "ON CONFLICT DO NOTHING", (digest, org, _iso(now_dt)))
-            fresh = cur.rowcount == 1
-            await cur.close()
-        return fresh
-
     # ---- timers (reminder:due and other delayed internal events) ---------------------------------------
 
     async def add_timer(self, event: Event, due_at: datetime) -> bool:
@@ -942,6 +942,12 @@ class InboxItem:
     channel: str = "api"
     lease_owner: str | None = None
     lease_seconds: float = 60.0
+    signature: str | None = None
+    """Digest of a webhook's signed content: a second request with the same one is a replay."""
+
+
+SIGNATURE_MEMORY_SECONDS = 900
+"""How long webhook signatures are remembered: longer than twice the ±300 s timestamp tolerance."""
 
 
 @dataclass(frozen=True)

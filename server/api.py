@@ -39,11 +39,12 @@ async def read_json(request: web.Request, model: type[M], *, optional: bool = Fa
                        f"send Content-Type: application/json, not {request.content_type or 'nothing'}")
     raw = await request.read()
     try:
-        data = json.loads(raw)
+        json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
     try:
-        return model.model_validate(data)
+        # Strict JSON types: lax mode would take `"occurred_at": 0` as Unix time and `"past": true` as 1.
+        return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         raise invalid(exc) from None
 
@@ -83,7 +84,8 @@ def _known_org(request: web.Request, org: str) -> None:
 
 # ---- process --------------------------------------------------------------------------------------------
 
-async def submit(request: web.Request, event: Event, *, mode: str, channel: str) -> web.Response:
+async def submit(request: web.Request, event: Event, *, mode: str, channel: str,
+                 signature: str | None = None) -> web.Response:
     """Accept an event and answer per `mode`: 200 with the decision (sync, dry_run, urgent in auto) or 202."""
     app = request.app
     service = app[SERVICE]
@@ -101,7 +103,11 @@ async def submit(request: web.Request, event: Event, *, mode: str, channel: str)
         mode = "sync" if priority >= 5 else "queue"
     else:
         priority = 3
-    acc = await service.accept(event, channel=channel, priority=priority, lease=(mode == "sync"))
+    acc = await service.accept(event, channel=channel, priority=priority, lease=(mode == "sync"),
+                               signature=signature)
+    if acc.status == "replayed":
+        raise ApiError(409, "replayed_signature", "this exact signed request was already received; a new "
+                       "delivery needs a new signature", {"event_id": None, "status": None, "decision_id": None})
     if not acc.new:
         return await _duplicate(request, event, acc.status, acc.decision_id, mode)
     if mode == "queue":

@@ -17,8 +17,10 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from engine.config import DecisionType, Intent, Source
+from engine.loader import ORG_FILE
 from engine.models import Decision
 from server.api import MODES
+from server.configs import FILE_NAME
 from server.schemas import (
     AcceptedOut,
     ConfigUpdate,
@@ -154,7 +156,21 @@ def _schemas() -> dict[str, Any]:
         put(model.__name__, schema)
     for name, schema in _HAND_WRITTEN.items():
         put(name, schema)
+    _constrain(out)
     return out
+
+
+def _constrain(schemas: dict[str, Any]) -> None:
+    """What the handlers check beyond the pydantic models, stated in the document too."""
+    update = schemas["ConfigUpdate"]["properties"]
+    name = {"type": "string", "pattern": FILE_NAME.pattern}
+    update["files"]["propertyNames"] = name
+    update["delete"]["items"] = {**name, "not": {"const": ORG_FILE}}
+    schemas["SimulateRequest"]["oneOf"] = [
+        {"required": ["events"], "properties": {"events": {"type": "array"}}},
+        {"required": ["past"], "properties": {"past": {"type": "integer"}}},
+    ]
+    schemas["SimulateRequest"]["description"] += " Give exactly one of events and past."
 
 
 # ---- components: responses, parameters ------------------------------------------------------------------
@@ -298,7 +314,7 @@ def _paths() -> dict[str, Any]:
             _time_param("since", "Created at or after (with a UTC offset)."),
             _time_param("until", "Created before (with a UTC offset)."),
             _limit(),
-            {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"},
+            {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string", "minLength": 1},
              "description": "`next_cursor` of the previous page (with the same filters)."},
         ])}
     p["/api/agent/decisions/{id}"] = {"get": _op(
@@ -321,7 +337,7 @@ def _paths() -> dict[str, Any]:
     p["/api/agent/analytics"] = {"get": _op(
         "Decision analytics", "decisions", {200: _ok(_ref("Analytics"), "The org's analytics for the window.")},
         errors=(400,), parameters=[_time_param("since", "Window start (default: 24 hours before until)."),
-                                   _time_param("until", "Window end (default: now); after since.")])}
+                                   _time_param("until", "Window end (default: now); must be after since (else 400).")])}
     p["/api/agent/config"] = {
         "get": _op("Get the org's configuration", "config",
                    {200: _ok(_ref("OrgConfiguration"), "The org's files and active revision.")}, errors=(404,)),

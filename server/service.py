@@ -167,11 +167,13 @@ class Service:
 
     # ---- accepting ------------------------------------------------------------------------------------
 
-    async def accept(self, event: Event, *, channel: str, priority: int = 3, lease: bool = False) -> Accepted:
+    async def accept(self, event: Event, *, channel: str, priority: int = 3, lease: bool = False,
+                     signature: str | None = None) -> Accepted:
         """Durably accept one event (group commit). With `lease`, it is accepted already claimed by this
         process for synchronous processing (crash: the lease expires and a worker takes it)."""
         item = InboxItem(event, priority=priority, channel=channel,
-                         lease_owner=self.owner if lease else None, lease_seconds=self.cfg.lease_seconds)
+                         lease_owner=self.owner if lease else None, lease_seconds=self.cfg.lease_seconds,
+                         signature=signature)
         acc = await self._accept.submit(item)
         if acc.new:
             self.metrics.event_received(event.org, str(event.source), channel)

@@ -129,12 +129,12 @@ async def receive(request: web.Request) -> web.Response:
         # Keyed on what was signed (timestamp and body), not the header's text: the same signature written
         # differently (spacing, order, hex case, extra schemes or decoy v1 values) is still the same request.
         digest = hashlib.sha256(f"{org}\n{timestamp}\n".encode() + raw).hexdigest()
-        if not await app[STORE].remember_signature(org, digest,
-                                                   keep_seconds=2 * app[SETTINGS].webhook_tolerance_seconds + 60):
-            app[METRICS].event_duplicate(org, f"webhook_{kind}")
-            raise ApiError(409, "replayed_signature", "this exact signed request was already received; a new "
-                           "delivery needs a new signature", {"event_id": None, "status": None, "decision_id": None})
-        resp = await submit(request, event, mode="auto", channel=f"webhook_{kind}")
+        try:
+            resp = await submit(request, event, mode="auto", channel=f"webhook_{kind}", signature=digest)
+        except ApiError as exc:
+            if exc.code == "replayed_signature":
+                app[METRICS].event_duplicate(org, f"webhook_{kind}")
+            raise
         if resp.headers.get("X-Astralis-Duplicate") == "true":  # lost a race with a concurrent delivery
             info = await app[STORE].event_info(org, event.id)
             raise _replayed(info or {"id": event.id, "status": "accepted", "decision_id": None})

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from server.app import SERVICE, STORE
+from server.app import REGISTRY, SERVICE, STORE
 from tests.server.conftest import auth
 
 SALES = {"id": "evt-sales-1", "source": "EMAIL", "type": "email:received",
@@ -31,9 +31,9 @@ def ev(base: dict[str, Any], **over: Any) -> dict[str, Any]:
     return {**base, **over}
 
 
-async def wait_decided(client: Any, org: str, event_id: str, timeout: float = 5.0) -> dict[str, Any]:
+async def wait_decided(client: Any, org: str, event_id: str, within: float = 5.0) -> dict[str, Any]:
     store = client.app[STORE]
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         info = await store.event_info(org, event_id)
         if info and info["status"] in ("decided", "dead"):
@@ -260,7 +260,7 @@ async def test_oversized_body_is_413_json(make_client):
 
 
 async def test_unknown_route_and_method_are_json_errors(make_client):
-    client, key_for = await make_client()
+    client, _ = await make_client()
     r = await client.get("/api/nothing-here")
     assert r.status == 404
     assert_error(await r.json(), "not_found")
@@ -510,9 +510,6 @@ async def test_healthz_ready_and_reports_a_broken_org(make_client, config_dirs):
     assert r.status == 200 and body["ready"] and body["checks"]["rulesets"]["orgs"]["acme"]["loaded"]
     intake = config_dirs[0] / "acme" / "intake.yaml"
     intake.write_text(intake.read_text() + "\n  - id: [broken\n")
-    registry = client.app["registry"] if "registry" in client.app else None
-    from server.app import REGISTRY
-
     registry = client.app[REGISTRY]
     revision = registry.get("acme").revision
     registry.reload("acme")

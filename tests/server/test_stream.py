@@ -10,7 +10,7 @@ from tests.server.conftest import auth
 from tests.server.test_api import HELD, SALES, ev
 
 
-async def read_events(resp: Any, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+async def read_events(resp: Any, n: int, within: float = 5.0) -> list[dict[str, Any]]:
     """The next `n` SSE events (id, event, data) from a streaming response; comments (pings) skipped."""
     out: list[dict[str, Any]] = []
     current: dict[str, Any] = {}
@@ -32,7 +32,7 @@ async def read_events(resp: Any, n: int, timeout: float = 5.0) -> list[dict[str,
                 field, _, value = line.partition(":")
                 current[field] = value.lstrip(" ")
 
-    await asyncio.wait_for(go(), timeout)
+    await asyncio.wait_for(go(), within)
     return out
 
 
@@ -60,7 +60,7 @@ async def test_stream_sends_new_decisions_and_reviews_of_the_keys_org_only(make_
 
     # brightsmile's stream saw nothing of acme's
     try:
-        leaked = await read_events(other, 1, timeout=0.5)
+        leaked = await read_events(other, 1, within=0.5)
     except TimeoutError:
         leaked = []
     assert leaked == []
