@@ -1,0 +1,152 @@
+"""The durable processing path without HTTP: group commit, leases, recovery, one decision per event."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.sqlite_store import InboxItem, SQLiteStore
+from engine.agent import Agent
+from engine.llm import LLMStage
+from engine.models import Event
+from engine.registry import Registry
+from server.metrics import Metrics
+from server.service import GroupCommit, OutboxHandoff, Processing, Service, owner_is_dead
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def sales(i: int) -> Event:
+    return Event(id=f"e{i}", org="acme", source="EMAIL", type="email:received",
+                 data={"subject": "Pricing", "text": "How much is the pro plan? Please send a quote."})
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    s = await SQLiteStore.open(tmp_path / "s.db")
+    yield s
+    await s.close()
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    r = Registry(ROOT / "rulesets", ROOT / "policies")
+    r.load_all()
+    return r
+
+
+def make_service(store: SQLiteStore, registry: Registry, **processing: Any) -> Service:
+    agent = Agent(registry.get, LLMStage(None), executor=OutboxHandoff())
+    cfg = Processing(**{"workers": 4, "lease_seconds": 5, "poll_seconds": 0.05, "retry_base_seconds": 0.01,
+                        **processing})
+    return Service(store, agent, Metrics(), processing=cfg)
+
+
+async def test_group_commit_batches_concurrent_submissions():
+    batches: list[list[int]] = []
+
+    async def write(items: list[int]) -> list[int]:
+        batches.append(items)
+        await asyncio.sleep(0.01)  # a commit in flight: later arrivals wait for the next batch
+        return [i * 10 for i in items]
+
+    gc: GroupCommit[int, int] = GroupCommit(write)
+    results = await asyncio.gather(*[gc.submit(i) for i in range(100)])
+    assert results == [i * 10 for i in range(100)]
+    assert sum(len(b) for b in batches) == 100
+    assert len(batches) <= 3  # one for the first arrival, then the rest together
+
+
+async def test_group_commit_failure_reaches_every_waiter_of_the_batch():
+    async def write(items: list[int]) -> list[int]:
+        raise OSError("disk full")
+
+    gc: GroupCommit[int, int] = GroupCommit(write)
+    results = await asyncio.gather(*[gc.submit(i) for i in range(5)], return_exceptions=True)
+    assert all(isinstance(r, OSError) for r in results)
+
+
+async def test_duplicates_in_one_batch_make_one_event(store):
+    out = await store.accept_events([InboxItem(sales(1)), InboxItem(sales(1)), InboxItem(sales(2))])
+    assert [a.new for a in out] == [True, False, True]
+    rows, _ = await store.list_events("acme")
+    assert sorted(r["id"] for r in rows) == ["e1", "e2"]
+
+
+async def test_workers_decide_each_event_once(store, registry):
+    service = make_service(store, registry)
+    await service.start()
+    try:
+        await asyncio.gather(*[service.accept(sales(i), channel="test") for i in range(40)])
+        for _ in range(200):
+            depth = await store.inbox_depth()
+            if depth["decided"] == 40:
+                break
+            await asyncio.sleep(0.02)
+        assert depth == {"accepted": 0, "processing": 0, "decided": 40, "dead": 0}
+    finally:
+        await service.stop()
+    decisions, _ = await store.list_decisions("acme", limit=500)
+    assert sorted(d.event_id for d in decisions) == sorted(f"e{i}" for i in range(40))
+
+
+async def test_second_decision_for_an_event_is_refused(store, registry):
+    service = make_service(store, registry)
+    await store.accept_events([InboxItem(sales(1), lease_owner=service.owner)])
+    first = await service.agent.process(sales(1))
+    second = await service.agent.process(sales(1))
+    stored, new = await store.complete_event(first)
+    assert new and stored.id == first.id
+    stored, new = await store.complete_event(second)
+    assert not new and stored.id == first.id
+    decisions, _ = await store.list_decisions("acme")
+    assert [d.id for d in decisions] == [first.id]
+    assert len(await store.list_actions("acme", second.id)) == 0
+
+
+async def test_expired_lease_is_taken_back(store):
+    await store.accept_events([InboxItem(sales(1))])
+    (claimed,) = await store.claim_events("w1", lease_seconds=0.05)
+    assert claimed.attempts == 1
+    assert await store.claim_events("w2") == []  # still leased
+    await asyncio.sleep(0.1)
+    assert await store.recover_events() == 1
+    (again,) = await store.claim_events("w2")
+    assert again.event.id == "e1" and again.attempts == 2
+
+
+async def test_leases_of_a_dead_process_are_taken_back_at_once(store):
+    await store.accept_events([InboxItem(sales(1))])
+    dead = f"{socket.gethostname()}:999999999:abcd"
+    await store.claim_events(dead, lease_seconds=600)
+    assert owner_is_dead(dead)
+    assert not owner_is_dead(f"{socket.gethostname()}:{os.getpid()}:x")
+    assert not owner_is_dead("another-host:1:x")  # cannot tell: wait for the lease
+    assert await store.recover_events(dead_owners=[dead]) == 1
+    assert (await store.event_info("acme", "e1"))["status"] == "accepted"
+
+
+async def test_graceful_stop_gives_unfinished_events_back(store, registry):
+    service = make_service(store, registry, shutdown_grace_seconds=0.1)
+    gate = asyncio.Event()
+    real = service.agent.process
+
+    async def slow(event, **kw):
+        await gate.wait()
+        return await real(event, **kw)
+
+    service.agent.process = slow  # type: ignore[method-assign]
+    await service.start()
+    await service.accept(sales(1), channel="test")
+    for _ in range(100):
+        if (await store.inbox_depth())["processing"] == 1:
+            break
+        await asyncio.sleep(0.01)
+    await service.stop()
+    info = await store.event_info("acme", "e1")
+    assert info["status"] == "accepted" and info["attempts"] == 0  # not counted as a failed attempt
