@@ -115,3 +115,32 @@ def test_empty_case_suite_fails(workdir, capsys):
         f.unlink()
     assert main(["test", "acme"]) == 1
     assert "empty suite" in capsys.readouterr().err
+
+
+def test_keys_create_list_revoke(workdir, capsys):
+    import asyncio
+
+    from adapters.sqlite_store import SQLiteStore
+    from server.auth import hash_key
+
+    db = str(workdir / "k.db")
+    assert main(["keys", "create", "--org", "acme", "--name", "ops", "--db", db]) == 0
+    out, err = capsys.readouterr()
+    key = out.strip()
+    assert key.startswith("ak_") and "shown once" in err
+    key_id = key.split("_")[1]
+
+    async def lookup() -> object:
+        async with await SQLiteStore.open(db) as store:
+            return await store.api_key_by_hash(hash_key(key))
+
+    assert asyncio.run(lookup()) == {"id": key_id, "org": "acme", "name": "ops"}
+    assert key not in (workdir / "k.db").read_bytes().decode("latin-1")
+    assert main(["keys", "list", "--db", db]) == 0
+    listed = capsys.readouterr().out
+    assert key_id in listed and "active" in listed and key.split("_", 2)[2] not in listed
+    assert main(["keys", "revoke", key_id, "--db", db]) == 0
+    assert asyncio.run(lookup()) is None
+    assert main(["keys", "revoke", key_id, "--db", db]) == 1
+    assert main(["keys", "create", "--org", "nobody", "--db", db]) == 1
+    assert "no such org" in capsys.readouterr().err
