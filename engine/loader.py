@@ -39,6 +39,8 @@ class Located:
     path: str
     data: Any
     lines: dict[Path_, int]
+    text: str = ""
+    """The text that was parsed: the revision hash is taken from it, never from a second read of the file."""
 
     def line(self, loc: Iterable[str | int]) -> int:
         """The line of the deepest node of `loc` that exists in the file (1 when unknown)."""
@@ -108,6 +110,16 @@ def _syntax_error(exc: yaml.YAMLError, path: str) -> ConfigError:
     return ConfigError(path, line, "yaml_syntax", str(problem).strip())
 
 
+def read_yaml(path: Path) -> Located | ConfigError:
+    """Read and parse one file; a file that is not UTF-8 text is a `yaml_syntax` error, not a crash."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        return ConfigError(str(path), line, "yaml_syntax", f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x})")
+    return parse_yaml(text, str(path))
+
+
 def parse_yaml(text: str, path: str) -> Located | ConfigError:
     """Parse one YAML document (safe loader) and map every node to its line."""
     try:
@@ -124,7 +136,7 @@ def parse_yaml(text: str, path: str) -> Located | ConfigError:
     lines: dict[Path_, int] = {}
     if node is not None:
         _walk(node, (), lines)
-    return Located(path, data, lines)
+    return Located(path, data, lines, text)
 
 
 # --------------------------------------------------------------------------- schema and models
@@ -219,7 +231,7 @@ def load_policy(policies_dir: Path, org: str) -> tuple[Policy | None, list[Confi
                                       "unknown_policy" if where else "missing_file",
                                       f"policy '{name}' not found at {path}"))
             return None, errors, chain
-        doc = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+        doc = read_yaml(path)
         if isinstance(doc, ConfigError):
             return None, [doc], chain
         schema_errors = check_schema(doc, Policy, partial=True)
@@ -347,14 +359,15 @@ def _rule_index(doc: Located, ref: RuleRef) -> int:
 
 # --------------------------------------------------------------------------- the whole org
 
-def _revision(paths: list[Path], policy: Policy) -> str:
-    # The files, plus the effective policy: an environment override that changes the policy changes
-    # the revision; one that changes nothing (an org naming its own provider) does not.
+def _revision(paths: list[Path], docs: dict[str, Located], policy: Policy) -> str:
+    # The files as they were parsed (a file rewritten since is not what was validated), plus the effective
+    # policy: an environment override that changes the policy changes the revision; one that changes
+    # nothing (an org naming its own provider) does not.
     h = hashlib.sha256()
     for path in sorted(paths):
         h.update(path.name.encode())
         h.update(b"\0")
-        h.update(path.read_bytes())
+        h.update(docs[str(path)].text.encode("utf-8"))
         h.update(b"\0")
     h.update(policy.model_dump_json().encode())
     return h.hexdigest()[:12]
@@ -369,7 +382,7 @@ def validate_org(org_dir: Path, policies_dir: Path) -> tuple[OrgBundle | None, l
         return None, [ConfigError(str(org_path), 0, "missing_file", f"every org folder needs {ORG_FILE}")]
 
     def load_doc(path: Path, model: type[BaseModel]) -> Any:
-        doc = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+        doc = read_yaml(path)
         if isinstance(doc, ConfigError):
             errors.append(doc)
             return None
@@ -422,7 +435,7 @@ def validate_org(org_dir: Path, policies_dir: Path) -> tuple[OrgBundle | None, l
         if not r.rule.enabled:
             errors.append(ConfigError(r.path, r.line, "unreachable_rule", f"rule '{r.key}' is disabled", "warning"))
     bundle = OrgBundle(org=org, policy=policy, rules=tuple(enabled),
-                       revision=_revision([org_path, *rule_files, *policy_paths], policy),
+                       revision=_revision([org_path, *rule_files, *policy_paths], docs, policy),
                        files=tuple(str(p) for p in [org_path, *rule_files, *policy_paths]),
                        warnings=tuple(e for e in errors if e.severity == "warning"))
     return bundle, errors

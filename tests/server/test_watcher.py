@@ -35,11 +35,17 @@ class Tree:
     def path(self, rel: str) -> Path:
         return self.root / rel
 
-    def edit(self, rel: str, old: str, new: str, count: int = 1) -> None:
+    def write(self, rel: str, text: str) -> None:
+        """Replace a file atomically, as editors do: a reload never reads it half-written."""
         p = self.path(rel)
-        text = p.read_text(encoding="utf-8")
+        tmp = p.with_name(f".{p.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, p)
+
+    def edit(self, rel: str, old: str, new: str, count: int = 1) -> None:
+        text = self.path(rel).read_text(encoding="utf-8")
         assert old in text, f"{rel}: {old!r} not found"
-        p.write_text(text.replace(old, new, count), encoding="utf-8")
+        self.write(rel, text.replace(old, new, count))
 
     def line_of(self, rel: str, needle: str) -> int:
         return next(i for i, line in enumerate(self.path(rel).read_text().splitlines(), 1) if needle in line)
@@ -78,18 +84,18 @@ async def watching(tree: Tree) -> AsyncIterator[ConfigWatcher]:
     watcher = ConfigWatcher(tree.registry, on_reload=tree.on_reload, debounce_ms=50, force_polling=True,
                             poll_delay_ms=50)
     task = asyncio.create_task(watcher.run())
-    # The watcher takes its first snapshot in the background: touch a file until a reload proves it is up.
-    org_yaml = tree.path("rulesets/acme/org.yaml")
-    text = org_yaml.read_text()
-    for _ in range(40):
-        org_yaml.write_text(text)
+    # The watcher takes its first snapshot once the task runs: from then on, rewriting a file (unchanged)
+    # reloads its org. brightsmile's is used so that the tests' own org, acme, is never reloaded by this.
+    await asyncio.sleep(0.05)
+    text = tree.path("rulesets/brightsmile/org.yaml").read_text()
+    for _ in range(3):
+        tree.write("rulesets/brightsmile/org.yaml", text)
         try:
-            await eventually(lambda: bool(tree.reloads), within=0.1)
+            await eventually(lambda: bool(tree.reloads), within=1.5)
             break
         except AssertionError:
             continue
     assert tree.reloads, "the watcher never reacted"
-    await asyncio.sleep(0.2)  # let a trailing reload of the touched file finish before the test starts
     tree.reloads.clear()
     yield watcher
     task.cancel()
@@ -175,7 +181,14 @@ async def test_a_failing_callback_or_reload_is_logged_not_raised(tree: Tree, cap
     assert await watcher.reload_paths([tree.path("policies/default.yaml")]) == {"acme": [], "brightsmile": []}
     assert calls == ["acme", "brightsmile"]
     assert "on_reload callback failed for org 'acme'" in caplog.text
-    tree.path("rulesets/acme/spam.yaml").write_bytes(b"ruleset: \xff\xfe\n")  # not UTF-8: the loader raises
+    tree.path("rulesets/acme/spam.yaml").write_bytes(b"ruleset: \xff\xfe\n")  # not UTF-8: a config error
+    [error] = (await watcher.reload_paths([tree.path("rulesets/acme/spam.yaml")]))["acme"]
+    assert error.code == "yaml_syntax" and "not UTF-8" in error.message and error.line == 1
+
+    def crash(org: str) -> list[ConfigError]:
+        raise RuntimeError("compiler crashed")
+
+    tree.registry.reload = crash  # type: ignore[method-assign]
     assert await watcher.reload_paths([tree.path("rulesets/acme/spam.yaml")]) == {}
     assert "reloading org 'acme' failed; it stays on its last good revision" in caplog.text
 
@@ -183,7 +196,7 @@ async def test_a_failing_callback_or_reload_is_logged_not_raised(tree: Tree, cap
 # --------------------------------------------------------------------------- the running watcher
 
 async def test_watcher_reloads_a_broken_then_fixed_rule_file(tree: Tree, watching: ConfigWatcher) -> None:
-    good = tree.revision("acme")
+    good, other = tree.revision("acme"), tree.revision("brightsmile")
     spam = "rulesets/acme/spam.yaml"
     tree.edit(spam, "ruleset: spam\n", "ruleset: [spam\n")
     await eventually(lambda: bool(tree.errors("acme")))
@@ -196,13 +209,12 @@ async def test_watcher_reloads_a_broken_then_fixed_rule_file(tree: Tree, watchin
     tree.edit(spam, "confidence: 0.95, decision_type: NO_ACTION", "confidence: 0.9, decision_type: NO_ACTION")
     await eventually(lambda: not tree.errors("acme"))
     assert tree.revision("acme") != good
-    assert {org for org, _ in tree.reloads} == {"acme"}  # the other org was left alone
+    assert tree.revision("brightsmile") == other and tree.errors("brightsmile") == []  # left alone
 
 
 async def test_watcher_reloads_every_org_when_the_default_policy_changes(tree: Tree, watching: ConfigWatcher) -> None:
     before = {org: tree.revision(org) for org in ("acme", "brightsmile")}
-    default = tree.path("policies/default.yaml")
-    default.write_text(default.read_text() + "# reviewed\n")
+    tree.write("policies/default.yaml", tree.path("policies/default.yaml").read_text() + "# reviewed\n")
     await eventually(lambda: all(tree.revision(org) != rev for org, rev in before.items()))
     assert {org for org, _ in tree.reloads} == {"acme", "brightsmile"}
 
@@ -211,7 +223,7 @@ async def test_watcher_loads_a_new_org_folder(tree: Tree, watching: ConfigWatche
     beta = tree.path("rulesets/beta")
     shutil.copytree(tree.path("rulesets/acme"), beta, ignore=shutil.ignore_patterns("org.yaml"))
     org_yaml = tree.path("rulesets/acme/org.yaml").read_text().replace("org: acme\n", "org: beta\n")
-    (beta / "org.yaml").write_text(org_yaml)
+    tree.write("rulesets/beta/org.yaml", org_yaml)
     await eventually(lambda: tree.registry.get("beta") is not None
                      and {r.ruleset for r in tree.registry.get("beta").bundle.rules}  # type: ignore[union-attr]
                      == {"bookings", "intake", "spam"})
