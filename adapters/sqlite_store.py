@@ -637,20 +637,27 @@ class SQLiteStore:
                 await cur.close()
             return n
 
-    async def recover_events(self, *, dead_owners: Sequence[str] = ()) -> int:
-        """Put back in the queue every event whose lease expired or whose owner is known to be dead
-        (crash recovery); returns how many."""
+    async def recover_events(self, *, dead_owners: Sequence[str] = (), max_attempts: int | None = None) -> int:
+        """Take back every event whose lease expired or whose owner is known to be dead (crash recovery):
+        back to the queue, or — once it has been claimed `max_attempts` times, i.e. it was being decided each
+        time a process died — to the dead-letter state, so that a poison event cannot crash-loop the service.
+        Returns how many were taken back."""
         now = _now()
+        taken = ("status = 'processing' AND lease_until < ?", (now,))
+        clauses = [taken] + [("status = 'processing' AND lease_owner = ?", (o,)) for o in dead_owners]
+        n = 0
         async with self._write() as db:
-            cur = await db.execute(
-                "UPDATE events SET status = 'accepted', lease_owner = NULL, lease_until = NULL, updated_at = ? "
-                "WHERE status = 'processing' AND lease_until < ?", (now, now))
-            n = cur.rowcount
-            await cur.close()
-            for owner in dead_owners:
+            for where, args in clauses:
+                if max_attempts is not None:
+                    cur = await db.execute(
+                        "UPDATE events SET status = 'dead', lease_owner = NULL, lease_until = NULL, updated_at = ?, "
+                        "error = 'the process died while deciding this event, ' || attempts || ' times' "
+                        f"WHERE {where} AND attempts >= ?", (now, *args, max_attempts))
+                    n += cur.rowcount
+                    await cur.close()
                 cur = await db.execute(
                     "UPDATE events SET status = 'accepted', lease_owner = NULL, lease_until = NULL, updated_at = ? "
-                    "WHERE status = 'processing' AND lease_owner = ?", (now, owner))
+                    f"WHERE {where}", (now, *args))
                 n += cur.rowcount
                 await cur.close()
         return n

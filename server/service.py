@@ -140,7 +140,8 @@ class Service:
     async def start(self, *, workers: bool = True) -> None:
         """Recover events left by dead processes, then start the worker loop and the lease keeper."""
         owners = await self.store.lease_owners()
-        recovered = await self.store.recover_events(dead_owners=[o for o in owners if owner_is_dead(o)])
+        recovered = await self.store.recover_events(dead_owners=[o for o in owners if owner_is_dead(o)],
+                                                    max_attempts=self.cfg.max_attempts)
         if recovered:
             log.info("recovered %d unfinished events from a previous run", recovered)
         self._tasks.append(asyncio.create_task(self._keeper(), name="lease-keeper"))
@@ -251,6 +252,10 @@ class Service:
                                                             lease_seconds=self.cfg.lease_seconds)
                 except Exception:
                     log.exception("claiming events failed; retrying")
+            if self._stopping:
+                # stop() began during the claim and has already listed the tasks it waits for: a task started
+                # now would outlive it (and the store). These events go back to the queue with the rest.
+                break
             for c in claimed:
                 key = (c.event.org, c.event.id)
                 task = asyncio.create_task(self._run_claimed(c))
@@ -282,7 +287,7 @@ class Service:
             await asyncio.sleep(period)
             try:
                 await self.store.renew_leases(self.owner, list(self._inflight), self.cfg.lease_seconds)
-                if await self.store.recover_events():
+                if await self.store.recover_events(max_attempts=self.cfg.max_attempts):
                     self._wake.set()
             except Exception:
                 log.exception("lease upkeep failed")

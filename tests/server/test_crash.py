@@ -294,6 +294,8 @@ def assert_clean_log(server: Serve, run: int) -> None:
 
 @pytest.mark.timeout(90)
 async def test_sigkill_mid_stream_loses_nothing_and_decides_once(serve: Callable[..., Serve]) -> None:
+    """Killed after ~150 of 300 acknowledgements, with requests in flight and workers holding events; the
+    restart takes the dead worker's events back at once and decides everything the inbox holds."""
     server = serve()
     events = envelopes("crash", 300)
     server.start()
@@ -318,7 +320,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_decides_once(serve: Callable
     assert not sent.other, f"unexpected answers: {sent.other}"
     assert sent.acked | sent.failed.keys() == {e["id"] for e in events}
     assert 150 <= len(sent.acked) < len(events), "the kill did not land mid-stream"
-    assert sent.failed, "no request was cut off by the kill"
+    assert set(sent.failed.values()) - {"ClientConnectorError"}, "no request in flight was cut off by the kill"
     at_kill = inbox(server.db)  # the file as the dead process left it
     with connect(server.db) as c:
         in_inbox = {r[0] for r in c.execute("SELECT id FROM events")}
@@ -359,7 +361,9 @@ async def test_three_sigkills_in_a_row_then_a_clean_run(serve: Callable[..., Ser
     await enough.wait()
     seen = [await when_busy(server.db)]
     server.kill()
-    acked = (await sending).acked
+    first = await sending
+    assert not first.other, f"unexpected answers: {first.other}"
+    acked = first.acked
     left = [inbox(server.db)]
     recovered = []
 

@@ -150,3 +150,15 @@ async def test_graceful_stop_gives_unfinished_events_back(store, registry):
     await service.stop()
     info = await store.event_info("acme", "e1")
     assert info["status"] == "accepted" and info["attempts"] == 0  # not counted as a failed attempt
+
+
+async def test_an_event_that_kills_its_process_every_time_is_dead_lettered(store):
+    await store.accept_events([InboxItem(sales(1))])
+    for i in range(3):
+        dead = f"{socket.gethostname()}:99999999{i}:x"
+        (claimed,) = await store.claim_events(dead, lease_seconds=600)
+        assert claimed.attempts == i + 1
+        await store.recover_events(dead_owners=[dead], max_attempts=3)
+    info = await store.event_info("acme", "e1")
+    assert info["status"] == "dead" and "died while deciding this event, 3 times" in info["error"]
+    assert await store.claim_events("w") == []
