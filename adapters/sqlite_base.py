@@ -1,0 +1,350 @@
+"""The SQLite file underneath every store: the schema and its migrations, the connection, transactions.
+
+One `aiosqlite` connection per store. SQLite serialises writers anyway, and one connection shared by many
+asyncio tasks would interleave their transactions, so every operation holds `self._lock` for its whole
+transaction. Writes use `BEGIN IMMEDIATE` so that a second process waits (busy_timeout) instead of failing
+half-way through. Timestamps in indexed columns are UTC ISO-8601 strings of fixed width
+(`2026-01-02T03:04:05.000006Z`) so that text order is time order. Nothing secret is stored here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Self
+
+import aiosqlite
+
+from engine.models import Decision
+
+MAX_PAGE = 500
+"""Upper bound of `list_decisions(limit=...)`."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step: applied with its `schema_version` row in a single transaction."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+# Append only: never edit a step that has shipped; add a new one. Statements run one by one inside the
+# step's transaction (no executescript, which would commit on its own).
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "event inbox and decisions", (
+        """CREATE TABLE events (
+               org          TEXT NOT NULL,
+               id           TEXT NOT NULL,
+               source       TEXT NOT NULL,
+               type         TEXT NOT NULL,
+               envelope     TEXT NOT NULL CHECK (json_valid(envelope)),
+               status       TEXT NOT NULL,
+               error        TEXT,
+               received_at  TEXT NOT NULL,
+               updated_at   TEXT NOT NULL,
+               PRIMARY KEY (org, id)
+           )""",
+        "CREATE INDEX events_org_status ON events (org, status)",
+        """CREATE TABLE decisions (
+               id             TEXT PRIMARY KEY,
+               org            TEXT NOT NULL,
+               event_id       TEXT NOT NULL,
+               status         TEXT NOT NULL,
+               intent         TEXT NOT NULL,
+               decision_type  TEXT NOT NULL,
+               decided_by     TEXT NOT NULL,
+               created_at     TEXT NOT NULL,
+               updated_at     TEXT NOT NULL,
+               record         TEXT NOT NULL CHECK (json_valid(record))
+           )""",
+        "CREATE INDEX decisions_org_created ON decisions (org, created_at DESC, id)",
+        "CREATE INDEX decisions_org_status ON decisions (org, status)",
+        "CREATE INDEX decisions_org_intent ON decisions (org, intent)",
+        "CREATE INDEX decisions_org_type ON decisions (org, decision_type)",
+        "CREATE INDEX decisions_event ON decisions (event_id)",
+    )),
+    Migration(2, "decision source, agent configs and counters", (
+        "ALTER TABLE decisions ADD COLUMN source TEXT",
+        # The source is the decision's input.source, else the inbox's record of the event.
+        """UPDATE decisions SET source = COALESCE(
+               json_extract(record, '$.input.source'),
+               (SELECT e.source FROM events e WHERE e.org = decisions.org AND e.id = decisions.event_id))""",
+        "CREATE INDEX decisions_org_source ON decisions (org, source)",
+        # Set once a decision has been saved as EXECUTED, never cleared: counts success only once.
+        "ALTER TABLE decisions ADD COLUMN ever_executed INTEGER NOT NULL DEFAULT 0",
+        "UPDATE decisions SET ever_executed = (status = 'EXECUTED')",
+        """CREATE TABLE agent_configs (
+               seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+               org         TEXT NOT NULL,
+               revision    TEXT NOT NULL,
+               files       TEXT NOT NULL CHECK (json_valid(files)),
+               created_at  TEXT NOT NULL
+           )""",
+        "CREATE INDEX agent_configs_org_seq ON agent_configs (org, seq DESC)",
+        """CREATE TABLE agent_counters (
+               org                   TEXT PRIMARY KEY,
+               total_decisions       INTEGER NOT NULL DEFAULT 0,
+               successful_decisions  INTEGER NOT NULL DEFAULT 0,
+               updated_at            TEXT NOT NULL
+           )""",
+        """INSERT INTO agent_counters (org, total_decisions, successful_decisions, updated_at)
+           SELECT org, count(*), sum(ever_executed), strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+           FROM decisions GROUP BY org""",
+    )),
+    Migration(3, "durable inbox leases, outbox, live stream, API keys, timers", (
+        # Inbox: claimed by a worker with a lease; `attempts` counts claims, so an event that crashes its
+        # worker every time still reaches the dead-letter state. FIFO by rowid within a priority.
+        "ALTER TABLE events ADD COLUMN priority INTEGER NOT NULL DEFAULT 3",
+        "ALTER TABLE events ADD COLUMN channel TEXT",
+        "ALTER TABLE events ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE events ADD COLUMN lease_owner TEXT",
+        "ALTER TABLE events ADD COLUMN lease_until TEXT",
+        "ALTER TABLE events ADD COLUMN available_at TEXT",
+        "ALTER TABLE events ADD COLUMN decision_id TEXT",
+        "CREATE INDEX events_ready ON events (status, priority)",
+        # Outbox: one row per action of an executed decision, keyed by its idempotency key; the executors
+        # (issue 4) run from here. Written in the same transaction as the decision's status.
+        """CREATE TABLE actions (
+               key          TEXT PRIMARY KEY,
+               org          TEXT NOT NULL,
+               decision_id  TEXT NOT NULL,
+               idx          INTEGER NOT NULL,
+               type         TEXT NOT NULL,
+               params       TEXT NOT NULL CHECK (json_valid(params)),
+               status       TEXT NOT NULL,
+               attempts     INTEGER NOT NULL DEFAULT 0,
+               error        TEXT,
+               created_at   TEXT NOT NULL,
+               updated_at   TEXT NOT NULL
+           )""",
+        "CREATE INDEX actions_decision ON actions (decision_id, idx)",
+        "CREATE INDEX actions_status ON actions (status)",
+        """CREATE TABLE stream (
+               seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+               org          TEXT NOT NULL,
+               kind         TEXT NOT NULL,
+               decision_id  TEXT NOT NULL,
+               payload      TEXT NOT NULL CHECK (json_valid(payload)),
+               created_at   TEXT NOT NULL
+           )""",
+        "CREATE INDEX stream_org_seq ON stream (org, seq)",
+        """CREATE TABLE api_keys (
+               id            TEXT PRIMARY KEY,
+               org           TEXT NOT NULL,
+               name          TEXT NOT NULL,
+               hash          TEXT NOT NULL UNIQUE,
+               created_at    TEXT NOT NULL,
+               revoked_at    TEXT
+           )""",
+        "CREATE INDEX api_keys_org ON api_keys (org)",
+        """CREATE TABLE timers (
+               org       TEXT NOT NULL,
+               id        TEXT NOT NULL,
+               due_at    TEXT NOT NULL,
+               envelope  TEXT NOT NULL CHECK (json_valid(envelope)),
+               fired_at  TEXT,
+               PRIMARY KEY (org, id)
+           )""",
+        "CREATE INDEX timers_due ON timers (fired_at, due_at)",
+        # Webhook signatures seen within the tolerance window: a captured request replayed with another
+        # delivery id is still refused.
+        """CREATE TABLE seen_signatures (
+               digest   TEXT PRIMARY KEY,
+               org      TEXT NOT NULL,
+               seen_at  TEXT NOT NULL
+           )""",
+        "CREATE INDEX seen_signatures_at ON seen_signatures (seen_at)",
+    )),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def _iso(dt: datetime) -> str:
+    """Fixed-width UTC ISO-8601 (sorts as text). A naive datetime is taken to be UTC already."""
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_iso(text: str) -> datetime:
+    """Inverse of `_iso` (also reads SQLite's millisecond `strftime('%f')` form)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _prepare_path(name: str) -> str:
+    """`name` with `~` expanded, after creating its parent directories."""
+    path = Path(name).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def _now() -> str:
+    return _iso(datetime.now(UTC))
+
+
+def _bound(dt: datetime, name: str) -> str:
+    if dt.tzinfo is None:
+        raise ValueError(f"{name} needs a UTC offset (a timezone-aware datetime)")
+    return _iso(dt)
+
+
+
+async def _upsert_decision(db: aiosqlite.Connection, decision: Decision) -> None:
+    """Insert or update `decision` and the org's counters, inside the caller's transaction."""
+    record = decision.model_dump_json()
+    executed = decision.status == "EXECUTED"
+    now = _now()
+    rows = list(await db.execute_fetchall(
+        "SELECT org, ever_executed FROM decisions WHERE id = ?", (decision.id,)))
+    if rows and rows[0]["org"] != decision.org:
+        raise ValueError(f"decision {decision.id} belongs to another org")
+    first_insert = not rows
+    first_success = executed and (first_insert or not rows[0]["ever_executed"])
+    await db.execute(
+        """INSERT INTO decisions (id, org, event_id, source, status, intent, decision_type,
+                                  decided_by, created_at, updated_at, ever_executed, record)
+           VALUES (?, ?, ?,
+                   COALESCE(?, (SELECT e.source FROM events e WHERE e.org = ? AND e.id = ?)),
+                   ?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (id) DO UPDATE SET
+               event_id = excluded.event_id, source = excluded.source, status = excluded.status,
+               intent = excluded.intent, decision_type = excluded.decision_type,
+               decided_by = excluded.decided_by, created_at = excluded.created_at,
+               updated_at = excluded.updated_at,
+               ever_executed = max(decisions.ever_executed, excluded.ever_executed),
+               record = excluded.record""",
+        (decision.id, decision.org, decision.event_id,
+         decision.input.get("source"), decision.org, decision.event_id,
+         decision.status, str(decision.intent), str(decision.decision_type), decision.decided_by,
+         _iso(decision.created_at), now, int(executed), record))
+    if first_insert or first_success:
+        await db.execute(
+            """INSERT INTO agent_counters (org, total_decisions, successful_decisions, updated_at)
+               VALUES (?, ?, ?, ?)
+               ON CONFLICT (org) DO UPDATE SET
+                   total_decisions = total_decisions + excluded.total_decisions,
+                   successful_decisions = successful_decisions + excluded.successful_decisions,
+                   updated_at = excluded.updated_at""",
+            (decision.org, int(first_insert), int(first_success), now))
+
+
+class SQLiteBase:
+    """The connection to one SQLite file (WAL), migrated to the current schema; transactions for subclasses."""
+
+    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
+        """Use `await SQLiteStore.open(path)`; this only wraps an already configured connection."""
+        self._db = db
+        self.path = path
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: str | Path, *,
+                   synchronous: Literal["FULL", "NORMAL"] = "FULL") -> Self:
+        """Open (creating it and its parent directories if needed) and migrate the database at `path`.
+
+        `":memory:"` gives a private in-memory database (no WAL there).
+        """
+        # synchronous=FULL: with WAL, NORMAL never corrupts the file but can lose the last commits on power
+        # loss or an OS crash. We acknowledge events to senders and hand decisions out as contracts right
+        # after committing, so a commit must survive a power cut; FULL costs one WAL fsync per commit, which
+        # is small next to an LLM call. Pass synchronous="NORMAL" where that trade-off is wrong (bulk loads).
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError("synchronous must be 'FULL' or 'NORMAL'")
+        name = str(path)
+        if name != ":memory:":
+            name = await asyncio.to_thread(_prepare_path, name)
+        db = await aiosqlite.connect(name, isolation_level=None)  # autocommit: we issue BEGIN/COMMIT
+        try:
+            db.row_factory = aiosqlite.Row
+            await db.execute("PRAGMA busy_timeout = 5000")
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute(f"PRAGMA synchronous = {synchronous}")
+            await db.execute("PRAGMA foreign_keys = ON")
+            store = cls(db, name)
+            await store._migrate()
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        async with self._lock:
+            await self._db.close()
+
+    async def __aenter__(self) -> Self:
+        """`async with await SQLiteStore.open(p) as store:` closes the store on exit."""
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        """Close the store."""
+        await self.close()
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection, for reads, while no other task of this store is inside a transaction."""
+        async with self._lock:
+            yield self._db
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One `BEGIN IMMEDIATE` … `COMMIT` transaction; rolled back on any exception (cancellation too)."""
+        async with self._lock:
+            try:
+                # Inside the try: a task cancelled while BEGIN runs in aiosqlite's thread must still roll back,
+                # or the connection would stay inside a transaction that nobody owns.
+                await self._db.execute("BEGIN IMMEDIATE")
+                yield self._db
+                await self._db.execute("COMMIT")
+            except BaseException:
+                # Suppressed: already ended (e.g. a cancelled COMMIT that went through after all).
+                with contextlib.suppress(sqlite3.OperationalError):
+                    await self._db.execute("ROLLBACK")
+                raise
+
+    async def _migrate(self) -> None:
+        """Apply the missing steps of `MIGRATIONS`, each in its own transaction."""
+        async with self._lock:
+            await self._db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+                "description TEXT NOT NULL, applied_at TEXT NOT NULL)")
+        for step in MIGRATIONS:
+            async with self._write() as db:
+                # Re-read inside the write lock: another process may have migrated meanwhile.
+                rows = await db.execute_fetchall("SELECT coalesce(max(version), 0) FROM schema_version")
+                current = next(iter(rows))[0]
+                if current > SCHEMA_VERSION:
+                    raise RuntimeError(f"{self.path}: schema version {current} is newer than this code "
+                                       f"knows ({SCHEMA_VERSION}); upgrade Astralis")
+                if current >= step.version:
+                    continue
+                if current != step.version - 1:
+                    raise RuntimeError(f"{self.path}: schema version {current} has no path to {step.version}")
+                for statement in step.statements:
+                    await db.execute(statement)
+                await db.execute(
+                    "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
+                    (step.version, step.description, _now()))
+
+    async def schema_version(self) -> int:
+        """The schema version of the open database (== `SCHEMA_VERSION` once opened)."""
+        async with self._read() as db:
+            rows = await db.execute_fetchall("SELECT coalesce(max(version), 0) FROM schema_version")
+        return int(next(iter(rows))[0])
+

@@ -1,0 +1,500 @@
+"""The service's tables: the durable inbox (group-committed accepts, leases, recovery, dead letters), the
+outbox rows and stream entries written with each decision, approvals, API keys, timers and analytics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import aiosqlite
+
+from adapters.sqlite_base import MAX_PAGE, SQLiteBase, _bound, _iso, _now, _parse_iso, _upsert_decision
+from engine.models import Decision, Event
+
+
+class InboxTables(SQLiteBase):
+    """Inbox, outbox, stream, approvals, keys, timers and analytics (mixed into `SQLiteStore`)."""
+
+    # ---- durable inbox ---------------------------------------------------------------------------------
+
+    async def accept_events(self, items: Sequence[InboxItem]) -> list[Accepted]:
+        """Put many events in the inbox in ONE transaction (group commit); per item, whether it was new.
+
+        A duplicate (same org and id, already in the inbox or earlier in `items`) changes nothing and
+        reports the stored event's status and decision. An item carrying a webhook `signature` digest that was
+        already seen is a replay: nothing is written and its status reads "replayed". The signature is
+        remembered in the same transaction as the event, so a failed accept never blocks the sender's retry. Items with `lease_owner` are written already
+        claimed by that owner (synchronous processing); they go back to the queue if the lease expires.
+        """
+        now = _now()
+        out: list[Accepted] = []
+        async with self._write() as db:
+            if any(it.signature for it in items):
+                await db.execute("DELETE FROM seen_signatures WHERE seen_at < ?",
+                                 (_iso(datetime.now(UTC) - timedelta(seconds=SIGNATURE_MEMORY_SECONDS)),))
+            for it in items:
+                e = it.event
+                if it.signature:
+                    cur = await db.execute("INSERT INTO seen_signatures (digest, org, seen_at) VALUES (?, ?, ?) "
+                                           "ON CONFLICT DO NOTHING", (it.signature, e.org, now))
+                    fresh = cur.rowcount == 1
+                    await cur.close()
+                    if not fresh:
+                        out.append(Accepted(e.org, e.id, False, "replayed", None))
+                        continue
+                lease_until = _iso(datetime.now(UTC) + timedelta(seconds=it.lease_seconds)) if it.lease_owner else None
+                cur = await db.execute(
+                    "INSERT INTO events (org, id, source, type, envelope, status, error, received_at, updated_at, "
+                    "priority, channel, attempts, lease_owner, lease_until) "
+                    "VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (org, id) DO NOTHING",
+                    (e.org, e.id, str(e.source), e.type, e.model_dump_json(),
+                     "processing" if it.lease_owner else "accepted", now, now, it.priority, it.channel,
+                     1 if it.lease_owner else 0, it.lease_owner, lease_until))
+                inserted = cur.rowcount == 1
+                await cur.close()
+                if inserted:
+                    out.append(Accepted(e.org, e.id, True, "processing" if it.lease_owner else "accepted", None))
+                else:
+                    rows = list(await db.execute_fetchall(
+                        "SELECT status, decision_id FROM events WHERE org = ? AND id = ?", (e.org, e.id)))
+                    out.append(Accepted(e.org, e.id, False, rows[0]["status"], rows[0]["decision_id"]))
+        return out
+
+    async def claim_events(self, owner: str, *, limit: int = 8, lease_seconds: float = 30.0) -> list[Claimed]:
+        """Lease up to `limit` ready events to `owner`, most urgent first, then oldest first."""
+        now_dt = datetime.now(UTC)
+        now = _iso(now_dt)
+        until = _iso(now_dt + timedelta(seconds=lease_seconds))
+        async with self._write() as db:
+            rows = list(await db.execute_fetchall(
+                """UPDATE events SET status = 'processing', lease_owner = ?, lease_until = ?,
+                                     attempts = attempts + 1, updated_at = ?
+                   WHERE rowid IN (SELECT rowid FROM events
+                                   WHERE status = 'accepted' AND (available_at IS NULL OR available_at <= ?)
+                                   ORDER BY priority DESC, rowid LIMIT ?)
+                   RETURNING org, id, envelope, attempts, channel, rowid""",
+                (owner, until, now, now, limit)))
+        rows.sort(key=lambda r: r["rowid"])
+        return [Claimed(Event.model_validate_json(r["envelope"]), int(r["attempts"]), r["channel"]) for r in rows]
+
+    async def renew_leases(self, owner: str, keys: Sequence[tuple[str, str]], lease_seconds: float) -> int:
+        """Extend `owner`'s leases on the given (org, id) events; how many it still held."""
+        if not keys:
+            return 0
+        until = _iso(datetime.now(UTC) + timedelta(seconds=lease_seconds))
+        held = 0
+        async with self._write() as db:
+            for org, event_id in keys:
+                cur = await db.execute(
+                    "UPDATE events SET lease_until = ? WHERE org = ? AND id = ? AND status = 'processing' "
+                    "AND lease_owner = ?", (until, org, event_id, owner))
+                held += cur.rowcount
+                await cur.close()
+        return held
+
+    async def release_events(self, owner: str, keys: Sequence[tuple[str, str]] | None = None) -> int:
+        """Give `owner`'s leased events back to the queue (graceful shutdown); the claim is not counted
+        as an attempt. All of the owner's leases when `keys` is None."""
+        now = _now()
+        async with self._write() as db:
+            if keys is None:
+                cur = await db.execute(
+                    "UPDATE events SET status = 'accepted', lease_owner = NULL, lease_until = NULL, "
+                    "attempts = max(attempts - 1, 0), updated_at = ? WHERE status = 'processing' AND lease_owner = ?",
+                    (now, owner))
+                n = cur.rowcount
+                await cur.close()
+                return n
+            n = 0
+            for org, event_id in keys:
+                cur = await db.execute(
+                    "UPDATE events SET status = 'accepted', lease_owner = NULL, lease_until = NULL, "
+                    "attempts = max(attempts - 1, 0), updated_at = ? "
+                    "WHERE org = ? AND id = ? AND status = 'processing' AND lease_owner = ?",
+                    (now, org, event_id, owner))
+                n += cur.rowcount
+                await cur.close()
+            return n
+
+    async def recover_events(self, *, dead_owners: Sequence[str] = (), max_attempts: int | None = None) -> int:
+        """Take back every event whose lease expired or whose owner is known to be dead (crash recovery):
+        back to the queue, or — once it has been claimed `max_attempts` times, i.e. it was being decided each
+        time a process died — to the dead-letter state, so that a poison event cannot crash-loop the service.
+        Returns how many were taken back."""
+        now = _now()
+        taken = ("status = 'processing' AND lease_until < ?", (now,))
+        clauses = [taken] + [("status = 'processing' AND lease_owner = ?", (o,)) for o in dead_owners]
+        n = 0
+        async with self._write() as db:
+            for where, args in clauses:
+                if max_attempts is not None:
+                    cur = await db.execute(
+                        "UPDATE events SET status = 'dead', lease_owner = NULL, lease_until = NULL, updated_at = ?, "
+                        "error = 'the process died while deciding this event, ' || attempts || ' times' "
+                        f"WHERE {where} AND attempts >= ?", (now, *args, max_attempts))
+                    n += cur.rowcount
+                    await cur.close()
+                cur = await db.execute(
+                    "UPDATE events SET status = 'accepted', lease_owner = NULL, lease_until = NULL, updated_at = ? "
+                    f"WHERE {where}", (now, *args))
+                n += cur.rowcount
+                await cur.close()
+        return n
+
+    async def lease_owners(self) -> list[str]:
+        """Owners currently holding leases (for crash recovery: which of them are still alive?)."""
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                "SELECT DISTINCT lease_owner FROM events WHERE status = 'processing' AND lease_owner IS NOT NULL")
+        return [r[0] for r in rows]
+
+    async def complete_event(self, decision: Decision, *, stream_kind: str | None = None) -> tuple[Decision, bool]:
+        """Record the decision of an inbox event, its outbox actions and its stream entry, and mark the event
+        decided — all in one transaction. Exactly one decision per event: when the event is already decided
+        (another worker got there first after a lease expired), nothing is written and the stored decision
+        is returned with False."""
+        if decision.dry_run:
+            raise ValueError(f"decision {decision.id} is a dry run; dry runs are never stored")
+        now = _now()
+        async with self._write() as db:
+            rows = list(await db.execute_fetchall(
+                "SELECT status, decision_id FROM events WHERE org = ? AND id = ?", (decision.org, decision.event_id)))
+            if rows and rows[0]["status"] == "decided" and rows[0]["decision_id"]:
+                stored = list(await db.execute_fetchall(
+                    "SELECT record FROM decisions WHERE id = ?", (rows[0]["decision_id"],)))
+                if stored:
+                    return Decision.model_validate_json(stored[0]["record"]), False
+            await _upsert_decision(db, decision)
+            if decision.status == "EXECUTED":
+                await _insert_actions(db, decision, now)
+            if rows:
+                await db.execute(
+                    "UPDATE events SET status = 'decided', decision_id = ?, error = NULL, lease_owner = NULL, "
+                    "lease_until = NULL, updated_at = ? WHERE org = ? AND id = ?",
+                    (decision.id, now, decision.org, decision.event_id))
+            await _append_stream(db, decision, stream_kind or _kind(decision), new=True, now=now)
+        return decision, True
+
+    async def fail_event(self, org: str, event_id: str, owner: str, error: str, *, max_attempts: int,
+                         retry_in: float) -> str:
+        """Record a failed attempt: back to the queue after `retry_in` seconds, or to the dead-letter state
+        ('dead') once `max_attempts` claims have failed. Returns the new status."""
+        now_dt = datetime.now(UTC)
+        async with self._write() as db:
+            rows = list(await db.execute_fetchall(
+                "SELECT attempts, status, lease_owner FROM events WHERE org = ? AND id = ?", (org, event_id)))
+            if not rows or rows[0]["status"] != "processing" or rows[0]["lease_owner"] != owner:
+                return rows[0]["status"] if rows else "missing"
+            status = "dead" if rows[0]["attempts"] >= max_attempts else "accepted"
+            await db.execute(
+                "UPDATE events SET status = ?, error = ?, lease_owner = NULL, lease_until = NULL, "
+                "available_at = ?, updated_at = ? WHERE org = ? AND id = ?",
+                (status, error[:2000], _iso(now_dt + timedelta(seconds=retry_in)), _iso(now_dt), org, event_id))
+        return status
+
+    async def retry_event(self, org: str, event_id: str) -> bool:
+        """Move a dead-lettered event back to the queue with a fresh attempt count; False if it is not dead."""
+        async with self._write() as db:
+            cur = await db.execute(
+                "UPDATE events SET status = 'accepted', attempts = 0, available_at = NULL, updated_at = ? "
+                "WHERE org = ? AND id = ? AND status = 'dead'", (_now(), org, event_id))
+            ok = cur.rowcount == 1
+            await cur.close()
+        return ok
+
+    async def list_events(self, org: str, *, status: str | None = None, limit: int = 50,
+                          before: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of `org`'s inbox, newest first (`before` is the cursor: a rowid); and the next cursor."""
+        where, args = ["org = ?"], [org]
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if before is not None:
+            where.append("rowid < ?")
+            args.append(before)
+        limit = max(1, min(limit, MAX_PAGE))
+        async with self._read() as db:
+            rows = list(await db.execute_fetchall(
+                f"SELECT rowid, * FROM events WHERE {' AND '.join(where)} ORDER BY rowid DESC LIMIT ?",
+                [*args, limit + 1]))
+        page = rows[:limit]
+        return [_event_row(r) for r in page], (page[-1]["rowid"] if len(rows) > limit else None)
+
+    async def event_info(self, org: str, event_id: str) -> dict[str, Any] | None:
+        """One inbox event of `org` with its status, attempts, error and decision id; None if absent."""
+        async with self._read() as db:
+            rows = list(await db.execute_fetchall(
+                "SELECT rowid, * FROM events WHERE org = ? AND id = ?", (org, event_id)))
+        return _event_row(rows[0]) if rows else None
+
+    async def inbox_depth(self) -> dict[str, int]:
+        """How many inbox events are in each status (for /metrics and /healthz)."""
+        async with self._read() as db:
+            rows = await db.execute_fetchall("SELECT status, count(*) FROM events GROUP BY status")
+        counts = {"accepted": 0, "processing": 0, "decided": 0, "dead": 0}
+        counts.update({r[0]: int(r[1]) for r in rows})
+        return counts
+
+    # ---- approvals -------------------------------------------------------------------------------------
+
+    async def resolve_decision(self, org: str, decision_id: str, verdict: Literal["approve", "reject"],
+                               by: str, note: str | None) -> tuple[Decision | None, str]:
+        """Approve (status EXECUTED, actions into the outbox) or reject (REJECTED, nothing runs) a decision
+        awaiting approval, in one transaction. Returns (decision, outcome): outcome is "done", "repeat" (the
+        same verdict was already given: nothing changes), "conflict" (not awaiting approval) or "missing"."""
+        async with self._write() as db:
+            rows = list(await db.execute_fetchall(
+                "SELECT record FROM decisions WHERE id = ? AND org = ?", (decision_id, org)))
+            if not rows:
+                return None, "missing"
+            decision = Decision.model_validate_json(rows[0]["record"])
+            review = decision.trace.get("review") or {}
+            if review.get("verdict") == verdict:
+                return decision, "repeat"
+            if decision.status not in AWAITING:
+                return decision, "conflict"
+            now_dt = datetime.now(UTC)
+            now = _iso(now_dt)
+            decision.trace["review"] = {"verdict": verdict, "by": by, "note": note, "at": now_dt.isoformat(),
+                                        "previous_status": decision.status}
+            if verdict == "approve":
+                decision.status = "EXECUTED"
+                decision.executed_at = now_dt
+                await _upsert_decision(db, decision)
+                await _insert_actions(db, decision, now)
+                await _append_stream(db, decision, "approved", new=False, now=now)
+            else:
+                decision.status = "REJECTED"
+                await _upsert_decision(db, decision)
+                await _append_stream(db, decision, "rejected", new=False, now=now)
+        return decision, "done"
+
+    async def list_actions(self, org: str, decision_id: str) -> list[dict[str, Any]]:
+        """The outbox rows of one decision, in action order."""
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                "SELECT key, type, params, status, attempts, error, created_at, updated_at FROM actions "
+                "WHERE org = ? AND decision_id = ? ORDER BY idx", (org, decision_id))
+        return [{"key": r["key"], "type": r["type"], "params": json.loads(r["params"]), "status": r["status"],
+                 "attempts": r["attempts"], "error": r["error"], "created_at": r["created_at"],
+                 "updated_at": r["updated_at"]} for r in rows]
+
+    # ---- live stream -----------------------------------------------------------------------------------
+
+    async def stream_after(self, org: str, after: int, *, limit: int = 200) -> list[tuple[int, str, dict[str, Any]]]:
+        """`org`'s stream entries with seq > `after`, oldest first: (seq, kind, payload)."""
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                "SELECT seq, kind, payload FROM stream WHERE org = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (org, after, limit))
+        return [(int(r["seq"]), r["kind"], json.loads(r["payload"])) for r in rows]
+
+    async def stream_head(self, org: str) -> int:
+        """The latest stream seq of `org` (0 when empty): where a client without Last-Event-ID starts."""
+        async with self._read() as db:
+            rows = list(await db.execute_fetchall("SELECT coalesce(max(seq), 0) FROM stream WHERE org = ?", (org,)))
+        return int(rows[0][0])
+
+    # ---- API keys --------------------------------------------------------------------------------------
+
+    async def add_api_key(self, key_id: str, org: str, name: str, key_hash: str) -> None:
+        """Store a new API key by its hash (the key itself is never stored)."""
+        async with self._write() as db:
+            await db.execute("INSERT INTO api_keys (id, org, name, hash, created_at) VALUES (?, ?, ?, ?, ?)",
+                             (key_id, org, name, key_hash, _now()))
+
+    async def api_key_by_hash(self, key_hash: str) -> dict[str, Any] | None:
+        """The active (not revoked) key with this hash: `{id, org, name}`; None otherwise."""
+        async with self._read() as db:
+            rows = list(await db.execute_fetchall(
+                "SELECT id, org, name FROM api_keys WHERE hash = ? AND revoked_at IS NULL", (key_hash,)))
+        return {"id": rows[0]["id"], "org": rows[0]["org"], "name": rows[0]["name"]} if rows else None
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        """Revoke a key by id; False if there is no such active key."""
+        async with self._write() as db:
+            cur = await db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                                   (_now(), key_id))
+            ok = cur.rowcount == 1
+            await cur.close()
+        return ok
+
+    async def list_api_keys(self, org: str | None = None) -> list[dict[str, Any]]:
+        """Keys (never their secrets): id, org, name, created_at, revoked_at."""
+        sql = "SELECT id, org, name, created_at, revoked_at FROM api_keys"
+        args: list[Any] = []
+        if org:
+            sql += " WHERE org = ?"
+            args.append(org)
+        async with self._read() as db:
+            rows = await db.execute_fetchall(sql + " ORDER BY created_at", args)
+        return [dict(r) for r in rows]
+
+    # ---- timers (reminder:due and other delayed internal events) ---------------------------------------
+
+    async def add_timer(self, event: Event, due_at: datetime) -> bool:
+        """Schedule `event` to enter the inbox at `due_at`; False if a timer with its id already exists."""
+        async with self._write() as db:
+            cur = await db.execute(
+                "INSERT INTO timers (org, id, due_at, envelope) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (event.org, event.id, _bound(due_at, "due_at"), event.model_dump_json()))
+            ok = cur.rowcount == 1
+            await cur.close()
+        return ok
+
+    async def fire_due_timers(self, now: datetime, *, limit: int = 500) -> list[Event]:
+        """Move every timer due by `now` into the inbox (as channel 'timer') and mark it fired, in one
+        transaction: a timer fires exactly once. Returns the events that entered the inbox."""
+        stamp = _bound(now, "now")
+        fired: list[Event] = []
+        async with self._write() as db:
+            rows = list(await db.execute_fetchall(
+                "SELECT org, id, envelope FROM timers WHERE fired_at IS NULL AND due_at <= ? ORDER BY due_at LIMIT ?",
+                (stamp, limit)))
+            for r in rows:
+                event = Event.model_validate_json(r["envelope"])
+                cur = await db.execute(
+                    "INSERT INTO events (org, id, source, type, envelope, status, error, received_at, updated_at, "
+                    "priority, channel) VALUES (?, ?, ?, ?, ?, 'accepted', NULL, ?, ?, 3, 'timer') "
+                    "ON CONFLICT (org, id) DO NOTHING",
+                    (event.org, event.id, str(event.source), event.type, r["envelope"], stamp, stamp))
+                if cur.rowcount == 1:
+                    fired.append(event)
+                await cur.close()
+                await db.execute("UPDATE timers SET fired_at = ? WHERE org = ? AND id = ?", (stamp, r["org"], r["id"]))
+        return fired
+
+    # ---- analytics -------------------------------------------------------------------------------------
+
+    async def analytics(self, org: str, since: datetime, until: datetime) -> dict[str, Any]:
+        """Counts, LLM usage, latency percentiles and approval turnaround of `org`'s decisions created in
+        [since, until)."""
+        lo, hi = _bound(since, "since"), _bound(until, "until")
+        counts: dict[str, dict[str, int]] = {}
+        async with self._read() as db:
+            for column in ("status", "intent", "decision_type", "source", "decided_by"):
+                rows = await db.execute_fetchall(
+                    f"SELECT {column}, count(*) FROM decisions WHERE org = ? AND created_at >= ? AND created_at < ? "
+                    f"GROUP BY {column} ORDER BY {column}", (org, lo, hi))
+                counts[column] = {str(r[0]): int(r[1]) for r in rows}
+            rows = list(await db.execute_fetchall(
+                """SELECT count(*),
+                          sum(json_extract(record, '$.llm') IS NOT NULL),
+                          coalesce(sum(json_extract(record, '$.llm.input_tokens')), 0),
+                          coalesce(sum(json_extract(record, '$.llm.output_tokens')), 0)
+                   FROM decisions WHERE org = ? AND created_at >= ? AND created_at < ?""", (org, lo, hi)))
+            total, llm_calls, tokens_in, tokens_out = (int(v or 0) for v in rows[0])
+            latencies = [float(r[0]) for r in await db.execute_fetchall(
+                "SELECT json_extract(record, '$.execution_ms') FROM decisions "
+                "WHERE org = ? AND created_at >= ? AND created_at < ? ORDER BY 1 LIMIT 200000", (org, lo, hi))
+                if r[0] is not None]
+            llm_latencies = [float(r[0]) for r in await db.execute_fetchall(
+                "SELECT json_extract(record, '$.llm.latency_ms') FROM decisions "
+                "WHERE org = ? AND created_at >= ? AND created_at < ? AND json_extract(record, '$.llm') IS NOT NULL "
+                "ORDER BY 1 LIMIT 200000", (org, lo, hi)) if r[0] is not None]
+            reviews = list(await db.execute_fetchall(
+                "SELECT created_at, json_extract(record, '$.trace.review.at'), "
+                "json_extract(record, '$.trace.review.verdict') FROM decisions "
+                "WHERE org = ? AND created_at >= ? AND created_at < ? "
+                "AND json_extract(record, '$.trace.review') IS NOT NULL", (org, lo, hi)))
+        turnaround = sorted((_parse_iso(r[1]) - _parse_iso(r[0])).total_seconds() for r in reviews)
+        return {
+            "org": org, "since": since.isoformat(), "until": until.isoformat(), "total": total,
+            "by_status": counts["status"], "by_intent": counts["intent"],
+            "by_decision_type": counts["decision_type"], "by_source": counts["source"],
+            "by_decided_by": counts["decided_by"],
+            "llm": {"calls": llm_calls, "call_rate": round(llm_calls / total, 4) if total else 0.0,
+                    "input_tokens": tokens_in, "output_tokens": tokens_out,
+                    "latency_ms": _percentiles(llm_latencies)},
+            "latency_ms": _percentiles(latencies),
+            "approvals": {"reviewed": len(reviews),
+                          "approved": sum(1 for r in reviews if r[2] == "approve"),
+                          "rejected": sum(1 for r in reviews if r[2] == "reject"),
+                          "awaiting": counts["status"].get("REQUIRES_APPROVAL", 0) + counts["status"].get("PENDING", 0),
+                          "turnaround_seconds": _percentiles(turnaround)},
+        }
+
+
+AWAITING = ("REQUIRES_APPROVAL", "PENDING")
+"""Statuses of a decision held for a person: needs approval, or held by a rate limit."""
+
+
+@dataclass(frozen=True)
+class InboxItem:
+    """An event to accept into the inbox, with its queue priority, channel and (sync mode) lease owner."""
+
+    event: Event
+    priority: int = 3
+    channel: str = "api"
+    lease_owner: str | None = None
+    lease_seconds: float = 60.0
+    signature: str | None = None
+    """Digest of a webhook's signed content: a second request with the same one is a replay."""
+
+
+SIGNATURE_MEMORY_SECONDS = 900
+"""How long webhook signatures are remembered: longer than twice the ±300 s timestamp tolerance."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What the inbox did with one event: `new` False means a duplicate (status/decision of the original)."""
+
+    org: str
+    id: str
+    new: bool
+    status: str
+    decision_id: str | None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """An event leased to a worker, with how many times it has been claimed (this claim included)."""
+
+    event: Event
+    attempts: int
+    channel: str | None
+
+
+def _kind(decision: Decision) -> str:
+    return {"EXECUTED": "executed", "REQUIRES_APPROVAL": "awaiting_approval", "PENDING": "awaiting_approval",
+            "FAILED": "failed", "REJECTED": "rejected"}[decision.status]
+
+
+async def _insert_actions(db: aiosqlite.Connection, decision: Decision, now: str) -> None:
+    """The decision's actions into the outbox; an action already there (same key) is left alone."""
+    for i, a in enumerate(decision.actions):
+        key = a.idempotency_key or f"{decision.id}:{i}"
+        await db.execute(
+            "INSERT INTO actions (key, org, decision_id, idx, type, params, status, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (key) DO NOTHING",
+            (key, decision.org, decision.id, i, str(a.type), json.dumps(a.params, default=str), now, now))
+
+
+async def _append_stream(db: aiosqlite.Connection, decision: Decision, kind: str, *, new: bool, now: str) -> None:
+    payload = {"kind": kind, "new": new, "decision": decision.model_dump(mode="json")}
+    await db.execute("INSERT INTO stream (org, kind, decision_id, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+                     (decision.org, kind, decision.id, json.dumps(payload), now))
+
+
+def _event_row(r: Any) -> dict[str, Any]:
+    return {"id": r["id"], "org": r["org"], "source": r["source"], "type": r["type"], "status": r["status"],
+            "channel": r["channel"], "priority": r["priority"], "attempts": r["attempts"], "error": r["error"],
+            "decision_id": r["decision_id"], "received_at": r["received_at"], "updated_at": r["updated_at"],
+            "envelope": json.loads(r["envelope"])}
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    """p50/p90/p99 (nearest rank) of sorted `values`; None when there are none."""
+    if not values:
+        return {"p50": None, "p90": None, "p99": None, "max": None}
+    n = len(values)
+
+    def rank(p: float) -> float:
+        return round(values[min(n - 1, max(0, int(p * n + 0.999999) - 1))], 3)
+
+    return {"p50": rank(0.5), "p90": rank(0.9), "p99": rank(0.99), "max": round(values[-1], 3)}
+
