@@ -19,3 +19,4 @@ schema:
 
 bench:
 	.venv/bin/python -m bench.rules
+	.venv/bin/python -m bench.http

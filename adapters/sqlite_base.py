@@ -172,7 +172,8 @@ def _iso(dt: datetime) -> str:
     """Fixed-width UTC ISO-8601 (sorts as text). A naive datetime is taken to be UTC already."""
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    dt = dt.astimezone(UTC)
+    return f"{dt.year:04d}-" + dt.strftime("%m-%dT%H:%M:%S.%fZ")  # %Y does not zero-pad years before 1000
 
 
 def _parse_iso(text: str) -> datetime:

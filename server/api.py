@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from engine.agent import UnknownOrg
-from engine.config import Source
-from engine.models import Decision, Event
+from engine.config import DecisionType, Intent, Source
+from engine.models import Decision, Event, Status
 from engine.simulator import summarize
 from server import configs
 from server.app import METRICS, REGISTRY, SERVICE, SETTINGS, STORE, principal
@@ -146,13 +147,20 @@ async def process(request: web.Request) -> web.Response:
     return await submit(request, event_from(body, principal(request).org), mode=mode, channel="api")
 
 
+def _noun(table: str) -> str:
+    """The event-type noun of a table: a plural's final s dropped ("intakes" → "intake"); digits, which a table
+    name may have and an event type may not, as "_"."""
+    noun = table[:-1] if len(table) > 1 and table.endswith("s") else table
+    return re.sub(r"[^a-z_]", "_", noun)[:55]  # an event type is at most 64 characters, ":inserted" included
+
+
 async def db_trigger(request: web.Request) -> web.Response:
     """POST /api/agent/db-trigger: a row change from the host platform, as a DB_TRIGGER event (queued)."""
     body = await read_json(request, DbTrigger)
     verb = {"INSERT": "inserted", "UPDATE": "updated", "DELETE": "deleted"}[body.operation]
     data = {**body.row, "db": {"table": body.table, "operation": body.operation, "old_row": body.old_row}}
     fields: dict[str, Any] = {"org": principal(request).org, "source": Source.DB_TRIGGER,
-                              "type": body.type or f"{body.table.rstrip('s')}:{verb}", "data": data,
+                              "type": body.type or f"{_noun(body.table)}:{verb}", "data": data,
                               "occurred_at": body.occurred_at}
     if body.id:
         fields["id"] = body.id
@@ -166,8 +174,11 @@ async def db_trigger(request: web.Request) -> web.Response:
 
 # ---- decisions ------------------------------------------------------------------------------------------
 
-def _multi(request: web.Request, name: str) -> list[str] | None:
-    values = [v for raw in request.query.getall(name, []) for v in raw.split(",") if v]
+def _multi(request: web.Request, name: str, allowed: tuple[str, ...]) -> list[str] | None:
+    values = [v for raw in request.query.getall(name, []) for v in raw.split(",")]
+    for v in values:
+        if v not in allowed:  # a misspelt filter would otherwise match nothing, silently
+            raise ApiError(400, "bad_request", f"{name}: one of {', '.join(allowed)}, not {v!r}", {"field": name})
     return values or None
 
 
@@ -176,19 +187,29 @@ def _time(request: web.Request, name: str) -> datetime | None:
     if raw is None:
         return None
     try:
-        dt = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        dt = datetime.fromisoformat(raw.upper().replace("Z", "+00:00"))  # RFC 3339 allows "t" and "z" too
     except ValueError:
         raise ApiError(400, "bad_request", f"{name}: not an ISO-8601 time: {raw!r}", {"field": name}) from None
     if dt.tzinfo is None:
         raise ApiError(400, "bad_request", f"{name}: needs a UTC offset, e.g. 2026-12-08T10:00:00Z", {"field": name})
+    if not _EARLIEST <= dt <= _LATEST:  # beyond, converting to UTC (or a day's arithmetic) overflows
+        raise ApiError(400, "bad_request", f"{name}: out of range: {raw!r}", {"field": name})
     return dt
+
+
+_EARLIEST, _LATEST = datetime(1, 1, 2, tzinfo=UTC), datetime(9999, 12, 30, tzinfo=UTC)
+
+
+def _digits(raw: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes "²", which int() refuses."""
+    return raw.isascii() and raw.isdigit()
 
 
 def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
+    if not _digits(raw) or not lo <= int(raw) <= hi:
         raise ApiError(400, "bad_request", f"{name}: an integer from {lo} to {hi}, not {raw!r}", {"field": name})
     return int(raw)
 
@@ -204,8 +225,9 @@ async def list_decisions(request: web.Request) -> web.Response:
     org = principal(request).org
     try:
         page, cursor = await request.app[STORE].list_decisions(
-            org, status=_multi(request, "status"), intent=_multi(request, "intent"),
-            decision_type=_multi(request, "decision_type"), source=_multi(request, "source"),
+            org, status=_multi(request, "status", get_args(Status)), intent=_multi(request, "intent", tuple(Intent)),
+            decision_type=_multi(request, "decision_type", tuple(DecisionType)),
+            source=_multi(request, "source", tuple(Source)),
             since=_time(request, "since"), until=_time(request, "until"),
             limit=_int(request, "limit", 50, 1, 500), cursor=request.query.get("cursor"))
     except ValueError as exc:
@@ -319,7 +341,7 @@ async def list_events(request: web.Request) -> web.Response:
         raise ApiError(400, "bad_request", f"status: one of accepted, processing, decided, dead, not {status!r}",
                        {"field": "status"})
     cursor = request.query.get("cursor")
-    if cursor is not None and not cursor.isdigit():
+    if cursor is not None and not (_digits(cursor) and len(cursor) <= 18):  # a rowid (SQLite: 64-bit)
         raise ApiError(400, "bad_request", "invalid cursor", {"field": "cursor"})
     rows, nxt = await request.app[STORE].list_events(principal(request).org, status=status,
                                                      limit=_int(request, "limit", 50, 1, 500),

@@ -52,7 +52,7 @@ async def describe(app: web.Application, org: str) -> dict[str, Any]:
 
 def _check_names(org: str, body: ConfigUpdate) -> None:
     for name in [*body.files, *body.delete]:
-        if not FILE_NAME.match(name):
+        if not FILE_NAME.fullmatch(name):
             raise ApiError(422, "invalid", f"files: {name!r} is not a YAML file name in the org's folder",
                            {"field": f"files.{name}"})
     if ORG_FILE in body.delete:

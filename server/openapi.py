@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any
+from typing import Any, Literal, get_args
 
 from aiohttp import web
 from pydantic import BaseModel
 
 from engine.config import DecisionType, Intent, Source
 from engine.loader import ORG_FILE
-from engine.models import Decision
+from engine.models import Decision, Status
 from server.api import MODES
 from server.configs import FILE_NAME
 from server.schemas import (
@@ -31,11 +31,12 @@ from server.schemas import (
     Review,
     SimulateRequest,
 )
+from server.signing import HEADER
 from server.webhooks import DELIVERY, KINDS
 
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
-STATUSES = ("PENDING", "EXECUTED", "FAILED", "REJECTED", "REQUIRES_APPROVAL")
+STATUSES = get_args(Status)
 INBOX_STATUSES = ("accepted", "processing", "decided", "dead")
 BEARER = [{"bearer": []}]
 SIGNED = [{"signature": []}]
@@ -88,7 +89,7 @@ _HAND_WRITTEN: dict[str, dict[str, Any]] = {
         "envelope": {"type": "object", "description": "The event as received (DESIGN §4)."},
     }, description="An event in the inbox, with its processing state."),
     "EventPage": _obj({"events": {"type": "array", "items": _ref("InboxEvent")},
-                       "next_cursor": _nullable({"type": "string", "pattern": "^[0-9]+$"})},
+                       "next_cursor": _nullable({"type": "string", "pattern": "^[0-9]{1,18}$"})},
                       description="One page of the inbox, newest first."),
     "Analytics": _obj({
         "org": _STR, "since": {"type": "string", "format": "date-time"},
@@ -133,7 +134,7 @@ _HAND_WRITTEN: dict[str, dict[str, Any]] = {
     }, description="Liveness and readiness: the database answers and every org has rulesets loaded."),
 }
 
-_MODELS: tuple[tuple[type[BaseModel], str], ...] = (
+_MODELS: tuple[tuple[type[BaseModel], Literal["validation", "serialization"]], ...] = (
     (EventIn, "validation"), (DbTrigger, "validation"), (Review, "validation"), (Rejection, "validation"),
     (ConfigUpdate, "validation"), (SimulateRequest, "validation"),
     (Decision, "serialization"), (AcceptedOut, "serialization"), (DecisionPage, "serialization"),
@@ -150,7 +151,7 @@ def _schemas() -> dict[str, Any]:
         out[name] = schema
 
     for model, mode in _MODELS:
-        schema = model.model_json_schema(ref_template=REF, mode=mode)  # type: ignore[arg-type]
+        schema = model.model_json_schema(ref_template=REF, mode=mode)
         for name, sub in schema.pop("$defs", {}).items():
             put(name, sub)
         put(model.__name__, schema)
@@ -187,7 +188,7 @@ _RESPONSES: dict[str, dict[str, Any]] = {
                          "is required."),
     "Unauthorized": _error("No API key, or an invalid or revoked one.", {
         "WWW-Authenticate": {"required": True, "schema": {"type": "string", "const": "Bearer"}}}),
-    "BadSignature": _error(f"The {'X-Astralis-Signature'} header is missing, malformed, too old or does not match "
+    "BadSignature": _error(f"The {HEADER} header is missing, malformed, too old or does not match "
                            "the body, or the org accepts no webhooks (also for an org that does not exist)."),
     "ForbiddenOrg": _error("The body names another org than the API key's."),
     "NotFound": _error("No such resource for the API key's org (another org's ids answer the same)."),
@@ -203,7 +204,8 @@ _ERRORS = {400: "BadRequest", 401: "Unauthorized", 403: "ForbiddenOrg", 404: "No
 
 
 def _time_param(name: str, description: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "description": description,
+    return {"name": name, "in": "query", "required": False,
+            "description": f"{description} From 0001-01-02 to 9999-12-30 (UTC).",
             "schema": {"type": "string", "format": "date-time"}}
 
 
@@ -289,6 +291,8 @@ def _accepting(what: str) -> dict[int, Any]:
     }
 
 
+_MIME = {"type": "string", "minLength": 1,
+         "description": "A raw RFC 822 email message (email kind only): at least a From, a Subject or a body."}
 _ORG_NOT_LOADED = _error("The org has no valid configuration loaded (org_not_loaded); `details` lists its errors.")
 
 
@@ -365,7 +369,7 @@ def _paths() -> dict[str, Any]:
              "schema": {"type": "string", "enum": list(INBOX_STATUSES)}},
             _limit(),
             {"name": "cursor", "in": "query", "required": False, "description": "`next_cursor` of the previous "
-             "page.", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+             "page.", "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}},
         ])}
     p["/api/agent/events/{id}"] = {"get": _op(
         "Get an inbox event", "events", {200: _ok(_ref("InboxEvent"), "The event and its processing state.")},
@@ -384,13 +388,13 @@ def _paths() -> dict[str, Any]:
             {"name": "kind", "in": "path", "required": True, "description": "What is delivered.",
              "schema": {"type": "string", "enum": list(KINDS)}},
             {"name": DELIVERY, "in": "header", "required": False,
-             "description": "The delivery id: the event id, and so the idempotency key (else the body's `id`).",
-             "schema": {"type": "string", "minLength": 1, "maxLength": 200}},
+             "description": "The delivery id: the event id, and so the idempotency key (when absent or empty: the "
+                            "body's `id`, else a new id).",
+             "schema": {"type": "string", "maxLength": 200}},
         ], body={"required": True, "description": "JSON: the event data, or a whole envelope (its `data`, `id` and "
                  "`occurred_at` are used). The email kind also reads a raw MIME message.", "content": {
                      JSON: {"schema": {"type": "object"}},
-                     "message/rfc822": {"schema": {"type": "string"}},
-                     "text/plain": {"schema": {"type": "string"}}}},
+                     "message/rfc822": {"schema": _MIME}, "text/plain": {"schema": _MIME}}},
         extra={401: {"$ref": "#/components/responses/BadSignature"},
                404: _error("The path does not name a webhook route (an unknown kind, or an org that is not a "
                            "path segment)."),
@@ -447,7 +451,7 @@ def _spec_text() -> str:
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer",
                            "description": "An org's API key (`astralis keys create --org ORG`)."},
-                "signature": {"type": "apiKey", "in": "header", "name": "X-Astralis-Signature",
+                "signature": {"type": "apiKey", "in": "header", "name": HEADER,
                               "description": "HMAC-SHA256 of `<t>.<raw body>` under the org's webhook secret."},
             },
         },

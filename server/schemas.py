@@ -4,14 +4,19 @@ components of what goes out."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from engine.config import Source
 from engine.models import Decision
 
 Name = Field(default=None, max_length=200)
+
+
+def _integral(v: Any) -> Any:
+    """159.0 as 159: JSON (and JSON Schema) count it an integer; the API validates bodies strictly otherwise."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
 class EventIn(BaseModel):
@@ -80,7 +85,8 @@ class SimulateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     events: list[EventIn] | None = Field(default=None, max_length=1000)
-    past: int | None = Field(default=None, ge=1, le=1000, description="Use the org's latest N inbox events.")
+    past: Annotated[int | None, BeforeValidator(_integral)] = Field(
+        default=None, ge=1, le=1000, description="Use the org's latest N inbox events.")
     config: ConfigUpdate | None = Field(default=None, description="Try proposed files without changing anything.")
 
 

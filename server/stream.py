@@ -9,6 +9,7 @@ and `decision.approved`, `decision.rejected` (reviews). Without Last-Event-ID a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 
@@ -29,25 +30,27 @@ async def stream(request: web.Request) -> web.StreamResponse:
     org = principal(request).org
     store, service = request.app[STORE], request.app[SERVICE]
     raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
-    if raw is not None and not raw.strip().isdigit():
+    if raw is not None and not (raw.strip().isascii() and raw.strip().isdigit() and int(raw) < 2**63):
         raise ApiError(400, "bad_request", f"Last-Event-ID must be a stream sequence number, not {raw!r}",
                        {"field": "Last-Event-ID"})
     last = int(raw) if raw is not None else await store.stream_head(org)
     limit = request.query.get("limit")  # for tests and tools: stop after N events
-    remaining = int(limit) if limit and limit.isdigit() and int(limit) > 0 else None
+    remaining = int(limit) if limit and limit.isascii() and limit.isdigit() and int(limit) > 0 else None
     async with sse_response(request, ping_interval=15) as resp:
-        await resp.send(json.dumps({"org": org, "after": last}), event="ready", retry=2000)
-        while resp.is_connected():
-            entries = await store.stream_after(org, last)
-            for seq, kind, payload in entries:
-                await resp.send(json.dumps(payload), id=str(seq), event=f"decision.{kind}")
-                last = seq
-                if remaining is not None:
-                    remaining -= 1
-                    if remaining == 0:
-                        return resp
-            if not entries:
-                await service.wait_for_change(POLL_SECONDS)
+        # A client that goes away between two is_connected() checks ends its stream; it is not a server error.
+        with contextlib.suppress(ConnectionResetError):
+            await resp.send(json.dumps({"org": org, "after": last}), event="ready", retry=2000)
+            while resp.is_connected():
+                entries = await store.stream_after(org, last)
+                for seq, kind, payload in entries:
+                    await resp.send(json.dumps(payload), id=str(seq), event=f"decision.{kind}")
+                    last = seq
+                    if remaining is not None:
+                        remaining -= 1
+                        if remaining == 0:
+                            return resp
+                if not entries:
+                    await service.wait_for_change(POLL_SECONDS)
     return resp
 
 

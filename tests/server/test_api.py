@@ -545,3 +545,20 @@ async def test_timers_fire_reminder_due_events_once(make_client):
     info = await wait_decided(client, "acme", "rem-1")
     assert info["channel"] == "timer" and info["envelope"]["type"] == "reminder:due"
     assert await store.fire_due_timers(datetime.now(UTC)) == []
+
+
+async def test_file_names_with_a_newline_are_refused(make_client, config_dirs):
+    client, key_for = await make_client()
+    key = await key_for()
+    r = await client.post("/api/agent/config", json={"files": {"a.yaml\n": "ruleset: x\nrules: []\n"}},
+                          headers=auth(key))
+    assert r.status == 422
+    assert not any("\n" in p.name for p in (config_dirs[0] / "acme").iterdir())
+
+
+async def test_a_window_from_before_year_1000_includes_everything(make_client):
+    client, key_for = await make_client()
+    key = await key_for()
+    await client.post("/api/agent/process?mode=sync", json=SALES, headers=auth(key))
+    page = await (await client.get("/api/agent/decisions?since=0500-01-01T00:00:00Z", headers=auth(key))).json()
+    assert len(page["decisions"]) == 1
