@@ -162,3 +162,25 @@ async def test_an_event_that_kills_its_process_every_time_is_dead_lettered(store
     info = await store.event_info("acme", "e1")
     assert info["status"] == "dead" and "died while deciding this event, 3 times" in info["error"]
     assert await store.claim_events("w") == []
+
+
+async def test_internal_events_take_the_same_path(store, registry):
+    # What the agent's own actions cause (a stage change, an automation finishing) is queued like any event.
+    service = make_service(store, registry)
+    await service.start()
+    try:
+        stage = Event(id="stage-1", org="acme", source="WORKER", type="pipeline:stage_changed",
+                      data={"intakeId": "INT-1", "pipeline": "sales-inquiries", "from": "new", "to": "qualified"})
+        acc = await service.emit(stage)
+        assert acc.new
+        assert not (await service.emit(stage)).new  # emitted twice (a retried action): one event
+        for _ in range(200):
+            info = await store.event_info("acme", "stage-1")
+            if info["status"] == "decided":
+                break
+            await asyncio.sleep(0.02)
+        assert info["status"] == "decided" and info["channel"] == "internal"
+        assert (await store.get_decision("acme", info["decision_id"])).input == {
+            "source": "WORKER", "type": "pipeline:stage_changed"}
+    finally:
+        await service.stop()
