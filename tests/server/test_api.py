@@ -562,3 +562,20 @@ async def test_a_window_from_before_year_1000_includes_everything(make_client):
     await client.post("/api/agent/process?mode=sync", json=SALES, headers=auth(key))
     page = await (await client.get("/api/agent/decisions?since=0500-01-01T00:00:00Z", headers=auth(key))).json()
     assert len(page["decisions"]) == 1
+
+
+async def test_policy_schedules_emit_schedule_events_through_the_inbox(make_client, config_dirs):
+    policy = config_dirs[1] / "acme.yaml"
+    policy.write_text(policy.read_text() + '\nschedules:\n  - {id: digest, cron: "* * * * *", type: "schedule:digest"}\n')
+    client, _ = await make_client(schedules=True)
+    store = client.app[STORE]
+    for _ in range(250):
+        rows, _ = await store.list_events("acme", limit=500)
+        if rows and all(r["status"] == "decided" for r in rows):
+            break
+        await asyncio.sleep(0.02)
+    # catch-up covers the last hour: one event per minute, ids deterministic, all decided
+    assert 59 <= len(rows) <= 61
+    assert all(r["source"] == "SCHEDULE" and r["type"] == "schedule:digest" and r["channel"] == "schedule"
+               for r in rows)
+    assert all(r["id"].startswith("sched_digest_") for r in rows)
