@@ -2,9 +2,11 @@
 
 Run from the repository root (`make bench` runs it after bench.rules)::
 
-    .venv/bin/python -m bench.http                  # 3 rounds x 5 s per server, 32 connections (~1.5 min)
-    .venv/bin/python -m bench.http --quick          # 2 rounds x 3 s, shorter warm-up (~30 s)
+    .venv/bin/python -m bench.http                  # 3 rounds x 5 s per mode, 32 connections (~2-2.5 min)
+    .venv/bin/python -m bench.http --quick          # 2 rounds x 3 s, 1 s warm-up (~1 min)
     .venv/bin/python bench/http.py --duration 30 --concurrency 64
+
+Most of the wall time is the queue's drain: the workers decide the backlog the queue slices left behind.
 
 Three servers, each its own subprocess, loaded in turn by a load-generator subprocess (aiohttp client,
 `--concurrency` connections over loopback, the same for every server):
@@ -87,7 +89,8 @@ def run_bare(port: int) -> None:
 
 
 class _Counted:
-    """Wraps one `SQLiteStore._write()` transaction and counts it, by the store method, once it committed."""
+    """Wraps one `SQLiteStore._write()` transaction (or `_read()`) and counts it by the store method that opened
+    it, once it ended without an error: for a write, once it committed."""
 
     def __init__(self, cm: Any, name: str, counts: Counter[str]) -> None:
         self._cm, self._name, self._counts = cm, name, counts
@@ -103,8 +106,9 @@ class _Counted:
 
 
 def run_service(argv: list[str], profile: str | None) -> int:
-    """`astralis serve ARGV`, with write transactions counted per store method and served on GET /bench/commits
-    (the service itself is unchanged: the same `server.cli.main`, one counter increment per commit)."""
+    """`astralis serve ARGV`, with the store's write transactions (commits) and reads counted per store method and
+    served on GET /bench/commits (the service itself is unchanged: the same `server.cli.main`, plus one counter
+    increment per transaction and one route)."""
     from aiohttp import web
 
     from adapters.sqlite_store import SQLiteStore
@@ -112,12 +116,16 @@ def run_service(argv: list[str], profile: str | None) -> int:
     from server import cli
 
     counts: Counter[str] = Counter()
-    write = SQLiteStore._write
+    write, read = SQLiteStore._write, SQLiteStore._read
 
     def counted_write(self: SQLiteStore) -> _Counted:
         return _Counted(write(self), sys._getframe(1).f_code.co_name, counts)
 
+    def counted_read(self: SQLiteStore) -> _Counted:
+        return _Counted(read(self), "read:" + sys._getframe(1).f_code.co_name, counts)
+
     SQLiteStore._write = counted_write  # type: ignore[assignment,method-assign]
+    SQLiteStore._read = counted_read  # type: ignore[assignment,method-assign]
     create_app = app_module.create_app
 
     async def commits(request: web.Request) -> web.Response:
@@ -151,9 +159,10 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
     server = psutil.Process(args.server_pid) if args.server_pid else None
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
+    every: Counter[str] = Counter()  # all responses, warm-up and after the window included
     errors: Counter[str] = Counter()
     seq = 0
-    window: dict[str, float] = {}
+    window: dict[str, dict[str, Any]] = {}
     loop = asyncio.get_running_loop()
     t_start = loop.time()
     t0, t1 = t_start + args.warmup, t_start + args.warmup + args.duration
@@ -178,9 +187,11 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(0.01)
                 continue
             end = time.perf_counter()
+            label = f"{status}{' duplicate' if duplicate else ''}"
+            every[label] += 1
             if t0 <= loop.time() <= t1:
                 latencies.append(end - start)
-                statuses[f"{status}{' duplicate' if duplicate else ''}"] += 1
+                statuses[label] += 1
 
     async def stats(session: aiohttp.ClientSession) -> dict[str, Any]:
         out: dict[str, Any] = {"t": loop.time()}
@@ -206,7 +217,7 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(probe(session), *(worker(session) for _ in range(args.concurrency)))
     start, end = window["start"], window["end"]
     return {"requests": len(latencies), "seconds": end["t"] - start["t"], "latencies": latencies,
-            "statuses": dict(statuses), "errors": dict(errors), "start": start, "end": end}
+            "statuses": dict(statuses), "every": dict(every), "errors": dict(errors), "start": start, "end": end}
 
 
 def run_load(args: argparse.Namespace) -> None:
@@ -315,11 +326,14 @@ class Tally:
         self.errors: Counter[str] = Counter()
         self.server_cpu = 0.0
         self.load_cpu = 0.0
-        self.commits: Counter[str] = Counter()
+        self.commits: Counter[str] = Counter()  # write transactions in the windows, by store method
+        self.reads: Counter[str] = Counter()  # read-only store calls in the windows, by store method
         self.decided_in_window = 0
         self.accepted_left = 0
         self.drain_seconds = 0.0
-        self.drain_commits: Counter[str] = Counter()
+        self.decided_in_drain = 0
+        self.slice_commits: Counter[str] = Counter()  # queue: from before a slice's load to its drained inbox
+        self.slice_accepted = 0
 
     def add(self, r: dict[str, Any]) -> None:
         """Add one load-generator result."""
@@ -332,7 +346,9 @@ class Tally:
         self.server_cpu += e.get("server_cpu", 0.0) - s.get("server_cpu", 0.0)
         self.load_cpu += e["load_cpu"] - s["load_cpu"]
         if "commits" in e:
-            self.commits.update(Counter(e["commits"]) - Counter(s["commits"]))
+            commits, reads = split_counts(Counter(e["commits"]) - Counter(s["commits"]))
+            self.commits.update(commits)
+            self.reads.update(reads)
         if "health" in e:
             si, ei = s["health"]["checks"]["database"]["inbox"], e["health"]["checks"]["database"]["inbox"]
             self.decided_in_window += ei["decided"] - si["decided"]
@@ -369,6 +385,13 @@ def fmt_table(tallies: dict[str, Tally]) -> str:
                      f"{'1.00 (baseline)' if mode == 'bare' else f'{ratio:.2f}'} | "
                      f"{'—' if target is None else f'≥ {target:.2f}'} | {verdict} |")
     return "\n".join(lines)
+
+
+def split_counts(counts: Counter[str]) -> tuple[Counter[str], Counter[str]]:
+    """The service's transaction counts, split into commits and reads (named `read:<method>`)."""
+    commits = Counter({k: v for k, v in counts.items() if not k.startswith("read:")})
+    reads = Counter({k.removeprefix("read:"): v for k, v in counts.items() if k.startswith("read:")})
+    return commits, reads
 
 
 def commits_line(label: str, commits: Counter[str], accepted: int) -> str:
@@ -456,17 +479,21 @@ def main(argv: list[str] | None = None) -> int:
                     drain(health)
             for rnd in range(rounds):
                 for mode in MODES:
+                    before = get_json(commits_url) if commits_url and mode == "queue" else {}
                     r = load(urls[mode], key=key, pid=pids[mode], id_prefix=f"r{rnd}-{mode}", duration=slice_s,
                              warmup=SLICE_WARMUP_S, concurrency=conc,
                              commits_url=commits_url if mode != "bare" else None,
                              health_url=health if mode == "queue" else None)
-                    tallies[mode].add(r)
+                    t = tallies[mode]
+                    t.add(r)
                     if mode == "queue":
-                        before = get_json(commits_url) if commits_url else {}
-                        seconds, _ = drain(health)
-                        tallies[mode].drain_seconds += seconds
+                        seconds, inbox = drain(health)
+                        t.drain_seconds += seconds
+                        t.decided_in_drain += inbox["decided"] - r["end"]["health"]["checks"]["database"]["inbox"][
+                            "decided"]
+                        t.slice_accepted += r["every"].get("202", 0)
                         if commits_url:
-                            tallies[mode].drain_commits.update(Counter(get_json(commits_url)) - Counter(before))
+                            t.slice_commits.update(split_counts(Counter(get_json(commits_url)) - Counter(before))[0])
             inbox = drain(health)[1]
         finally:
             for p in (bare, svc):
@@ -479,20 +506,22 @@ def main(argv: list[str] | None = None) -> int:
         per = t.seconds or 1.0
         print(f"- {mode}: {t.requests:,} requests in {t.seconds:.1f} s; statuses {dict(t.statuses)}"
               + (f"; client errors {dict(t.errors)}" if t.errors else "")
-              + f"; CPU: server {t.server_cpu / per:.0%}, load generator {t.load_cpu / per:.0%} of one core")
+              + f"; CPU: server {t.server_cpu / per:.0%} of a core ({t.server_cpu / max(1, t.requests) * 1000:.3f} ms "
+              f"per request), load generator {t.load_cpu / per:.0%}")
         if t.unexpected():
             failed = True
             print(f"  - **{t.unexpected():,} unexpected responses** (want {EXPECTED_STATUS[mode]} for every request)")
     q = tallies["queue"]
     accepted = q.statuses.get("202", 0)
-    print(f"- queue: workers decided {q.decided_in_window:,} events during the measured windows "
+    print(f"- queue: the workers decided {q.decided_in_window:,} events during the measured windows "
           f"({q.decided_in_window / (q.seconds or 1):,.0f}/s, {q.decided_in_window / max(1, accepted):.0%} of the "
-          f"{accepted:,} accepted); {q.accepted_left:,} were still queued at the windows' ends and took "
-          f"{q.drain_seconds:.1f} s to drain")
+          f"{accepted:,} accepted); {q.accepted_left:,} were still queued at the windows' ends; draining took "
+          f"{q.drain_seconds:.1f} s ({q.decided_in_drain / (q.drain_seconds or 1):,.0f} decisions/s with no requests "
+          "coming in)")
     if q.commits:
-        print("- " + commits_line("queue, SQLite commits in the windows", q.commits, max(1, accepted)))
-        print("- " + commits_line("queue, windows + drain (every accepted event decided)", q.commits + q.drain_commits,
-                                  max(1, accepted)))
+        print("- " + commits_line("queue, SQLite commits during the windows", q.commits, max(1, accepted)))
+        print("- " + commits_line("queue, whole slices until drained (every accepted event decided)", q.slice_commits,
+                                  max(1, q.slice_accepted)))
         batches = q.commits.get("accept_events", 0)
         if batches:
             print(f"- queue: group commit put {accepted / batches:.1f} events in each inbox transaction on average")
@@ -500,6 +529,10 @@ def main(argv: list[str] | None = None) -> int:
     if d.commits:
         print(f"- dry_run: {sum(d.commits.values()):,} commits during the windows (idle worker polls: "
               f"{dict(d.commits)}); a dry run writes nothing")
+    for t in (d, q):
+        if t.reads:
+            print(f"- {t.mode}: store reads during the windows: {dict(t.reads.most_common())} (api_key_by_hash: the "
+                  "API key cache's misses, one a second per key at best; inbox_depth: the benchmark's /healthz probes)")
     print(f"- inbox at the end: {inbox}")
     bare_rps = tallies["bare"].rps
     for mode, target in TARGETS.items():
