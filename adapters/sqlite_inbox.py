@@ -26,42 +26,59 @@ class InboxTables(SQLiteBase):
         A duplicate (same org and id, already in the inbox or earlier in `items`) changes nothing and
         reports the stored event's status and decision. An item carrying a webhook `signature` digest that was
         already seen is a replay: nothing is written and its status reads "replayed". The signature is
-        remembered in the same transaction as the event, so a failed accept never blocks the sender's retry. Items with `lease_owner` are written already
-        claimed by that owner (synchronous processing); they go back to the queue if the lease expires.
+        remembered in the same transaction as the event, so a failed accept never blocks the sender's retry.
+        Items with `lease_owner` are written already claimed by that owner (synchronous processing); they go
+        back to the queue if the lease expires.
         """
-        now = _now()
-        out: list[Accepted] = []
+        now_dt = datetime.now(UTC)
+        now = _iso(now_dt)
+        out: dict[int, Accepted] = {}
+        bulk: list[tuple[int, InboxItem]] = []
         async with self._write() as db:
             if any(it.signature for it in items):
                 await db.execute("DELETE FROM seen_signatures WHERE seen_at < ?",
-                                 (_iso(datetime.now(UTC) - timedelta(seconds=SIGNATURE_MEMORY_SECONDS)),))
-            for it in items:
-                e = it.event
-                if it.signature:
-                    cur = await db.execute("INSERT INTO seen_signatures (digest, org, seen_at) VALUES (?, ?, ?) "
-                                           "ON CONFLICT DO NOTHING", (it.signature, e.org, now))
-                    fresh = cur.rowcount == 1
-                    await cur.close()
-                    if not fresh:
-                        out.append(Accepted(e.org, e.id, False, "replayed", None))
-                        continue
-                lease_until = _iso(datetime.now(UTC) + timedelta(seconds=it.lease_seconds)) if it.lease_owner else None
-                cur = await db.execute(
-                    "INSERT INTO events (org, id, source, type, envelope, status, error, received_at, updated_at, "
-                    "priority, channel, attempts, lease_owner, lease_until) "
-                    "VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (org, id) DO NOTHING",
-                    (e.org, e.id, str(e.source), e.type, e.model_dump_json(),
-                     "processing" if it.lease_owner else "accepted", now, now, it.priority, it.channel,
-                     1 if it.lease_owner else 0, it.lease_owner, lease_until))
-                inserted = cur.rowcount == 1
-                await cur.close()
-                if inserted:
-                    out.append(Accepted(e.org, e.id, True, "processing" if it.lease_owner else "accepted", None))
+                                 (_iso(now_dt - timedelta(seconds=SIGNATURE_MEMORY_SECONDS)),))
+            for i, it in enumerate(items):
+                if not it.signature:
+                    bulk.append((i, it))
+                    continue
+                fresh = await db.execute_fetchall(
+                    "INSERT INTO seen_signatures (digest, org, seen_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING "
+                    "RETURNING 1", (it.signature, it.event.org, now))
+                if not fresh:
+                    out[i] = Accepted(it.event.org, it.event.id, False, "replayed", None)
                 else:
-                    rows = list(await db.execute_fetchall(
-                        "SELECT status, decision_id FROM events WHERE org = ? AND id = ?", (e.org, e.id)))
-                    out.append(Accepted(e.org, e.id, False, rows[0]["status"], rows[0]["decision_id"]))
-        return out
+                    bulk.append((i, it))
+            # One statement for the whole batch (a round trip to SQLite's thread per row would cost more than
+            # the insert): the rows travel as one JSON array, RETURNING names those that were new.
+            rows = [[it.event.org, it.event.id, str(it.event.source), it.event.type, it.event.model_dump_json(),
+                     "processing" if it.lease_owner else "accepted", it.priority, it.channel,
+                     1 if it.lease_owner else 0, it.lease_owner,
+                     _iso(now_dt + timedelta(seconds=it.lease_seconds)) if it.lease_owner else None]
+                    for _, it in bulk]
+            inserted: set[tuple[str, str]] = set()
+            if rows:
+                returned = await db.execute_fetchall(
+                    """INSERT INTO events (org, id, source, type, envelope, status, error, received_at, updated_at,
+                                           priority, channel, attempts, lease_owner, lease_until)
+                       SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+                              json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
+                              NULL, ?, ?, json_extract(value, '$[6]'), json_extract(value, '$[7]'),
+                              json_extract(value, '$[8]'), json_extract(value, '$[9]'), json_extract(value, '$[10]')
+                       FROM json_each(?) WHERE true
+                       ON CONFLICT (org, id) DO NOTHING
+                       RETURNING org, id""", (now, now, json.dumps(rows)))
+                inserted = {(r[0], r[1]) for r in returned}
+            for i, it in bulk:
+                key = (it.event.org, it.event.id)
+                if key in inserted:
+                    inserted.discard(key)  # a second copy later in the batch is a duplicate of this one
+                    out[i] = Accepted(key[0], key[1], True, "processing" if it.lease_owner else "accepted", None)
+                    continue
+                found = list(await db.execute_fetchall(
+                    "SELECT status, decision_id FROM events WHERE org = ? AND id = ?", key))
+                out[i] = Accepted(key[0], key[1], False, found[0]["status"], found[0]["decision_id"])
+        return [out[i] for i in range(len(items))]
 
     async def claim_events(self, owner: str, *, limit: int = 8, lease_seconds: float = 30.0) -> list[Claimed]:
         """Lease up to `limit` ready events to `owner`, most urgent first, then oldest first."""
@@ -151,32 +168,39 @@ class InboxTables(SQLiteBase):
                 "SELECT DISTINCT lease_owner FROM events WHERE status = 'processing' AND lease_owner IS NOT NULL")
         return [r[0] for r in rows]
 
-    async def complete_event(self, decision: Decision, *, stream_kind: str | None = None) -> tuple[Decision, bool]:
+    async def complete_event(self, decision: Decision) -> tuple[Decision, bool]:
         """Record the decision of an inbox event, its outbox actions and its stream entry, and mark the event
         decided — all in one transaction. Exactly one decision per event: when the event is already decided
         (another worker got there first after a lease expired), nothing is written and the stored decision
         is returned with False."""
-        if decision.dry_run:
-            raise ValueError(f"decision {decision.id} is a dry run; dry runs are never stored")
+        return (await self.complete_events([decision]))[0]
+
+    async def complete_events(self, decisions: Sequence[Decision]) -> list[tuple[Decision, bool]]:
+        """`complete_event` for several decisions in ONE transaction (the workers' group commit)."""
+        for d in decisions:
+            if d.dry_run:
+                raise ValueError(f"decision {d.id} is a dry run; dry runs are never stored")
         now = _now()
+        out: list[tuple[Decision, bool]] = []
         async with self._write() as db:
-            rows = list(await db.execute_fetchall(
-                "SELECT status, decision_id FROM events WHERE org = ? AND id = ?", (decision.org, decision.event_id)))
-            if rows and rows[0]["status"] == "decided" and rows[0]["decision_id"]:
-                stored = list(await db.execute_fetchall(
-                    "SELECT record FROM decisions WHERE id = ?", (rows[0]["decision_id"],)))
-                if stored:
-                    return Decision.model_validate_json(stored[0]["record"]), False
-            await _upsert_decision(db, decision)
-            if decision.status == "EXECUTED":
-                await _insert_actions(db, decision, now)
-            if rows:
-                await db.execute(
-                    "UPDATE events SET status = 'decided', decision_id = ?, error = NULL, lease_owner = NULL, "
-                    "lease_until = NULL, updated_at = ? WHERE org = ? AND id = ?",
-                    (decision.id, now, decision.org, decision.event_id))
-            await _append_stream(db, decision, stream_kind or _kind(decision), new=True, now=now)
-        return decision, True
+            for decision in decisions:
+                rows = list(await db.execute_fetchall(
+                    "SELECT e.status, e.decision_id, d.record FROM events e LEFT JOIN decisions d "
+                    "ON d.id = e.decision_id WHERE e.org = ? AND e.id = ?", (decision.org, decision.event_id)))
+                if rows and rows[0]["status"] == "decided" and rows[0]["record"]:
+                    out.append((Decision.model_validate_json(rows[0]["record"]), False))
+                    continue
+                await _upsert_decision(db, decision)
+                if decision.status == "EXECUTED":
+                    await _insert_actions(db, decision, now)
+                if rows:
+                    await db.execute(
+                        "UPDATE events SET status = 'decided', decision_id = ?, error = NULL, lease_owner = NULL, "
+                        "lease_until = NULL, updated_at = ? WHERE org = ? AND id = ?",
+                        (decision.id, now, decision.org, decision.event_id))
+                await _append_stream(db, decision, _kind(decision), new=True, now=now)
+                out.append((decision, True))
+        return out
 
     async def fail_event(self, org: str, event_id: str, owner: str, error: str, *, max_attempts: int,
                          retry_in: float) -> str:
@@ -466,18 +490,20 @@ def _kind(decision: Decision) -> str:
 
 async def _insert_actions(db: aiosqlite.Connection, decision: Decision, now: str) -> None:
     """The decision's actions into the outbox; an action already there (same key) is left alone."""
-    for i, a in enumerate(decision.actions):
-        key = a.idempotency_key or f"{decision.id}:{i}"
-        await db.execute(
-            "INSERT INTO actions (key, org, decision_id, idx, type, params, status, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (key) DO NOTHING",
-            (key, decision.org, decision.id, i, str(a.type), json.dumps(a.params, default=str), now, now))
+    if not decision.actions:
+        return
+    await db.executemany(
+        "INSERT INTO actions (key, org, decision_id, idx, type, params, status, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (key) DO NOTHING",
+        [(a.idempotency_key or f"{decision.id}:{i}", decision.org, decision.id, i, str(a.type),
+          json.dumps(a.params, default=str), now, now) for i, a in enumerate(decision.actions)])
 
 
 async def _append_stream(db: aiosqlite.Connection, decision: Decision, kind: str, *, new: bool, now: str) -> None:
-    payload = {"kind": kind, "new": new, "decision": decision.model_dump(mode="json")}
+    # The decision is serialised once, by pydantic, and spliced in (not dumped to a dict and encoded again).
+    payload = f'{{"kind": {json.dumps(kind)}, "new": {json.dumps(new)}, "decision": {decision.model_dump_json()}}}'
     await db.execute("INSERT INTO stream (org, kind, decision_id, payload, created_at) VALUES (?, ?, ?, ?, ?)",
-                     (decision.org, kind, decision.id, json.dumps(payload), now))
+                     (decision.org, kind, decision.id, payload, now))
 
 
 def _event_row(r: Any) -> dict[str, Any]:

@@ -100,25 +100,37 @@ async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
-async def _llm_ctx(app: web.Application) -> AsyncIterator[None]:
+def make_providers(registry: Registry, mode: str) -> dict[str, LLMProvider | None]:
+    """The LLM providers the loaded policies name, for those whose API key is set (none with mode "off")."""
     providers: dict[str, LLMProvider | None] = {}
-    if app[SETTINGS].llm == "policy":
-        from adapters.llm import make_provider
+    if mode != "policy":
+        return providers
+    from adapters.llm import make_provider
 
-        wanted = {c.bundle.policy.llm.provider for o in app[REGISTRY].orgs if (c := app[REGISTRY].get(o))}
-        for name in sorted(wanted - {"none"}):
-            env = f"{name.upper()}_API_KEY"
-            if not os.environ.get(env):
-                log.warning("a policy uses %s but %s is not set: ambiguous events go to the fallback rules", name, env)
-                continue
-            logs.register_secret(os.environ[env])
-            providers[name] = make_provider(name)
-    app[LLM] = providers
-    yield
+    wanted = {c.bundle.policy.llm.provider for o in registry.orgs if (c := registry.get(o))}
+    for name in sorted(wanted - {"none"}):
+        env = f"{name.upper()}_API_KEY"
+        if not os.environ.get(env):
+            log.warning("a policy uses %s but %s is not set: ambiguous events go to the fallback rules", name, env)
+            continue
+        logs.register_secret(os.environ[env])
+        providers[name] = make_provider(name)
+    return providers
+
+
+async def close_providers(providers: dict[str, LLMProvider | None]) -> None:
+    """Close the providers' HTTP clients."""
     for p in providers.values():
         close = getattr(p, "aclose", None)
         if close is not None:
             await close()
+
+
+async def _llm_ctx(app: web.Application) -> AsyncIterator[None]:
+    providers = make_providers(app[REGISTRY], app[SETTINGS].llm)
+    app[LLM] = providers
+    yield
+    await close_providers(providers)
 
 
 async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -142,13 +154,13 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     await service.stop()
 
 
-async def _loops_ctx(app: web.Application) -> AsyncIterator[None]:
+def background(settings: Settings, service: Service, registry: Registry, store: SQLiteStore,
+               metrics: Metrics) -> list[asyncio.Task[None]]:
     """Timers (reminder:due), SCHEDULE events from the policies' cron entries, and the config file watcher."""
     from server.scheduler import CronScheduler
     from server.watcher import ConfigWatcher
 
-    settings, service, registry = app[SETTINGS], app[SERVICE], app[REGISTRY]
-    tasks = [asyncio.create_task(_timers(app), name="timers")]
+    tasks = [asyncio.create_task(_timers(store, service, metrics, settings.timers_poll_seconds), name="timers")]
     if settings.schedules:
         def orgs() -> dict[str, Any]:
             return {o: c for o in registry.orgs if (c := registry.get(o)) is not None}
@@ -158,24 +170,28 @@ async def _loops_ctx(app: web.Application) -> AsyncIterator[None]:
     if settings.watch:
         async def reloaded(org: str, errors: list[Any]) -> None:
             state = registry.state(org)
-            app[METRICS].set_org_status(org, state is not None and state.active is not None,
-                                        len(state.errors) if state else 0)
+            metrics.set_org_status(org, state is not None and state.active is not None,
+                                   len(state.errors) if state else 0)
 
         watcher = ConfigWatcher(registry, on_reload=reloaded)
         tasks.append(asyncio.create_task(watcher.run(), name="config-watcher"))
+    return tasks
+
+
+async def _loops_ctx(app: web.Application) -> AsyncIterator[None]:
+    tasks = background(app[SETTINGS], app[SERVICE], app[REGISTRY], app[STORE], app[METRICS])
     yield
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _timers(app: web.Application) -> None:
-    store, service, every = app[STORE], app[SERVICE], app[SETTINGS].timers_poll_seconds
+async def _timers(store: SQLiteStore, service: Service, metrics: Metrics, every: float) -> None:
     while True:
         try:
             fired = await store.fire_due_timers(datetime.now(UTC))
             for e in fired:
-                app[METRICS].event_received(e.org, str(e.source), "timer")
+                metrics.event_received(e.org, str(e.source), "timer")
             if fired:
                 service.wake()
         except Exception:

@@ -213,14 +213,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from server.service import Processing
 
     logs.configure(args.log_level, json_format=args.log_format == "json")
-    rulesets, policies = _dirs(args)
-    settings = Settings(db=_db(args), rulesets=rulesets, policies=policies, llm=args.llm,
-                        synchronous=args.synchronous, requests_per_minute=args.rate_limit,
-                        max_body_bytes=args.max_body, watch=not args.no_watch, schedules=not args.no_schedules,
-                        processing=Processing(workers=args.workers, lease_seconds=args.lease,
-                                              max_attempts=args.max_attempts,
-                                              shutdown_grace_seconds=args.shutdown_grace))
+    settings = _settings(args, Settings, Processing)
     run(settings, args.host, args.port)
+    return 0
+
+
+def _settings(args: argparse.Namespace, settings_cls: Any, processing_cls: Any) -> Any:
+    rulesets, policies = _dirs(args)
+    return settings_cls(db=_db(args), rulesets=rulesets, policies=policies, llm=args.llm,
+                        synchronous=args.synchronous, requests_per_minute=getattr(args, "rate_limit", 600),
+                        max_body_bytes=getattr(args, "max_body", 1024 * 1024), watch=not args.no_watch,
+                        schedules=not args.no_schedules, workers=args.workers > 0,
+                        processing=processing_cls(workers=max(1, args.workers), lease_seconds=args.lease,
+                                                  max_attempts=args.max_attempts,
+                                                  shutdown_grace_seconds=args.shutdown_grace))
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Decide queued events from the inbox, without HTTP (next to `astralis serve --workers 0`)."""
+    from server import logs
+    from server.app import Settings
+    from server.service import Processing
+    from server.worker import run_worker
+
+    logs.configure(args.log_level, json_format=args.log_format == "json")
+    if args.workers < 1:
+        print("--workers must be at least 1 for a worker process", file=sys.stderr)
+        return 2
+    asyncio.run(run_worker(_settings(args, Settings, Processing)))
     return 0
 
 
@@ -288,27 +308,34 @@ def parser() -> argparse.ArgumentParser:
                    help="live: consult the policy's provider for ambiguous events; off (default): fallback rules")
     m.set_defaults(func=cmd_simulate)
 
+    def deciding(sp: argparse.ArgumentParser, workers_help: str) -> None:
+        sp.add_argument("--db", help="SQLite file (default: ./astralis.db or $ASTRALIS_DB)")
+        dirs(sp)
+        sp.add_argument("--llm", choices=["policy", "off"], default="policy",
+                        help="policy (default): each org's policy provider when its API key is set; off: never")
+        sp.add_argument("--workers", type=int, default=4, help=workers_help)
+        sp.add_argument("--lease", type=float, default=30.0, help="seconds a worker's claim on an event lasts unrenewed")
+        sp.add_argument("--max-attempts", type=int, default=5, help="failed attempts before an event is dead-lettered")
+        sp.add_argument("--shutdown-grace", type=float, default=10.0,
+                        help="seconds in-flight events get to finish on SIGTERM before going back to the queue")
+        sp.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL",
+                        help="SQLite durability: FULL (default) survives power loss; NORMAL may lose the last commits")
+        sp.add_argument("--no-watch", action="store_true", help="do not hot-reload ruleset and policy files")
+        sp.add_argument("--no-schedules", action="store_true", help="do not emit the policies' SCHEDULE events")
+        sp.add_argument("--log-level", default="INFO")
+        sp.add_argument("--log-format", choices=["json", "text"], default="json")
+
     sv = sub.add_parser("serve", help="run the HTTP service (SQLite file, in-process workers)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8080)
-    sv.add_argument("--db", help="SQLite file (default: ./astralis.db or $ASTRALIS_DB)")
-    dirs(sv)
-    sv.add_argument("--llm", choices=["policy", "off"], default="policy",
-                    help="policy (default): each org's policy provider when its API key is set; off: never")
-    sv.add_argument("--workers", type=int, default=4, help="events decided concurrently by the queue workers")
-    sv.add_argument("--lease", type=float, default=30.0, help="seconds a worker's claim on an event lasts unrenewed")
-    sv.add_argument("--max-attempts", type=int, default=5, help="failed attempts before an event is dead-lettered")
-    sv.add_argument("--shutdown-grace", type=float, default=10.0,
-                    help="seconds in-flight events get to finish on SIGTERM before going back to the queue")
+    deciding(sv, "events decided concurrently by in-process workers; 0: none (run `astralis worker` beside it)")
     sv.add_argument("--rate-limit", type=int, default=600, help="requests per minute per API key")
     sv.add_argument("--max-body", type=int, default=1024 * 1024, help="request body limit in bytes")
-    sv.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL",
-                    help="SQLite durability: FULL (default) survives power loss; NORMAL may lose the last commits")
-    sv.add_argument("--no-watch", action="store_true", help="do not hot-reload ruleset and policy files")
-    sv.add_argument("--no-schedules", action="store_true", help="do not emit the policies' SCHEDULE events")
-    sv.add_argument("--log-level", default="INFO")
-    sv.add_argument("--log-format", choices=["json", "text"], default="json")
     sv.set_defaults(func=cmd_serve)
+
+    wk = sub.add_parser("worker", help="decide queued events without HTTP (beside `serve --workers 0`)")
+    deciding(wk, "events decided concurrently by this process")
+    wk.set_defaults(func=cmd_worker)
 
     k = sub.add_parser("keys", help="API keys: create (printed once, stored hashed), list, revoke")
     ksub = k.add_subparsers(dest="action", required=True)

@@ -127,6 +127,7 @@ class Service:
         self.cfg = processing or Processing()
         self.owner = process_owner()
         self._accept: GroupCommit[InboxItem, Accepted] = GroupCommit(store.accept_events)
+        self._complete: GroupCommit[Decision, tuple[Decision, bool]] = GroupCommit(store.complete_events)
         self._wake = asyncio.Event()
         self._changed = asyncio.Condition()
         self._inflight: dict[tuple[str, str], asyncio.Task[Any]] = {}
@@ -152,13 +153,16 @@ class Service:
         """Stop claiming; let in-flight events finish for the grace period; give the rest back to the queue."""
         self._stopping = True
         self._wake.set()
-        await self._accept.drain()
         inflight = list(self._inflight.values())
         if inflight:
             _, pending = await asyncio.wait(inflight, timeout=self.cfg.shutdown_grace_seconds)
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        # Writes already handed to a group commit finish (shielded from the cancelled waiters) before the
+        # leases are released and the store closes.
+        await self._accept.drain()
+        await self._complete.drain()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -230,7 +234,7 @@ class Service:
                 else:
                     log.warning("deciding failed (attempt %d), will retry: %s", claimed.attempts, exc, exc_info=True)
                 return None
-            stored, new = await self.store.complete_event(decision)
+            stored, new = await self._complete.submit(decision)
             seconds = time.perf_counter() - t0
             if new:
                 self.metrics.observe_decision(stored, mode, seconds)

@@ -1,0 +1,50 @@
+"""`astralis worker`: the deciding side without HTTP, for a front (`astralis serve --workers 0`) that only
+accepts. Both share the SQLite file (WAL); workers in any number of processes lease events from the same
+inbox, so deciding scales and restarts independently of accepting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from adapters.sqlite_store import SQLiteStore
+from engine.agent import Agent
+from engine.llm import LLMStage
+from engine.registry import Registry
+from server.app import Settings, background, close_providers, make_providers
+from server.metrics import Metrics
+from server.service import OutboxHandoff, Service
+
+log = logging.getLogger("astralis.worker")
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Decide queued events until SIGTERM/SIGINT (or `stop` is set); then finish or give back in-flight ones."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    store = await SQLiteStore.open(settings.db, synchronous=settings.synchronous)
+    try:
+        registry = Registry(settings.rulesets, settings.policies)
+        for org, findings in (await asyncio.to_thread(registry.load_all)).items():
+            for f in findings:
+                (log.warning if f.severity == "error" else log.info)("%s", f, extra={"org": org})
+        providers = make_providers(registry, settings.llm)
+        metrics = Metrics()
+        service = Service(store, Agent(registry.get, LLMStage(providers), executor=OutboxHandoff()), metrics,
+                          processing=settings.processing)
+        await service.start(workers=True)
+        tasks = background(settings, service, registry, store, metrics)
+        log.info("worker %s deciding for: %s", service.owner, ", ".join(registry.orgs) or "no orgs")
+        await stop.wait()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await service.stop()
+        await close_providers(providers)
+    finally:
+        await store.close()
