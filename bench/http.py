@@ -413,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plain", action="store_true",
                     help="run the unmodified `astralis serve` (no commit counting, no /bench/commits)")
     ap.add_argument("--profile", metavar="FILE", help="run the service under cProfile and dump its stats to FILE")
+    ap.add_argument("--split", action="store_true",
+                    help="the service accepts only (`serve --workers 0`) and a separate `astralis worker` process "
+                         "decides; default: the embedded layout, workers inside the serving process")
     ap.add_argument("--child", choices=["bare", "service", "load"], help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
@@ -452,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         key = create_key(db)
         bare_port, svc_port = free_port(), free_port()
         serve_args = ["serve", "--db", db, "--llm", "off", "--no-watch", "--no-schedules", "--rate-limit",
-                      "100000000", "--log-level", "WARNING", "--port", str(svc_port)]
+                      "100000000", "--log-level", "WARNING", "--port", str(svc_port),
+                      *(["--workers", "0"] if args.split else [])]
         if args.plain:
             svc_cmd = [sys.executable, "-m", "server.cli", *serve_args]
         else:
@@ -461,6 +465,10 @@ def main(argv: list[str] | None = None) -> int:
         bare = subprocess.Popen([sys.executable, "-m", "bench.http", "--child", "bare", "--port", str(bare_port)],
                                 cwd=REPO)
         svc = subprocess.Popen(svc_cmd, cwd=REPO)
+        workers = [subprocess.Popen([sys.executable, "-m", "server.cli", "worker", "--db", db, "--llm", "off",
+                                     "--no-watch", "--no-schedules", "--log-level", "WARNING"], cwd=REPO)
+                   ] if args.split else []
+        print(f"# layout: {'split: serve --workers 0 + one astralis worker process' if args.split else 'embedded: in-process workers'}\n")
         try:
             base = f"http://127.0.0.1:{svc_port}"
             health = f"{base}/healthz"
@@ -496,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
                             t.slice_commits.update(split_counts(Counter(get_json(commits_url)) - Counter(before))[0])
             inbox = drain(health)[1]
         finally:
-            for p in (bare, svc):
+            for p in (bare, svc, *workers):
                 stop(p)
 
     print(fmt_table(tallies))

@@ -66,6 +66,11 @@ class GroupCommit(Generic[T, R]):
                     if not fut.done():
                         fut.set_result(result)
 
+    @property
+    def busy(self) -> bool:
+        """True while a batch is being written or waiting to be."""
+        return bool(self._pending) or (self._task is not None and not self._task.done())
+
     async def drain(self) -> None:
         """Wait until every submitted item has been written."""
         while self._task is not None and not self._task.done():
@@ -248,7 +253,11 @@ class Service:
     async def _dispatch(self) -> None:
         """Claim ready events while there is capacity; each is decided in its own task."""
         while not self._stopping:
-            free = self.cfg.workers - sum(1 for k in self._inflight if k not in self._sync)
+            busy = sum(1 for k in self._inflight if k not in self._sync)
+            # Intake first: while acknowledgements are being committed (a burst), decide one event at a time,
+            # so that senders are acknowledged promptly; the backlog is durable and drains after the burst.
+            cap = 1 if self._accept.busy else self.cfg.workers
+            free = cap - busy
             claimed: list[Claimed] = []
             if free > 0:
                 try:
