@@ -8,6 +8,7 @@ from another process (the CLI) stops working within that time; revocation in thi
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import secrets
@@ -62,20 +63,33 @@ class KeyCache:
         self._ttl = ttl
         self._clock = clock
         self._entries: dict[str, tuple[float, Principal | None]] = {}
+        self._loading: dict[str, asyncio.Future[Principal | None]] = {}
 
     async def principal(self, key: str) -> Principal | None:
-        """The principal of an active key, or None."""
+        """The principal of an active key, or None. Concurrent requests with the same key share one lookup."""
         h = hash_key(key)
-        now = self._clock()
         hit = self._entries.get(h)
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > self._clock():
             return hit[1]
-        row = await self._lookup(h)
-        p = Principal(row["id"], row["org"], row["name"]) if row else None
-        if len(self._entries) > 10_000:
-            self._entries.clear()
-        self._entries[h] = (now + self._ttl, p)
-        return p
+        loading = self._loading.get(h)
+        if loading is not None:
+            return await asyncio.shield(loading)
+        fut: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
+        self._loading[h] = fut
+        try:
+            row = await self._lookup(h)
+            p = Principal(row["id"], row["org"], row["name"]) if row else None
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries[h] = (self._clock() + self._ttl, p)
+            fut.set_result(p)
+            return p
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: a lookup nobody else waited for must not warn
+            raise
+        finally:
+            del self._loading[h]
 
     def forget(self, key_id: str) -> None:
         """Drop a (revoked) key from the cache now."""
