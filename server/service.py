@@ -90,7 +90,7 @@ class OutboxHandoff:
 class Processing:
     """Tunables of the worker side."""
 
-    workers: int = 4
+    workers: int = 16
     lease_seconds: float = 30.0
     max_attempts: int = 5
     retry_base_seconds: float = 1.0

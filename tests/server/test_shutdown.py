@@ -100,7 +100,7 @@ async def test_sigterm_gives_back_events_the_grace_period_does_not_finish(serve:
     """The LLM answers after 10 s, the grace period is 1 s: the events the workers hold go back to the queue,
     unleased and with that claim not counted as an attempt, and the next run decides them."""
     standin.mode, standin.delay = "timeout", 10.0
-    server = serve("--shutdown-grace", "1")
+    server = serve("--shutdown-grace", "1", "--workers", "4")
     events = envelopes("grace", 40)
     server.start("--llm", "policy", env=standin.env())
     await server.ready()
