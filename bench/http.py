@@ -85,7 +85,10 @@ def run_bare(port: int) -> None:
     app = web.Application()
     app.router.add_post("/api/agent/process", echo)
     app.router.add_get("/healthz", healthz)
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+    from server.app import new_loop
+
+    # The same event loop as `astralis serve` (uvloop when installed), so that the ratios compare handlers.
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, loop=new_loop())
 
 
 class _Counted:

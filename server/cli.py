@@ -214,7 +214,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logs.configure(args.log_level, json_format=args.log_format == "json")
     settings = _settings(args, Settings, Processing)
-    run(settings, args.host, args.port)
+    run(settings, args.host, args.port, loop=args.loop)
     return 0
 
 
@@ -240,7 +240,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("--workers must be at least 1 for a worker process", file=sys.stderr)
         return 2
-    asyncio.run(run_worker(_settings(args, Settings, Processing)))
+    from server.app import new_loop
+
+    with asyncio.Runner(loop_factory=lambda: new_loop(args.loop)) as runner:
+        runner.run(run_worker(_settings(args, Settings, Processing)))
     return 0
 
 
@@ -322,6 +325,8 @@ def parser() -> argparse.ArgumentParser:
                         help="SQLite durability: FULL (default) survives power loss; NORMAL may lose the last commits")
         sp.add_argument("--no-watch", action="store_true", help="do not hot-reload ruleset and policy files")
         sp.add_argument("--no-schedules", action="store_true", help="do not emit the policies' SCHEDULE events")
+        sp.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
+                        help="event loop: uvloop when installed (auto, the default), or the standard asyncio one")
         sp.add_argument("--log-level", default="INFO")
         sp.add_argument("--log-format", choices=["json", "text"], default="json")
 

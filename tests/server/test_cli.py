@@ -144,3 +144,19 @@ def test_keys_create_list_revoke(workdir, capsys):
     assert main(["keys", "revoke", key_id, "--db", db]) == 1
     assert main(["keys", "create", "--org", "nobody", "--db", db]) == 1
     assert "no such org" in capsys.readouterr().err
+
+
+def test_event_loop_choice():
+    import asyncio
+
+    import uvloop
+
+    from server.app import new_loop
+
+    for kind, cls in (("auto", uvloop.Loop), ("uvloop", uvloop.Loop), ("asyncio", asyncio.BaseEventLoop)):
+        loop = new_loop(kind)
+        try:
+            assert isinstance(loop, cls), kind
+            assert kind != "asyncio" or not isinstance(loop, uvloop.Loop)
+        finally:
+            loop.close()
