@@ -164,6 +164,12 @@ MIGRATIONS: tuple[Migration, ...] = (
            )""",
         "CREATE INDEX seen_signatures_at ON seen_signatures (seen_at)",
     )),
+    Migration(4, "claim order straight from the index", (
+        # (status, priority DESC) + the implicit rowid is exactly `ORDER BY priority DESC, rowid`: a claim
+        # reads the first rows of the index instead of sorting the whole backlog each time.
+        "DROP INDEX events_ready",
+        "CREATE INDEX events_ready ON events (status, priority DESC)",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -184,3 +184,17 @@ async def test_internal_events_take_the_same_path(store, registry):
             "source": "WORKER", "type": "pipeline:stage_changed"}
     finally:
         await service.stop()
+
+
+async def test_claiming_reads_the_index_in_order_without_sorting_the_backlog(store):
+    async with store._read() as db:
+        plan = [r[3] for r in await db.execute_fetchall(
+            "EXPLAIN QUERY PLAN SELECT rowid FROM events WHERE status = 'accepted' "
+            "AND (available_at IS NULL OR available_at <= ?) ORDER BY priority DESC, rowid LIMIT ?", ("x", 8))]
+    assert any("USING INDEX events_ready" in p for p in plan) and not any("TEMP B-TREE" in p for p in plan), plan
+
+
+async def test_claims_take_the_most_urgent_first_then_the_oldest(store):
+    await store.accept_events([InboxItem(sales(i), priority=5 if i in (3, 7) else 3) for i in range(10)])
+    assert [c.event.id for c in await store.claim_events("w", limit=2)] == ["e3", "e7"]
+    assert [c.event.id for c in await store.claim_events("w", limit=3)] == ["e0", "e1", "e2"]
