@@ -69,3 +69,12 @@ async def make_client(aiohttp_client: Any, make_settings: Callable[..., Settings
 def auth(key: str) -> dict[str, str]:
     """The Authorization header for an API key."""
     return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def serve(tmp_path: Path):
+    """`serve(*args)` → `astralis serve` as a child process on a temporary database (tests/server/test_crash.py's
+    `Serve`), stopped after the test with its logs printed."""
+    from tests.server.test_crash import servers
+
+    yield from servers(tmp_path)

@@ -172,11 +172,6 @@ def servers(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
         print(s.logs())
 
 
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
-    """`serve(*args)` → a `Serve` on a temporary database, stopped after the test."""
-    yield from servers(tmp_path)
-
 
 @dataclass
 class Delivery:

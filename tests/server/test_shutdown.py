@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,17 +19,11 @@ from tests.server.test_crash import (
     drain,
     envelopes,
     inbox,
-    servers,
     when_busy,
 )
 
 GRACE = 5.0
 
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
-    """`serve(*args)` → a `Serve` on a temporary database, stopped after the test."""
-    yield from servers(tmp_path)
 
 
 def leased(db: Path) -> dict[str, tuple[str, str | None, int]]:

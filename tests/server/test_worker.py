@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,21 +14,13 @@ import pytest
 from tests.server.test_crash import (
     BASE_ARGS,
     ROOT,
-    Serve,
     check_exactly_once,
     deliver,
     drain,
     envelopes,
     inbox,
-    servers,
     when_busy,
 )
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
-    """`serve(*args)` → a `Serve` on a temporary database, stopped after the test."""
-    yield from servers(tmp_path)
 
 
 def worker(db: Path, log: Path) -> subprocess.Popen[bytes]:
