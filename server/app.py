@@ -100,21 +100,38 @@ async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
-def make_providers(registry: Registry, mode: str) -> dict[str, LLMProvider | None]:
-    """The LLM providers the loaded policies name, for those whose API key is set (none with mode "off")."""
-    providers: dict[str, LLMProvider | None] = {}
-    if mode != "policy":
-        return providers
-    from adapters.llm import make_provider
+class Providers(dict[str, "LLMProvider | None"]):
+    """LLM providers by name, made on first use when their API key is set: an org whose policy switches to
+    another provider on a hot reload gets it without a restart. Empty for good with mode "off"."""
 
-    wanted = {c.bundle.policy.llm.provider for o in registry.orgs if (c := registry.get(o))}
-    for name in sorted(wanted - {"none"}):
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def get(self, name: str, default: LLMProvider | None = None) -> LLMProvider | None:  # type: ignore[override]
+        """The provider called `name`, made now if needed; None when it cannot be (no key, mode off)."""
+        if name not in self:
+            self[name] = self._make(name)
+        return super().get(name) or default
+
+    def _make(self, name: str) -> LLMProvider | None:
+        if self.mode != "policy" or name == "none":
+            return None
         env = f"{name.upper()}_API_KEY"
         if not os.environ.get(env):
             log.warning("a policy uses %s but %s is not set: ambiguous events go to the fallback rules", name, env)
-            continue
+            return None
+        from adapters.llm import make_provider
+
         logs.register_secret(os.environ[env])
-        providers[name] = make_provider(name)
+        return make_provider(name)
+
+
+def make_providers(registry: Registry, mode: str) -> Providers:
+    """The LLM providers, those the loaded policies name made now (so a missing key is reported at start)."""
+    providers = Providers(mode)
+    for name in sorted({c.bundle.policy.llm.provider for o in registry.orgs if (c := registry.get(o))}):
+        providers.get(name)
     return providers
 
 

@@ -198,3 +198,15 @@ async def test_claims_take_the_most_urgent_first_then_the_oldest(store):
     await store.accept_events([InboxItem(sales(i), priority=5 if i in (3, 7) else 3) for i in range(10)])
     assert [c.event.id for c in await store.claim_events("w", limit=2)] == ["e3", "e7"]
     assert [c.event.id for c in await store.claim_events("w", limit=3)] == ["e0", "e1", "e2"]
+
+
+def test_providers_are_made_on_first_use_when_their_key_is_set(monkeypatch):
+    from server.app import Providers
+
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-real-0123456789")
+    p = Providers("policy")
+    assert p.get("none") is None and p.get("anthropic") is None
+    openai = p.get("openai")
+    assert openai is not None and openai.name == "openai" and p.get("openai") is openai
+    assert Providers("off").get("openai") is None
