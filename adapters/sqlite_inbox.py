@@ -316,6 +316,14 @@ class InboxTables(SQLiteBase):
                 (org, after, limit))
         return [(int(r["seq"]), r["kind"], json.loads(r["payload"])) for r in rows]
 
+    async def prune_stream(self, older_than: datetime) -> int:
+        """Delete stream entries created before `older_than` (a client resuming from before that starts at the
+        oldest entry kept); how many were deleted."""
+        async with self._write() as db:
+            rows = await db.execute_fetchall("DELETE FROM stream WHERE created_at < ? RETURNING 1",
+                                             (_bound(older_than, "older_than"),))
+        return len(list(rows))
+
     async def stream_head(self, org: str) -> int:
         """The latest stream seq of `org` (0 when empty): where a client without Last-Event-ID starts."""
         async with self._read() as db:

@@ -20,6 +20,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from adapters.sqlite_store import Accepted, Claimed, InboxItem, SQLiteStore
@@ -96,6 +97,8 @@ class Processing:
     retry_base_seconds: float = 1.0
     poll_seconds: float = 0.5
     shutdown_grace_seconds: float = 10.0
+    stream_retention_seconds: float = 7 * 24 * 3600
+    """How long live-stream entries stay available for Last-Event-ID resumes."""
 
 
 def process_owner() -> str:
@@ -296,12 +299,17 @@ class Service:
     async def _keeper(self) -> None:
         """Renew this process's leases and take back expired ones (another process died), periodically."""
         period = max(0.2, self.cfg.lease_seconds / 3)
+        pruned_at = 0.0
         while True:
             await asyncio.sleep(period)
             try:
                 await self.store.renew_leases(self.owner, list(self._inflight), self.cfg.lease_seconds)
                 if await self.store.recover_events(max_attempts=self.cfg.max_attempts):
                     self._wake.set()
+                if time.monotonic() - pruned_at > 3600:
+                    pruned_at = time.monotonic()
+                    cutoff = datetime.now(UTC) - timedelta(seconds=self.cfg.stream_retention_seconds)
+                    await self.store.prune_stream(cutoff)
             except Exception:
                 log.exception("lease upkeep failed")
 

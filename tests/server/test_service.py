@@ -210,3 +210,15 @@ def test_providers_are_made_on_first_use_when_their_key_is_set(monkeypatch):
     openai = p.get("openai")
     assert openai is not None and openai.name == "openai" and p.get("openai") is openai
     assert Providers("off").get("openai") is None
+
+
+async def test_old_stream_entries_are_pruned(store, registry):
+    from datetime import UTC, datetime, timedelta
+
+    service = make_service(store, registry)
+    await store.accept_events([InboxItem(sales(1), lease_owner=service.owner)])
+    await store.complete_event(await service.agent.process(sales(1)))
+    assert len(await store.stream_after("acme", 0)) == 1
+    assert await store.prune_stream(datetime.now(UTC) - timedelta(days=1)) == 0
+    assert await store.prune_stream(datetime.now(UTC) + timedelta(seconds=1)) == 1
+    assert await store.stream_after("acme", 0) == []
