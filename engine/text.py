@@ -205,6 +205,8 @@ class Scope:
             return False
         if len(term.words) == 1:
             return term.words[0] in (self.words if count_negated else self.plain)
+        if term.words[0] not in self.words:  # every token is in `words`: no phrase can start here
+            return False
         head = " ".join(term.words[:-1])
         last = term.words[-1]
         for tail in (last, last + "s", last + "es"):  # "gift card" matches "gift cards"
