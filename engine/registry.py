@@ -73,6 +73,11 @@ class Registry:
         return self._orgs.get(org)
 
     @property
+    def known(self) -> list[str]:
+        """Every org a load was tried for, with or without an active revision."""
+        return sorted(self._orgs)
+
+    @property
     def orgs(self) -> list[str]:
         """Orgs with an active revision."""
         return sorted(o for o, s in self._orgs.items() if s.active is not None)

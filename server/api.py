@@ -16,7 +16,7 @@ from typing import Any, TypeVar, get_args
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from engine.agent import UnknownOrg
+from engine.agent import Agent, UnknownOrg
 from engine.config import DecisionType, Intent, Source
 from engine.models import Decision, Event, Status
 from engine.simulator import summarize
@@ -265,7 +265,6 @@ async def _review(request: web.Request, verdict: str) -> web.Response:
                        f"decision {decision_id} is {decision.status}, not awaiting approval",
                        {"status": decision.status, "review": decision.trace.get("review")})
     if outcome == "done":
-        request.app[METRICS].observe_decision(decision, "approval", 0.0)
         await request.app[SERVICE].notify()
     return to_json(decision, headers={"X-Astralis-Repeat": "true"} if outcome == "repeat" else None)
 
@@ -318,16 +317,16 @@ async def simulate(request: web.Request) -> web.Response:
     else:
         rows, _ = await request.app[STORE].list_events(org, limit=body.past or 1)
         events = [Event.model_validate(r["envelope"]) for r in reversed(rows)]
-    compiled = await configs.proposed(request.app, org, body.config) if body.config else None
-    from engine.agent import Agent
-
     service = request.app[SERVICE]
-    agent = service.agent if compiled is None else Agent(lambda o: compiled if o == org else None,
-                                                         service.agent.llm, state=service.agent.state)
-    if agent._rules_for(org) is None:
+    if body.config is None:
         _known_org(request, org)
+        agent = service.agent
+        revision = request.app[REGISTRY].get(org).revision  # type: ignore[union-attr]  # checked just above
+    else:
+        compiled = await configs.proposed(request.app, org, body.config)
+        agent = Agent(lambda o: compiled if o == org else None, service.agent.llm, state=service.agent.state)
+        revision = compiled.revision
     decisions = [await agent.process(e, dry_run=True) for e in events]
-    revision = compiled.revision if compiled else request.app[REGISTRY].get(org).revision  # type: ignore[union-attr]
     return to_json({"revision": revision, "summary": summarize(decisions),
                     "decisions": [d.model_dump(mode="json") for d in decisions]})
 
@@ -386,7 +385,7 @@ async def healthz(request: web.Request) -> web.Response:
         checks["database"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     registry = app[REGISTRY]
     orgs = {}
-    for org in sorted({*registry.orgs, *getattr(registry, "_orgs", {})}):
+    for org in registry.known:
         state = registry.state(org)
         active = state.active if state else None
         orgs[org] = {"loaded": active is not None, "revision": active.revision if active else None,

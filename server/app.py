@@ -26,7 +26,7 @@ from server import logs
 from server.auth import KeyCache, Principal, RequestLimiter, bearer, too_many
 from server.errors import ApiError, Handler, error_middleware
 from server.metrics import Metrics
-from server.service import Processing, Service
+from server.service import OutboxHandoff, Processing, Service
 
 log = logging.getLogger("astralis.app")
 
@@ -85,18 +85,26 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.close()
 
 
-async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
+def report_org(metrics: Metrics, registry: Registry, org: str) -> None:
+    """Publish whether `org` has an active revision and how many errors its last load had."""
+    state = registry.state(org)
+    metrics.set_org_status(org, state is not None and state.active is not None, len(state.errors) if state else 0)
+
+
+async def load_registry(settings: Settings, metrics: Metrics) -> Registry:
+    """Every org under the rulesets folder, loaded off the event loop; each finding logged."""
     registry = Registry(settings.rulesets, settings.policies)
     findings = await asyncio.to_thread(registry.load_all)
     for org, errs in findings.items():
         for e in errs:
             (log.warning if e.severity == "error" else log.info)("%s", e, extra={"org": org})
-        state = registry.state(org)
-        app[METRICS].set_org_status(org, state is not None and state.active is not None,
-                                    len(state.errors) if state else 0)
+        report_org(metrics, registry, org)
     log.info("rulesets loaded: %s", ", ".join(registry.orgs) or "none")
-    app[REGISTRY] = registry
+    return registry
+
+
+async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[REGISTRY] = await load_registry(app[SETTINGS], app[METRICS])
     yield
 
 
@@ -160,10 +168,7 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     registry = app[REGISTRY]
-    agent = Agent(registry.get, LLMStage(app[LLM]), state=StaticState())
-    from server.service import OutboxHandoff
-
-    agent.executor = OutboxHandoff()
+    agent = Agent(registry.get, LLMStage(app[LLM]), state=StaticState(), executor=OutboxHandoff())
     service = Service(app[STORE], agent, app[METRICS], processing=settings.processing)
     app[SERVICE] = service
     await service.start(workers=settings.workers)
@@ -186,9 +191,7 @@ def background(settings: Settings, service: Service, registry: Registry, store: 
         tasks.append(asyncio.create_task(cron.run(), name="cron"))
     if settings.watch:
         async def reloaded(org: str, errors: list[Any]) -> None:
-            state = registry.state(org)
-            metrics.set_org_status(org, state is not None and state.active is not None,
-                                   len(state.errors) if state else 0)
+            report_org(metrics, registry, org)
 
         watcher = ConfigWatcher(registry, on_reload=reloaded)
         tasks.append(asyncio.create_task(watcher.run(), name="config-watcher"))

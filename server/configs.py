@@ -23,7 +23,7 @@ from engine.errors import ConfigError
 from engine.loader import ORG_FILE
 from engine.registry import build
 from engine.rules import CompiledRules
-from server.app import CONFIG_LOCKS, METRICS, REGISTRY, STORE
+from server.app import CONFIG_LOCKS, METRICS, REGISTRY, STORE, report_org
 from server.errors import ApiError
 from server.schemas import ConfigUpdate
 
@@ -134,9 +134,7 @@ async def update(app: web.Application, org: str, body: ConfigUpdate) -> dict[str
         before = registry.get(org)
         await asyncio.to_thread(_apply, registry.rulesets_dir, registry.policies_dir, org, body)
         findings = await asyncio.to_thread(registry.reload, org)
-        state = registry.state(org)
-        app[METRICS].set_org_status(org, state is not None and state.active is not None,
-                                    len(state.errors) if state else 0)
+        report_org(app[METRICS], registry, org)
         errors = [str(f) for f in findings if f.severity == "error"]
         if errors:  # the files changed under us between validation and reload
             raise ApiError(409, "config_changed", "the files changed while updating; the last good revision stays "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,8 +31,6 @@ class ApiError(web.HTTPException):
 
 def error_text(code: str, message: str, details: Any = None) -> str:
     """The JSON error body."""
-    import json
-
     return json.dumps({"error": {"code": code, "message": message, "details": details}})
 
 

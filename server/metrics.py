@@ -87,7 +87,7 @@ class Metrics:
         self._dead.labels(org=org).inc()
 
     def observe_decision(self, decision: Decision, mode: str, seconds: float) -> None:
-        """Record one decision (mode: sync, queue, dry_run, approval) and its LLM call, if any."""
+        """Record one decision (mode: sync, queue, dry_run) and its LLM call, if any."""
         source = decision.input.get("source", "unknown")
         self._decisions.labels(org=decision.org, source=source, status=decision.status,
                                decided_by=decision.decided_by).inc()

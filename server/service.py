@@ -277,13 +277,8 @@ class Service:
                 task = asyncio.create_task(self._run_claimed(c))
                 self._inflight[key] = task
                 task.add_done_callback(lambda _t, k=key: (self._inflight.pop(k, None), self._wake.set()))
-            if claimed and len(claimed) == free:
-                # full: wait for a slot
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.cfg.poll_seconds)
-                continue
-            if not claimed:
+            if not claimed or len(claimed) == free:
+                # Nothing ready, or every slot taken: wait for new events or a free slot (or poll).
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.cfg.poll_seconds)

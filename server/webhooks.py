@@ -24,7 +24,7 @@ from adapters.mime import parse_email
 from engine.config import Source
 from engine.models import Event
 from server import logs
-from server.api import submit, to_json
+from server.api import submit
 from server.app import METRICS, REGISTRY, SETTINGS, STORE
 from server.errors import ApiError, invalid
 from server.signing import HEADER, SignatureError, verify
@@ -155,4 +155,3 @@ def setup(app: web.Application) -> None:
     """Register the webhook routes."""
     app.router.add_post("/api/webhooks/{org}/{kind:email|form|booking|n8n}", receive)
     app.router.add_post("/api/webhooks/{org}/{kind}", unknown_kind)
-    _ = to_json

@@ -12,8 +12,7 @@ import signal
 from adapters.sqlite_store import SQLiteStore
 from engine.agent import Agent
 from engine.llm import LLMStage
-from engine.registry import Registry
-from server.app import Settings, background, close_providers, make_providers
+from server.app import Settings, background, close_providers, load_registry, make_providers
 from server.metrics import Metrics
 from server.service import OutboxHandoff, Service
 
@@ -29,12 +28,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
             loop.add_signal_handler(sig, stop.set)
     store = await SQLiteStore.open(settings.db, synchronous=settings.synchronous)
     try:
-        registry = Registry(settings.rulesets, settings.policies)
-        for org, findings in (await asyncio.to_thread(registry.load_all)).items():
-            for f in findings:
-                (log.warning if f.severity == "error" else log.info)("%s", f, extra={"org": org})
-        providers = make_providers(registry, settings.llm)
         metrics = Metrics()
+        registry = await load_registry(settings, metrics)
+        providers = make_providers(registry, settings.llm)
         service = Service(store, Agent(registry.get, LLMStage(providers), executor=OutboxHandoff()), metrics,
                           processing=settings.processing)
         await service.start(workers=True)
