@@ -170,6 +170,82 @@ MIGRATIONS: tuple[Migration, ...] = (
         "DROP INDEX events_ready",
         "CREATE INDEX events_ready ON events (status, priority DESC)",
     )),
+    Migration(5, "action executors: outbox runs, intakes, calendar, notifications", (
+        # Outbox runs: a runner leases an action, tries it, and records the outcome of every attempt.
+        # Actions of one decision run in index order; `available_at` holds a retry back (backoff).
+        "ALTER TABLE actions ADD COLUMN available_at TEXT",
+        "ALTER TABLE actions ADD COLUMN lease_owner TEXT",
+        "ALTER TABLE actions ADD COLUMN lease_until TEXT",
+        "ALTER TABLE actions ADD COLUMN started_at TEXT",
+        "ALTER TABLE actions ADD COLUMN finished_at TEXT",
+        "ALTER TABLE actions ADD COLUMN duration_ms REAL",
+        "ALTER TABLE actions ADD COLUMN result TEXT CHECK (result IS NULL OR json_valid(result))",
+        "ALTER TABLE actions ADD COLUMN attempt_log TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(attempt_log))",
+        "DROP INDEX actions_status",
+        "CREATE INDEX actions_ready ON actions (status, available_at)",
+        # Intakes: the work items of the pipelines. `action_key` makes the ASSIGN_PIPELINE executor idempotent.
+        """CREATE TABLE intakes (
+               org          TEXT NOT NULL,
+               id           TEXT NOT NULL,
+               title        TEXT NOT NULL,
+               contact      TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(contact)),
+               pipeline     TEXT NOT NULL,
+               stage        TEXT NOT NULL,
+               assignee     TEXT,
+               assigned_at  TEXT,
+               priority     INTEGER NOT NULL,
+               closed       INTEGER NOT NULL DEFAULT 0,
+               decision_id  TEXT,
+               event_id     TEXT,
+               action_key   TEXT UNIQUE,
+               history      TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(history)),
+               created_at   TEXT NOT NULL,
+               updated_at   TEXT NOT NULL,
+               PRIMARY KEY (org, id)
+           )""",
+        "CREATE INDEX intakes_assignee ON intakes (org, assignee, closed)",
+        "CREATE INDEX intakes_board ON intakes (org, pipeline, stage)",
+        # Calendar events of hosts. Times in UTC (fixed-width text, so they compare as text).
+        """CREATE TABLE calendar_events (
+               org          TEXT NOT NULL,
+               id           TEXT NOT NULL,
+               host         TEXT NOT NULL,
+               title        TEXT NOT NULL,
+               start_at     TEXT NOT NULL,
+               end_at       TEXT NOT NULL,
+               attendees    TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(attendees)),
+               status       TEXT NOT NULL DEFAULT 'confirmed',
+               sequence     INTEGER NOT NULL DEFAULT 0,
+               decision_id  TEXT,
+               action_key   TEXT UNIQUE,
+               created_at   TEXT NOT NULL,
+               updated_at   TEXT NOT NULL,
+               PRIMARY KEY (org, id)
+           )""",
+        "CREATE INDEX calendar_host ON calendar_events (org, host, start_at)",
+        # In-app notifications (email and webhook deliveries are recorded on their outbox row).
+        """CREATE TABLE notifications (
+               org          TEXT NOT NULL,
+               id           TEXT NOT NULL,
+               user_id      TEXT NOT NULL,
+               template     TEXT NOT NULL,
+               subject      TEXT NOT NULL,
+               body         TEXT NOT NULL,
+               priority     INTEGER NOT NULL,
+               decision_id  TEXT,
+               action_key   TEXT,
+               created_at   TEXT NOT NULL,
+               read_at      TEXT,
+               PRIMARY KEY (org, id),
+               UNIQUE (action_key, user_id)
+           )""",
+        "CREATE INDEX notifications_user ON notifications (org, user_id, created_at)",
+        # Server-side secrets and settings (e.g. the key that signs calendar feed URLs).
+        """CREATE TABLE settings (
+               key    TEXT PRIMARY KEY,
+               value  TEXT NOT NULL
+           )""",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -296,16 +296,6 @@ class InboxTables(SQLiteBase):
                 await _append_stream(db, decision, "rejected", new=False, now=now)
         return decision, "done"
 
-    async def list_actions(self, org: str, decision_id: str) -> list[dict[str, Any]]:
-        """The outbox rows of one decision, in action order."""
-        async with self._read() as db:
-            rows = await db.execute_fetchall(
-                "SELECT key, type, params, status, attempts, error, created_at, updated_at FROM actions "
-                "WHERE org = ? AND decision_id = ? ORDER BY idx", (org, decision_id))
-        return [{"key": r["key"], "type": r["type"], "params": json.loads(r["params"]), "status": r["status"],
-                 "attempts": r["attempts"], "error": r["error"], "created_at": r["created_at"],
-                 "updated_at": r["updated_at"]} for r in rows]
-
     # ---- live stream -----------------------------------------------------------------------------------
 
     async def stream_after(self, org: str, after: int, *, limit: int = 200) -> list[tuple[int, str, dict[str, Any]]]:

@@ -30,7 +30,11 @@ from adapters.sqlite_base import (  # noqa: F401  (re-exported: the store's publ
     _parse_iso,
     _upsert_decision,
 )
+from adapters.sqlite_calendar import CalendarTables
 from adapters.sqlite_inbox import AWAITING, Accepted, Claimed, InboxItem, InboxTables  # noqa: F401
+from adapters.sqlite_intakes import IntakeTables
+from adapters.sqlite_notifications import NotificationTables
+from adapters.sqlite_outbox import OutboxTables
 from engine.models import Decision, Event
 
 
@@ -67,8 +71,9 @@ def _one_or_many(column: str, value: str | Sequence[str] | None, where: list[str
 
 
 
-class SQLiteStore(InboxTables):
-    """Decisions, the event inbox, agent configs and counters in one SQLite file (WAL)."""
+class SQLiteStore(InboxTables, OutboxTables, IntakeTables, CalendarTables, NotificationTables):
+    """Decisions, the event inbox, the outbox, intakes, calendars, notifications, agent configs and counters
+    in one SQLite file (WAL)."""
 
     # ---- event inbox -----------------------------------------------------------------------------
 

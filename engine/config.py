@@ -114,6 +114,15 @@ class Pipeline(Strict):
     name: str
     stages: list[Id] = Field(min_length=1, description="The first stage is where new intakes land.")
     team: list[Id] = Field(default_factory=list)
+    closed: list[Id] | None = Field(
+        default=None,
+        description="Stages where an intake is finished and no longer counts toward its assignee's load "
+                    "(default: the last stage).")
+
+    @property
+    def closed_stages(self) -> list[str]:
+        """The stages where intakes are finished (`closed`, else the last stage)."""
+        return list(self.closed) if self.closed is not None else [self.stages[-1]]
 
 
 class User(Strict):
@@ -374,6 +383,8 @@ class Scheduling(Strict):
     default_duration_minutes: int = Field(default=30, ge=5, le=480)
     reminders_minutes_before: list[int] = Field(default_factory=lambda: [1440, 60])
     slot_step_minutes: int = Field(default=15, ge=5, le=60)
+    buffer_minutes: int = Field(default=0, ge=0, le=120,
+                                description="Free time kept before and after every event on a host's calendar.")
 
 
 class RateLimits(Strict):
@@ -414,6 +425,84 @@ class Escalation(Strict):
 
     address: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
     roles: list[Role] = Field(default_factory=list)
+
+
+class Execution(Strict):
+    """How the outbox runs actions: attempts and exponential backoff (with jitter) for transient failures.
+
+    The delay before attempt n+1 is `min(backoff_max_seconds, backoff_seconds * 2**(n-1))`, multiplied by a
+    random factor in [0.5, 1] ("equal jitter"), so that retries of many actions do not arrive together.
+    """
+
+    max_attempts: int = Field(default=5, ge=1, le=50, description="Attempts before an action is dead-lettered.")
+    backoff_seconds: float = Field(default=2.0, gt=0, le=3600)
+    backoff_max_seconds: float = Field(default=300.0, gt=0, le=86400)
+    timeout_seconds: float = Field(default=30.0, gt=0, le=600, description="The longest one attempt may take.")
+
+
+class Automation(Strict):
+    """A named n8n workflow (its Webhook node's URL). Only these URLs are ever called."""
+
+    url: str = Field(pattern=r"^https?://[^\s]+$", description="The workflow's webhook URL, e.g. https://n8n.example/webhook/new-lead.")
+    auth_header: str = Field(default="Authorization", pattern=r"^[A-Za-z0-9-]+$",
+                             description="The header that carries the secret named by `auth_env`.")
+    auth_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$",
+                                 description="Environment variable holding the header's value (never stored in YAML).")
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+
+class Template(Strict):
+    """A notification: subject and text body, Jinja2 (sandboxed) over the decision, event and action."""
+
+    subject: str = Field(min_length=1, max_length=300)
+    body: str = Field(min_length=1)
+
+
+class EmailSettings(Strict):
+    """The SMTP server that sends this org's email notifications."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=1, le=65535)
+    from_address: str = Field(pattern=r"^[^@\s]+@[^@\s]+$", alias="from")
+    username_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    password_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    starttls: bool = False
+    use_tls: bool = False
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+
+class NotifyWebhook(Strict):
+    """An outbound webhook that receives every notification, signed like our inbound webhooks."""
+
+    url: str = Field(pattern=r"^https?://[^\s]+$")
+    secret_env: str = Field(pattern=r"^[A-Z_][A-Z0-9_]*$", description="Environment variable holding the signing secret.")
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+
+Channel = Literal["in_app", "email", "webhook"]
+
+
+class Notifications(Strict):
+    """How notifications reach people: channels, SMTP, the outbound webhook, templates, and timing."""
+
+    channels: list[Channel] = Field(default_factory=lambda: ["in_app"],
+                                    description="Channels every notification to a user goes through.")
+    email: EmailSettings | None = None
+    webhook: NotifyWebhook | None = None
+    templates: dict[str, Template] = Field(default_factory=dict,
+                                           description="Overrides and additions to the built-in templates.")
+    delay_minutes: int = Field(default=0, ge=0, le=1440,
+                               description="Non-urgent notifications wait this long; priority 5 goes at once.")
+    business_hours_only: bool = Field(default=False,
+                                      description="Non-urgent notifications wait for the org's business hours.")
+
+    @model_validator(mode="after")
+    def _channels_configured(self) -> Notifications:
+        if "email" in self.channels and self.email is None:
+            raise ValueError("channel 'email' needs notifications.email (the SMTP server)")
+        if "webhook" in self.channels and self.webhook is None:
+            raise ValueError("channel 'webhook' needs notifications.webhook (url and secret_env)")
+        return self
 
 
 SCHEDULE_DATA_KEYS = ("schedule", "fired_at")
@@ -488,6 +577,9 @@ class Policy(Strict):
     capabilities: Capabilities = Capabilities()
     fallback: Fallback = Fallback()
     escalation: Escalation | None = None
+    execution: Execution = Execution()
+    automations: dict[Id, Automation] = Field(default_factory=dict, description="Named n8n workflows.")
+    notifications: Notifications = Notifications()
     schedules: list[Schedule] = Field(
         default_factory=list,
         description="Events raised on a cron schedule. An org policy's list replaces an inherited one.")

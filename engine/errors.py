@@ -21,6 +21,8 @@ CODES: dict[str, str] = {
     "unknown_stage": "a reference names a stage the pipeline does not have",
     "unknown_user": "a reference names a user the org does not define",
     "unknown_role": "a reference names a role no user of the org holds",
+    "unknown_automation": "a route triggers an automation the policy does not define",
+    "invalid_template": "a notification template does not compile",
     "invalid_regex": "a regular expression does not compile",
     "unknown_policy": "`extends` names a policy that does not exist",
     "extends_cycle": "policies extend each other in a cycle",

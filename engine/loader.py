@@ -292,6 +292,12 @@ def _check_references(org: OrgConfig, org_doc: Located, policy: Policy, policy_p
                 errors.append(ConfigError(p, org_doc.line(("pipelines", i, "team", j)), "unknown_user",
                                           f"pipeline '{pl.id}' lists team member '{member}', who is not among the org's users"))
 
+    for i, pl in enumerate(org.pipelines):
+        for j, stage in enumerate(pl.closed or []):
+            if stage not in pl.stages:
+                errors.append(ConfigError(p, org_doc.line(("pipelines", i, "closed", j)), "unknown_stage",
+                                          f"pipeline '{pl.id}' lists closed stage '{stage}', not one of its stages ({', '.join(pl.stages)})"))
+
     pdoc = docs.get(policy_path)
 
     def pline(*loc: str | int) -> int:
@@ -313,6 +319,11 @@ def _check_references(org: OrgConfig, org_doc: Located, policy: Policy, policy_p
             if role is not None and role not in org.roles:
                 errors.append(ConfigError(policy_path, pline(*where, *at), "unknown_role",
                                           f"routing for {intent} names role '{role}', which no user of org '{org.org}' holds ({', '.join(sorted(org.roles))})"))
+        for k, name in enumerate(route.automations):
+            if name not in policy.automations:
+                known = ", ".join(sorted(policy.automations)) or "none are defined"
+                errors.append(ConfigError(policy_path, pline(*where, "automations", k), "unknown_automation",
+                                          f"routing for {intent} triggers automation '{name}', which the policy's automations do not define ({known})"))
         users: list[tuple[str | None, tuple[str | int, ...]]] = [(route.assignee, ("assignee",))]
         users += [(u, ("notify", "users", k)) for k, u in enumerate(route.notify.users)]
         for uid, at in users:

@@ -8,7 +8,7 @@ actions here: what it proposed is only recorded.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -19,6 +19,7 @@ from engine.ports import Calendar, LoadSource
 from engine.schedule import BookingOutcome, WorkHours, plan_booking
 from engine.text import EventText
 
+_NEVER = datetime.min.replace(tzinfo=UTC)
 _WEEKDAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
 
 
@@ -53,7 +54,13 @@ def pick_assignee(org: OrgConfig, role: str, loads: LoadSource, prefer: list[str
     open_ = [u for u in candidates if loads.load(u.id) < u.capacity]
     if not open_:
         return None, f"every {role} is at capacity ({', '.join(f'{u.id} {loads.load(u.id)}/{u.capacity}' for u in candidates)})"
-    best = min(open_, key=lambda u: (loads.load(u.id) / max(u.capacity, 1), u.id not in prefer, loads.load(u.id), u.id))
+    def last(u: User) -> datetime:
+        when = getattr(loads, "last", lambda _uid: None)(u.id)
+        return when if when is not None else _NEVER
+
+    # Lowest load relative to capacity; then the pipeline's team; then round-robin (the one who got an intake
+    # longest ago, never first); then the id, so that the choice is deterministic.
+    best = min(open_, key=lambda u: (loads.load(u.id) / max(u.capacity, 1), u.id not in prefer, last(u), u.id))
     return best, f"{best.id} has the lightest {role} load ({loads.load(best.id)}/{best.capacity})"
 
 
@@ -179,6 +186,11 @@ def _booking(bundle: OrgBundle, route: Route, priority: int, event: dict[str, An
             "host": outcome.host, "start": outcome.start.isoformat(), "end": outcome.end.isoformat(),
             "duration_minutes": outcome.duration_minutes, "title": title, "attendee": attendee,
             "reminders": [r.isoformat() for r in outcome.reminders], "moved": outcome.status == "moved"}),
-        _notify([outcome.host], route.notify.template, priority, start=outcome.start.isoformat()),
+        # The host hears of it, with the invitation attached (the time actually booked: the executor may
+        # have had to move it if the slot was taken meanwhile).
+        _notify([outcome.host], route.notify.template, priority, start=outcome.start.isoformat(), attach_ics=True),
     ]
+    if attendee.get("email") and policy.notifications.email is not None:
+        actions.append(_notify([], "booking_confirmation_guest", priority, start=outcome.start.isoformat(),
+                               to_email=[attendee["email"]], attach_ics=True))
     return Plan(DecisionType.CREATE_EVENT, actions, [outcome.reason], booking=outcome)

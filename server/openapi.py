@@ -75,12 +75,22 @@ _HAND_WRITTEN: dict[str, dict[str, Any]] = {
     "DecisionDetail": {"allOf": [_ref("Decision"), _obj({"outbox": {"type": "array", "items": _ref("OutboxAction")}})],
                        "description": "A decision with its whole trace and the outbox rows of its actions."},
     "OutboxAction": _obj({
-        "key": {"type": "string", "description": "The idempotency key (decision id + action index)."},
+        "key": {"type": "string", "description": "The idempotency key (decision id + action index; "
+                "`<decision id>:failure` for the notice sent when an action is dead-lettered)."},
+        "decision_id": _STR,
+        "index": {"type": "integer", "description": "Run order within the decision (-1: the failure notice)."},
         "type": {"$ref": "#/components/schemas/DecisionType"},
         "params": {"type": "object"},
-        "status": _STR, "attempts": _INT, "error": _nullable(_STR),
+        "status": {"type": "string", "enum": ["pending", "running", "done", "dead", "cancelled"]},
+        "attempts": _INT, "error": _nullable(_STR),
+        "available_at": _nullable(_STR), "started_at": _nullable(_STR), "finished_at": _nullable(_STR),
+        "duration_ms": _nullable({"type": "number"}),
+        "result": _nullable({"type": "object", "description": "What the executor did (intake id, calendar "
+                             "event, deliveries, the automation's answer)."}),
+        "attempt_log": {"type": "array", "items": {"type": "object"},
+                        "description": "Every attempt: when, outcome (done, failed, dead, interrupted), error, ms."},
         "created_at": _STR, "updated_at": _STR,
-    }, description="One action in the outbox."),
+    }, description="One action in the outbox and every attempt to run it."),
     "InboxEvent": _obj({
         "id": _STR, "org": _STR, "source": _STR, "type": _STR,
         "status": {"type": "string", "enum": list(INBOX_STATUSES)},

@@ -171,7 +171,7 @@ def test_booking_creates_the_event_with_reminders(acme_bundle: OrgBundle) -> Non
         "moved": False}
     assert params(p, DecisionType.SEND_NOTIFICATION) == {
         "to": ["u-sam"], "template": "booking_confirmation", "priority": 3, "immediate": False,
-        "start": start.isoformat()}
+        "start": start.isoformat(), "attach_ics": True}
     assert p.booking is not None and p.booking.status == "requested"
 
 

@@ -1,0 +1,273 @@
+"""The outbox: actions of executed decisions, leased by a runner, tried, retried with backoff, or
+dead-lettered — every attempt recorded with its outcome and timing.
+
+Actions of one decision run in index order: an action is only claimed once every action before it is done
+(a booking's confirmation waits for the booking). When an action is dead-lettered, the decision's later
+actions are cancelled, the decision becomes FAILED with the reason, and (when given) a notice to the org's
+escalation address is queued as one more action, keyed `<decision id>:failure`, that runs at once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from adapters.sqlite_base import MAX_PAGE, SQLiteBase, _iso, _now, _upsert_decision
+from engine.models import Decision
+from engine.ports import ActionJob
+
+FAILURE_INDEX = -1  # the failure notice runs before (i.e. regardless of) the decision's own actions
+
+
+class OutboxTables(SQLiteBase):
+    """Claims, outcomes, recovery and listing of outbox actions (mixed into `SQLiteStore`)."""
+
+    async def claim_actions(self, owner: str, *, limit: int = 8, lease_seconds: float = 60.0,
+                            now: datetime | None = None) -> list[ActionJob]:
+        """Lease up to `limit` actions that are due and whose earlier siblings are done; each claim counts
+        an attempt. Returns them with their decision and event."""
+        now_dt = now or datetime.now(UTC)
+        stamp = _iso(now_dt)
+        async with self._write() as db:
+            rows = list(await db.execute_fetchall(
+                """UPDATE actions SET status = 'running', lease_owner = ?, lease_until = ?, attempts = attempts + 1,
+                                      started_at = ?, updated_at = ?
+                   WHERE key IN (
+                       SELECT a.key FROM actions a
+                       WHERE a.status = 'pending' AND (a.available_at IS NULL OR a.available_at <= ?)
+                         AND NOT EXISTS (SELECT 1 FROM actions b WHERE b.decision_id = a.decision_id
+                                         AND b.idx < a.idx AND b.status != 'done')
+                       ORDER BY a.rowid LIMIT ?)
+                   RETURNING key, org, decision_id, idx, type, params, attempts""",
+                (owner, _iso(now_dt + timedelta(seconds=lease_seconds)), stamp, stamp, stamp, limit)))
+            if not rows:
+                return []
+            ids = sorted({r["decision_id"] for r in rows})
+            marks = ",".join("?" * len(ids))
+            records = {r["id"]: r for r in await db.execute_fetchall(
+                f"SELECT d.id, d.record, e.envelope FROM decisions d "
+                f"LEFT JOIN events e ON e.org = d.org AND e.id = d.event_id WHERE d.id IN ({marks})", ids)}
+        jobs = []
+        for r in sorted(rows, key=lambda r: (r["decision_id"], r["idx"])):
+            rec = records.get(r["decision_id"])
+            decision = Decision.model_validate_json(rec["record"]) if rec else None
+            event = json.loads(rec["envelope"]) if rec and rec["envelope"] else None
+            jobs.append(ActionJob(key=r["key"], org=r["org"], decision_id=r["decision_id"], index=r["idx"],
+                                  type=r["type"], params=json.loads(r["params"]), attempt=r["attempts"],
+                                  decision=decision, event=event))
+        return jobs
+
+    async def finish_action(self, key: str, owner: str, result: dict[str, Any], *, duration_ms: float) -> bool:
+        """Mark a leased action done with its result. False if this owner no longer holds it (its lease
+        expired and it was taken again): the outcome is then not recorded twice."""
+        now = _now()
+        entry = {"attempt_at": now, "outcome": "done", "ms": round(duration_ms, 1)}
+        async with self._write() as db:
+            cur = await db.execute(
+                "UPDATE actions SET status = 'done', result = ?, error = NULL, finished_at = ?, duration_ms = ?, "
+                "lease_owner = NULL, lease_until = NULL, updated_at = ?, "
+                "attempt_log = json_insert(attempt_log, '$[#]', json(?)) "
+                "WHERE key = ? AND lease_owner = ? AND status = 'running'",
+                (json.dumps(result, default=str), now, duration_ms, now, json.dumps(entry), key, owner))
+            ok = cur.rowcount == 1
+            await cur.close()
+        return ok
+
+    async def defer_action(self, key: str, owner: str, until: datetime, reason: str) -> bool:
+        """Give a leased action back, to run at `until`, without counting the attempt."""
+        now = _now()
+        async with self._write() as db:
+            cur = await db.execute(
+                "UPDATE actions SET status = 'pending', attempts = attempts - 1, available_at = ?, "
+                "lease_owner = NULL, lease_until = NULL, updated_at = ?, "
+                "result = json_object('deferred', ?, 'until', ?) "
+                "WHERE key = ? AND lease_owner = ? AND status = 'running'",
+                (_iso(until), now, reason, _iso(until), key, owner))
+            ok = cur.rowcount == 1
+            await cur.close()
+        return ok
+
+    async def retry_action(self, key: str, owner: str, error: str, *, delay_seconds: float,
+                           duration_ms: float) -> bool:
+        """Record a transient failure; the action is tried again after `delay_seconds`."""
+        now_dt = datetime.now(UTC)
+        now = _iso(now_dt)
+        entry = {"attempt_at": now, "outcome": "failed", "error": error[:500], "ms": round(duration_ms, 1),
+                 "retry_in_s": round(delay_seconds, 3)}
+        async with self._write() as db:
+            cur = await db.execute(
+                "UPDATE actions SET status = 'pending', error = ?, available_at = ?, duration_ms = ?, "
+                "lease_owner = NULL, lease_until = NULL, updated_at = ?, "
+                "attempt_log = json_insert(attempt_log, '$[#]', json(?)) "
+                "WHERE key = ? AND lease_owner = ? AND status = 'running'",
+                (error[:2000], _iso(now_dt + timedelta(seconds=delay_seconds)), duration_ms, now,
+                 json.dumps(entry), key, owner))
+            ok = cur.rowcount == 1
+            await cur.close()
+        return ok
+
+    async def kill_action(self, key: str, owner: str | None, error: str, *, duration_ms: float | None = None,
+                          escalation: dict[str, Any] | None = None) -> Decision | None:
+        """Dead-letter an action (a permanent failure, or its last attempt failed): its decision's later
+        actions are cancelled, the decision becomes FAILED with the reason, and `escalation` (the params of an
+        ESCALATE action) is queued as the decision's failure notice. All in one transaction. Returns the
+        updated decision, or None when this owner no longer holds the action."""
+        now_dt = datetime.now(UTC)
+        now = _iso(now_dt)
+        entry = {"attempt_at": now, "outcome": "dead", "error": error[:500],
+                 "ms": round(duration_ms, 1) if duration_ms is not None else None}
+        async with self._write() as db:
+            rows = list(await db.execute_fetchall(
+                "SELECT org, decision_id, idx, type, status, lease_owner FROM actions WHERE key = ?", (key,)))
+            if not rows or (owner is not None and (rows[0]["lease_owner"] != owner or rows[0]["status"] != "running")):
+                return None
+            a = rows[0]
+            await db.execute(
+                "UPDATE actions SET status = 'dead', error = ?, finished_at = ?, duration_ms = coalesce(?, duration_ms), "
+                "lease_owner = NULL, lease_until = NULL, updated_at = ?, "
+                "attempt_log = json_insert(attempt_log, '$[#]', json(?)) WHERE key = ?",
+                (error[:2000], now, duration_ms, now, json.dumps(entry), key))
+            await db.execute(
+                "UPDATE actions SET status = 'cancelled', error = ?, updated_at = ? "
+                "WHERE decision_id = ? AND idx > ? AND status = 'pending'",
+                (f"not run: action {a['idx']} ({a['type']}) failed", now, a["decision_id"], a["idx"]))
+            recs = list(await db.execute_fetchall("SELECT record FROM decisions WHERE id = ?", (a["decision_id"],)))
+            if not recs:
+                return None
+            decision = Decision.model_validate_json(recs[0]["record"])
+            if a["idx"] == FAILURE_INDEX:
+                # The failure notice itself failed: the decision already says why; nothing more to escalate.
+                decision.trace.setdefault("execution_failures", []).append({"action": key, "error": error, "at": now})
+                await _upsert_decision(db, decision)
+                return decision
+            decision.status = "FAILED"
+            decision.error = f"action {a['idx']} ({a['type']}) failed: {error}"
+            decision.trace.setdefault("execution_failures", []).append({"action": key, "error": error, "at": now})
+            await _upsert_decision(db, decision)
+            if escalation is not None:
+                await db.execute(
+                    "INSERT INTO actions (key, org, decision_id, idx, type, params, status, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, 'ESCALATE', ?, 'pending', ?, ?) ON CONFLICT (key) DO NOTHING",
+                    (f"{decision.id}:failure", decision.org, decision.id, FAILURE_INDEX,
+                     json.dumps(escalation, default=str), now, now))
+            payload = f'{{"kind": "failed", "new": false, "decision": {decision.model_dump_json()}}}'
+            await db.execute("INSERT INTO stream (org, kind, decision_id, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+                             (decision.org, "failed", decision.id, payload, now))
+        return decision
+
+    async def renew_action_leases(self, owner: str, keys: Sequence[str], lease_seconds: float) -> int:
+        """Extend this owner's leases on `keys` (actions still running here)."""
+        if not keys:
+            return 0
+        until = _iso(datetime.now(UTC) + timedelta(seconds=lease_seconds))
+        marks = ",".join("?" * len(keys))
+        async with self._write() as db:
+            cur = await db.execute(
+                f"UPDATE actions SET lease_until = ? WHERE lease_owner = ? AND status = 'running' AND key IN ({marks})",
+                (until, owner, *keys))
+            n = cur.rowcount
+            await cur.close()
+        return n
+
+    async def recover_actions(self, *, dead_owners: Sequence[str] = (), release_owner: str | None = None) -> int:
+        """Actions whose runner died (its lease expired, or its owner is known dead) or that `release_owner` gives
+        back go back to pending. The attempt they used stays counted: an action that crashes its runner every
+        time still reaches its maximum attempts."""
+        now = _now()
+        owners = list(dead_owners) + ([release_owner] if release_owner else [])
+        marks = ",".join("?" * len(owners))
+        who = f" OR lease_owner IN ({marks})" if owners else ""
+        async with self._write() as db:
+            cur = await db.execute(
+                "UPDATE actions SET status = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = ?, "
+                "attempt_log = json_insert(attempt_log, '$[#]', json_object('attempt_at', ?, 'outcome', 'interrupted')) "
+                f"WHERE status = 'running' AND (lease_until < ?{who})", (now, now, now, *owners))
+            n = cur.rowcount
+            await cur.close()
+        return n
+
+    async def action_owners(self) -> list[str]:
+        """Owners currently holding action leases."""
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                "SELECT DISTINCT lease_owner FROM actions WHERE status = 'running' AND lease_owner IS NOT NULL")
+        return [r[0] for r in rows]
+
+    async def outbox_depth(self) -> dict[str, int]:
+        """How many actions are in each status (for /metrics and /healthz)."""
+        async with self._read() as db:
+            rows = await db.execute_fetchall("SELECT status, count(*) FROM actions GROUP BY status")
+        counts = {"pending": 0, "running": 0, "done": 0, "dead": 0, "cancelled": 0}
+        counts.update({r[0]: int(r[1]) for r in rows})
+        return counts
+
+    async def next_action_due(self) -> datetime | None:
+        """When the earliest pending action becomes due (None: nothing pending)."""
+        async with self._read() as db:
+            rows = list(await db.execute_fetchall(
+                "SELECT min(coalesce(available_at, '')) FROM actions WHERE status = 'pending'"))
+        value = rows[0][0] if rows else None
+        if value is None:
+            return None
+        return datetime.now(UTC) if value == "" else datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+    async def list_actions(self, org: str, decision_id: str) -> list[dict[str, Any]]:
+        """The outbox rows of one decision, in the order they run (a failure notice first)."""
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                "SELECT rowid, * FROM actions WHERE org = ? AND decision_id = ? ORDER BY idx", (org, decision_id))
+        return [action_row(r) for r in rows]
+
+    async def list_outbox(self, org: str, *, status: str | None = None, limit: int = 50,
+                          before: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of `org`'s outbox actions, newest first (cursor: a rowid)."""
+        where, args = ["org = ?"], [org]
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if before is not None:
+            where.append("rowid < ?")
+            args.append(before)
+        limit = max(1, min(limit, MAX_PAGE))
+        async with self._read() as db:
+            rows = list(await db.execute_fetchall(
+                f"SELECT rowid, * FROM actions WHERE {' AND '.join(where)} ORDER BY rowid DESC LIMIT ?",
+                [*args, limit + 1]))
+        page = rows[:limit]
+        return [action_row(r) for r in page], (page[-1]["rowid"] if len(rows) > limit else None)
+
+    async def retry_dead_action(self, org: str, key: str, *, by: str) -> Decision | None:
+        """Give a dead-lettered action of `org` a fresh set of attempts: it and the actions cancelled after it
+        go back to pending and the decision back to EXECUTED. None if the action is not dead."""
+        now = _now()
+        async with self._write() as db:
+            rows = list(await db.execute_fetchall(
+                "SELECT decision_id, idx FROM actions WHERE key = ? AND org = ? AND status = 'dead'", (key, org)))
+            if not rows:
+                return None
+            decision_id, idx = rows[0]["decision_id"], rows[0]["idx"]
+            await db.execute(
+                "UPDATE actions SET status = 'pending', attempts = 0, available_at = NULL, updated_at = ? WHERE key = ?",
+                (now, key))
+            await db.execute(
+                "UPDATE actions SET status = 'pending', error = NULL, updated_at = ? "
+                "WHERE decision_id = ? AND idx > ? AND status = 'cancelled'", (now, decision_id, idx))
+            recs = list(await db.execute_fetchall("SELECT record FROM decisions WHERE id = ?", (decision_id,)))
+            decision = Decision.model_validate_json(recs[0]["record"])
+            if idx != FAILURE_INDEX and decision.status == "FAILED":
+                decision.status = "EXECUTED"
+                decision.error = None
+            decision.trace.setdefault("action_retries", []).append({"action": key, "by": by, "at": now})
+            await _upsert_decision(db, decision)
+        return decision
+
+
+def action_row(r: Any) -> dict[str, Any]:
+    """An outbox row as the API shows it."""
+    return {"key": r["key"], "decision_id": r["decision_id"], "index": r["idx"], "type": r["type"],
+            "params": json.loads(r["params"]), "status": r["status"], "attempts": r["attempts"], "error": r["error"],
+            "available_at": r["available_at"], "started_at": r["started_at"], "finished_at": r["finished_at"],
+            "duration_ms": r["duration_ms"], "result": json.loads(r["result"]) if r["result"] else None,
+            "attempt_log": json.loads(r["attempt_log"]), "created_at": r["created_at"], "updated_at": r["updated_at"]}
