@@ -66,7 +66,7 @@ class IntakeTables(SQLiteBase):
             existing = list(await db.execute_fetchall(
                 "SELECT * FROM intakes WHERE org = ? AND id = ?", (intake.org, intake.id)))
             if existing:
-                history = json.loads(existing[0]["history"]) + [entry]
+                history = [*json.loads(existing[0]["history"]), entry]
                 await db.execute(
                     "UPDATE intakes SET pipeline = ?, stage = ?, assignee = ?, assigned_at = ?, priority = ?, closed = ?, "
                     "decision_id = ?, action_key = ?, history = ?, updated_at = ? WHERE org = ? AND id = ?",
@@ -131,7 +131,7 @@ class IntakeTables(SQLiteBase):
                 return before, None
             entry = {"at": now, "by": by, "what": "moved", "from_stage": before.stage, "stage": stage,
                      "from_assignee": before.assignee, "assignee": new_assignee, "note": note}
-            history = before.history + [entry]
+            history = [*before.history, entry]
             await db.execute(
                 "UPDATE intakes SET stage = ?, closed = ?, assignee = ?, "
                 "assigned_at = CASE WHEN ? THEN assigned_at ELSE ? END, history = ?, updated_at = ? "
@@ -150,6 +150,14 @@ class IntakeTables(SQLiteBase):
                 (org, event.id, str(event.source), event.type, event.model_dump_json(), now, now))
             rows = list(await db.execute_fetchall("SELECT * FROM intakes WHERE org = ? AND id = ?", (org, intake_id)))
         return _intake(rows[0]), event
+
+    async def intake_counts(self, org: str) -> dict[tuple[str, str], int]:
+        """Open intakes of `org` per (pipeline, stage)."""
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                "SELECT pipeline, stage, count(*) FROM intakes WHERE org = ? AND closed = 0 GROUP BY pipeline, stage",
+                (org,))
+        return {(r[0], r[1]): int(r[2]) for r in rows}
 
     async def snapshot(self, org: str, now: datetime) -> StaticState:
         """The org's state for planning (`engine.ports.StateSource`): open intakes per assignee, when each was

@@ -220,6 +220,12 @@ class OutboxTables(SQLiteBase):
                 "SELECT rowid, * FROM actions WHERE org = ? AND decision_id = ? ORDER BY idx", (org, decision_id))
         return [action_row(r) for r in rows]
 
+    async def get_action(self, org: str, key: str) -> dict[str, Any] | None:
+        """One outbox row of `org`; None if absent."""
+        async with self._read() as db:
+            rows = list(await db.execute_fetchall("SELECT rowid, * FROM actions WHERE org = ? AND key = ?", (org, key)))
+        return action_row(rows[0]) if rows else None
+
     async def list_outbox(self, org: str, *, status: str | None = None, limit: int = 50,
                           before: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
         """A page of `org`'s outbox actions, newest first (cursor: a rowid)."""

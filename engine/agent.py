@@ -13,7 +13,7 @@ from engine.gate import GateResult, RateLimiter, gate
 from engine.llm import LLMResult, LLMStage, fallback
 from engine.models import Action, Decision, Event, new_id, utcnow
 from engine.plan import escalation_action, make_plan
-from engine.ports import DecisionStore, StaticState
+from engine.ports import DecisionStore, StateSource, StaticState
 from engine.resolve import Resolution, resolve
 from engine.rules import CompiledRules
 from engine.text import EventText, Term, extract
@@ -31,6 +31,15 @@ class Executor(Protocol):
         ...
 
 
+def needs_state(policy: Policy, intent: Intent, decision_type: DecisionType | None) -> bool:
+    """Whether planning this decision reads calendars (bookings) or loads (assignment by role)."""
+    route = policy.routing.get(intent)
+    dtype = decision_type or (route.decision_type if route is not None else DecisionType.ESCALATE)
+    if dtype in (DecisionType.CREATE_EVENT, DecisionType.UPDATE_EVENT, DecisionType.CANCEL_EVENT):
+        return True
+    return route is not None and route.assignee is None and route.assignee_role is not None
+
+
 def urgency_hits(keywords: list[str], text: EventText) -> list[str]:
     """The policy's urgency keywords present in the text and not negated ("not urgent" does not count)."""
     scope = text.scope("all", include_quoted=False)
@@ -43,11 +52,13 @@ class Agent:
     def __init__(self, rules_for: Callable[[str], CompiledRules | None], llm: LLMStage, *,
                  store: DecisionStore | None = None, state: Any = None, executor: Executor | None = None,
                  clock: Callable[[], datetime] = utcnow, rate_limiter: RateLimiter | None = None,
-                 on_decision: Callable[[Decision], Awaitable[None]] | None = None) -> None:
+                 on_decision: Callable[[Decision], Awaitable[None]] | None = None,
+                 state_source: StateSource | None = None) -> None:
         self._rules_for = rules_for
         self.llm = llm
         self.store = store
         self.state = state if state is not None else StaticState()
+        self.state_source = state_source
         self.executor = executor
         self._clock = clock
         self.rate_limiter = rate_limiter or RateLimiter()
@@ -129,7 +140,12 @@ class Agent:
         # 5. plan
         t = time.perf_counter()
         override = cand.pipeline if cand is not None and cand.intent == intent else None
-        plan = make_plan(bundle, intent, decision_type, priority, envelope, text, self.state, self.state, now,
+        state = self.state
+        if self.state_source is not None and needs_state(policy, intent, decision_type):
+            # Loads and calendars as they are now (the store), read only when the plan uses them.
+            state = await self.state_source.snapshot(org.org, now)
+            timings["state_ms"] = _ms(t)
+        plan = make_plan(bundle, intent, decision_type, priority, envelope, text, state, state, now,
                          pipeline_override=override)
         timings["plan_ms"] = _ms(t)
         reasoning.extend(_sentence(n) for n in plan.notes[:2])

@@ -485,7 +485,7 @@ Channel = Literal["in_app", "email", "webhook"]
 class Notifications(Strict):
     """How notifications reach people: channels, SMTP, the outbound webhook, templates, and timing."""
 
-    channels: list[Channel] = Field(default_factory=lambda: ["in_app"],
+    channels: list[Channel] = Field(default_factory=lambda: list[Channel](["in_app"]),
                                     description="Channels every notification to a user goes through.")
     email: EmailSettings | None = None
     webhook: NotifyWebhook | None = None

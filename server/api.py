@@ -403,6 +403,7 @@ async def metrics(request: web.Request) -> web.Response:
 
     async def refresh() -> None:
         app[METRICS].set_inbox_depth(await app[STORE].inbox_depth())
+        app[METRICS].set_outbox_depth(await app[STORE].outbox_depth())
 
     body, content_type = await app[METRICS].render(refresh)
     resp = web.Response(body=body)

@@ -20,12 +20,14 @@ from aiohttp import web
 from adapters.sqlite_store import SQLiteStore
 from engine.agent import Agent
 from engine.llm import LLMStage
+from engine.loader import OrgBundle
 from engine.ports import LLMProvider, StaticState
 from engine.registry import Registry
 from server import logs
 from server.auth import KeyCache, Principal, RequestLimiter, bearer, too_many
 from server.errors import ApiError, Handler, error_middleware
 from server.metrics import Metrics
+from server.outbox import OutboxRunner, build_executors
 from server.service import OutboxHandoff, Processing, Service
 
 log = logging.getLogger("astralis.app")
@@ -168,12 +170,30 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     registry = app[REGISTRY]
-    agent = Agent(registry.get, LLMStage(app[LLM]), state=StaticState(), executor=OutboxHandoff())
+    agent = Agent(registry.get, LLMStage(app[LLM]), state=StaticState(), executor=OutboxHandoff(),
+                  state_source=app[STORE])
     service = Service(app[STORE], agent, app[METRICS], processing=settings.processing)
+    service.outbox = make_outbox(settings, service, registry, app[STORE], app[METRICS], lambda: app[HTTP])
     app[SERVICE] = service
     await service.start(workers=settings.workers)
     yield
     await service.stop()
+
+
+def bundles_of(registry: Registry) -> Callable[[str], OrgBundle | None]:
+    """org id → its active configuration (None when it has none loaded)."""
+    def bundle(org: str) -> OrgBundle | None:
+        compiled = registry.get(org)
+        return compiled.bundle if compiled is not None else None
+    return bundle
+
+
+def make_outbox(settings: Settings, service: Service, registry: Registry, store: SQLiteStore, metrics: Metrics,
+                session: Callable[[], aiohttp.ClientSession]) -> OutboxRunner:
+    """The outbox runner of this process (it shares the service's lease-owner name)."""
+    bundles = bundles_of(registry)
+    return OutboxRunner(store, build_executors(store, bundles, session), bundles, metrics, owner=service.owner,
+                        concurrency=settings.processing.action_workers, on_change=service.notify)
 
 
 def background(settings: Settings, service: Service, registry: Registry, store: SQLiteStore,
@@ -246,7 +266,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 def create_app(settings: Settings | None = None) -> web.Application:
     """The service as an aiohttp application (resources open on startup, close on cleanup)."""
-    from server import api, openapi, stream, webhooks
+    from server import api, api_intakes, openapi, stream, webhooks
 
     settings = settings or Settings()
     metrics = Metrics()
@@ -259,6 +279,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     for ctx in (_store_ctx, _registry_ctx, _llm_ctx, _http_ctx, _service_ctx, _loops_ctx):
         app.cleanup_ctx.append(ctx)
     api.setup(app)
+    api_intakes.setup(app)
     webhooks.setup(app)
     stream.setup(app)
     openapi.setup(app)

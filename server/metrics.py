@@ -65,6 +65,12 @@ class Metrics:
                                      ["org"], registry=r)
         self._ruleset_errors = Gauge("astralis_ruleset_errors", "Problems found in the org's latest ruleset files.",
                                      ["org"], registry=r)
+        self._actions = Counter("astralis_actions", "Outbox action attempts, by type and outcome "
+                                "(done, retry, dead, deferred).", ["org", "type", "outcome"], registry=r)
+        self._action_seconds = Histogram("astralis_action_seconds", "Time of one action attempt.", ["type"],
+                                         registry=r)
+        self._outbox = Gauge("astralis_outbox_actions", "Outbox actions by status, as of the last scrape.",
+                             ["status"], registry=r)
         self._refresh_errors = Counter("astralis_metrics_refresh_errors", "Scrapes whose gauge refresh failed.",
                                        registry=r)
         self._http_requests = Counter("astralis_http_requests", "HTTP requests, by route pattern and status.",
@@ -108,6 +114,18 @@ class Metrics:
         self._inbox.clear()
         for status, n in counts.items():
             self._inbox.labels(status=status).set(n)
+
+    def action_attempt(self, org: str, action_type: str, outcome: str, seconds: float | None) -> None:
+        """Count one attempt of an outbox action (done, retry, dead, deferred) and time it."""
+        self._actions.labels(org=org, type=action_type, outcome=outcome).inc()
+        if seconds is not None:
+            self._action_seconds.labels(type=action_type).observe(max(0.0, seconds))
+
+    def set_outbox_depth(self, counts: Mapping[str, int]) -> None:
+        """Replace the outbox gauge with `counts` by status."""
+        self._outbox.clear()
+        for status, n in counts.items():
+            self._outbox.labels(status=status).set(n)
 
     def set_org_status(self, org: str, loaded: bool, errors: int) -> None:
         """Record whether `org` has a good revision loaded and how many problems its files have."""

@@ -10,6 +10,8 @@ fuzzes the live server against this document with schemathesis.
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
 import json
 from typing import Any, Literal, get_args
 
@@ -151,22 +153,36 @@ _MODELS: tuple[tuple[type[BaseModel], Literal["validation", "serialization"]], .
 )
 
 
+EXTENSIONS = ("server.openapi_intakes", "server.openapi_notifications", "server.openapi_calendar")
+"""Modules describing the routes of other API modules: each has `paths()` and may have `schemas()` (hand-written
+components) and `MODELS` (pydantic models, as `_MODELS`)."""
+
+
+def _extensions() -> list[Any]:
+    return [importlib.import_module(name) for name in EXTENSIONS if importlib.util.find_spec(name) is not None]
+
+
 def _schemas() -> dict[str, Any]:
     """The pydantic models' JSON Schemas with their `$defs` hoisted, then the hand-written ones."""
     out: dict[str, Any] = {}
+    extensions = _extensions()
 
     def put(name: str, schema: dict[str, Any]) -> None:
         if name in out and out[name] != schema:
             raise ValueError(f"two different schemas are named {name!r}; rename one of the models")
         out[name] = schema
 
-    for model, mode in _MODELS:
+    models = list(_MODELS) + [m for ext in extensions for m in getattr(ext, "MODELS", ())]
+    for model, mode in models:
         schema = model.model_json_schema(ref_template=REF, mode=mode)
         for name, sub in schema.pop("$defs", {}).items():
             put(name, sub)
         put(model.__name__, schema)
     for name, schema in _HAND_WRITTEN.items():
         put(name, schema)
+    for ext in extensions:
+        for name, schema in getattr(ext, "schemas", dict)().items():
+            put(name, schema)
     _constrain(out)
     return out
 
@@ -441,6 +457,8 @@ def _paths() -> dict[str, Any]:
     p["/openapi.json"] = {"get": _op(
         "This document", "operations", {200: _ok({"type": "object"}, "The OpenAPI 3.1 description of the API.")},
         security=[])}
+    for ext in _extensions():
+        p.update(ext.paths())
     for path in p.values():
         for op in path.values():
             op["operationId"] = op["summary"].lower().replace(" ", "_").replace("'", "")

@@ -116,3 +116,16 @@ class ErrorOut(BaseModel):
         details: Any = None
 
     error: Body
+
+
+class IntakeMove(BaseModel):
+    """Move an intake to another stage (and optionally another assignee)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str = Field(min_length=1, max_length=64, description="A stage of the intake's pipeline.")
+    assignee: str | None = Field(default=None, max_length=64,
+                                 description="A user id of the org; omit to keep the current assignee, "
+                                             "null to unassign.")
+    note: str | None = Field(default=None, max_length=2000)
+    by: str | None = Field(default=None, max_length=200, description="Who moves it (default: the API key's name).")

@@ -28,6 +28,7 @@ from engine.agent import Agent, UnknownOrg
 from engine.models import Decision, Event, new_id
 from server import logs
 from server.metrics import Metrics
+from server.outbox import OutboxRunner
 
 log = logging.getLogger("astralis.worker")
 
@@ -92,6 +93,8 @@ class Processing:
     """Tunables of the worker side."""
 
     workers: int = 16
+    action_workers: int = 8
+    """Outbox actions run at once by this process."""
     lease_seconds: float = 30.0
     max_attempts: int = 5
     retry_base_seconds: float = 1.0
@@ -143,6 +146,8 @@ class Service:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._slots = asyncio.Semaphore(self.cfg.workers)
+        self.outbox: OutboxRunner | None = None
+        """Runs the actions of executed decisions (started with the workers)."""
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
@@ -156,6 +161,9 @@ class Service:
         self._tasks.append(asyncio.create_task(self._keeper(), name="lease-keeper"))
         if workers:
             self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatcher"))
+            if self.outbox is not None:
+                action_owners = await self.store.action_owners()
+                await self.outbox.start(dead_owners=[o for o in action_owners if owner_is_dead(o)])
 
     async def stop(self) -> None:
         """Stop claiming; let in-flight events finish for the grace period; give the rest back to the queue."""
@@ -177,6 +185,8 @@ class Service:
         released = await self.store.release_events(self.owner)
         if released:
             log.info("gave %d unfinished events back to the queue", released)
+        if self.outbox is not None:
+            await self.outbox.stop(self.cfg.shutdown_grace_seconds)
 
     # ---- accepting ------------------------------------------------------------------------------------
 
@@ -311,7 +321,9 @@ class Service:
     # ---- approvals and the live stream ----------------------------------------------------------------
 
     async def notify(self) -> None:
-        """Wake the live-stream readers: something was recorded."""
+        """Wake the live-stream readers and the outbox: something was recorded."""
+        if self.outbox is not None:
+            self.outbox.wake()
         async with self._changed:
             self._changed.notify_all()
 

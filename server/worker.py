@@ -9,10 +9,12 @@ import contextlib
 import logging
 import signal
 
+import aiohttp
+
 from adapters.sqlite_store import SQLiteStore
 from engine.agent import Agent
 from engine.llm import LLMStage
-from server.app import Settings, background, close_providers, load_registry, make_providers
+from server.app import Settings, background, close_providers, load_registry, make_outbox, make_providers
 from server.metrics import Metrics
 from server.service import OutboxHandoff, Service
 
@@ -31,8 +33,10 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         metrics = Metrics()
         registry = await load_registry(settings, metrics)
         providers = make_providers(registry, settings.llm)
-        service = Service(store, Agent(registry.get, LLMStage(providers), executor=OutboxHandoff()), metrics,
-                          processing=settings.processing)
+        service = Service(store, Agent(registry.get, LLMStage(providers), executor=OutboxHandoff(),
+                                       state_source=store), metrics, processing=settings.processing)
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        service.outbox = make_outbox(settings, service, registry, store, metrics, lambda: session)
         await service.start(workers=True)
         tasks = background(settings, service, registry, store, metrics)
         log.info("worker %s deciding for: %s", service.owner, ", ".join(registry.orgs) or "no orgs")
@@ -41,6 +45,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await service.stop()
+        await session.close()
         await close_providers(providers)
     finally:
         await store.close()

@@ -146,7 +146,14 @@ async def test_sync_mode_returns_the_recorded_decision(make_client):
     assert info["status"] == "decided" and info["decision_id"] == d["id"]
     outbox = await client.app[STORE].list_actions("acme", d["id"])
     assert [a["key"] for a in outbox] == [a["idempotency_key"] for a in d["actions"]]
-    assert all(a["status"] == "pending" for a in outbox)
+    # the outbox runs them: the intake lands in its pipeline with the planned assignee
+    assert await client.app[SERVICE].outbox.idle(10)
+    outbox = await client.app[STORE].list_actions("acme", d["id"])
+    assign = next(a for a in outbox if a["type"] == "ASSIGN_PIPELINE")
+    assert assign["status"] == "done" and assign["attempts"] == 1
+    intake = await client.app[STORE].get_intake("acme", assign["result"]["intake_id"])
+    assert intake is not None and intake.pipeline == "sales-inquiries" and intake.decision_id == d["id"]
+    assert intake.assignee == d["actions"][0]["params"]["assignee"]
 
 
 async def test_queue_mode_acknowledges_then_workers_decide(make_client):

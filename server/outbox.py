@@ -1,0 +1,242 @@
+"""The outbox runner: executes the actions of executed decisions, exactly once in effect.
+
+A decision's actions are recorded in the outbox in the same transaction as the decision (`complete_events`,
+approvals). The runner leases due actions, runs each through the executor for its type and records the
+outcome: done; a transient failure retried after an exponential backoff with jitter; a permanent failure
+(or the last attempt) dead-lettered — the decision becomes FAILED with the reason and the org's escalation
+address hears of it. A runner that dies mid-action loses its lease, and the action is tried again with the
+same idempotency key: every executor records its effect under that key (intakes, calendar events, in-app
+notifications) or sends it along (the automation's `Idempotency-Key`, the e-mail's `Message-ID`), so an
+attempt repeated after a crash has no second effect inside Astralis and can be recognised outside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from adapters.sqlite_store import SQLiteStore
+from engine.config import Execution
+from engine.loader import OrgBundle
+from engine.plan import escalation_action
+from engine.ports import ActionDeferred, ActionExecutor, ActionFailed, ActionJob
+from server import logs
+from server.metrics import Metrics
+
+log = logging.getLogger("astralis.outbox")
+
+
+def build_executors(store: SQLiteStore, bundles: Callable[[str], OrgBundle | None],
+                    session: Callable[[], aiohttp.ClientSession]) -> dict[str, ActionExecutor]:
+    """The executor of every action type, wired to the store, the active configs and the HTTP session."""
+    from adapters.automations import AutomationTrigger
+    from adapters.pipelines import PipelineAssigner
+
+    executors: dict[str, ActionExecutor] = {
+        "ASSIGN_PIPELINE": PipelineAssigner(store, bundles),
+        "TRIGGER_AUTOMATION": AutomationTrigger(bundles, session),
+    }
+    return executors
+
+
+def backoff_delay(execution: Execution, failures: int, *, rand: Callable[[], float] = random.random,
+                  retry_after: float | None = None) -> float:
+    """Seconds to wait after the `failures`-th failed attempt: `backoff_seconds * 2**(failures-1)` capped at
+    `backoff_max_seconds`, times a random factor in [0.5, 1] (equal jitter). A server's Retry-After is
+    honoured when longer (up to the cap)."""
+    ceiling = min(execution.backoff_max_seconds, execution.backoff_seconds * 2 ** max(0, failures - 1))
+    delay = ceiling * (0.5 + 0.5 * rand())
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, execution.backoff_max_seconds))
+    return delay
+
+
+class OutboxRunner:
+    """Leases due outbox actions and runs them with their executors, `concurrency` at a time."""
+
+    def __init__(self, store: SQLiteStore, executors: Mapping[str, ActionExecutor],
+                 bundles: Callable[[str], OrgBundle | None], metrics: Metrics, *, owner: str,
+                 concurrency: int = 8, lease_seconds: float = 60.0, poll_seconds: float = 1.0,
+                 rand: Callable[[], float] = random.random,
+                 on_change: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.store = store
+        self.executors = dict(executors)
+        self.bundles = bundles
+        self.metrics = metrics
+        self.owner = owner
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self._rand = rand
+        self.on_change = on_change
+        self._wake = asyncio.Event()
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    async def start(self, *, dead_owners: list[str] | None = None) -> None:
+        """Take back the actions of runners known dead, then start running."""
+        if dead_owners:
+            n = await self.store.recover_actions(dead_owners=dead_owners)
+            if n:
+                log.info("resumed %d actions interrupted by a previous run", n)
+        self._tasks.append(asyncio.create_task(self._loop(), name="outbox"))
+        self._tasks.append(asyncio.create_task(self._keeper(), name="outbox-keeper"))
+
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        """Stop claiming; let running actions finish for the grace period; give the rest back."""
+        self._stopping = True
+        self._wake.set()
+        running = list(self._inflight.values())
+        if running:
+            _, pending = await asyncio.wait(running, timeout=grace_seconds)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        released = await self.store.recover_actions(release_owner=self.owner)
+        if released:
+            log.info("gave %d running actions back to the outbox", released)
+
+    def wake(self) -> None:
+        """New actions may be due (a decision was executed or approved)."""
+        self._wake.set()
+
+    async def idle(self, within: float = 10.0) -> bool:
+        """Wait until nothing is running here and nothing in the outbox is due (tests, tools); False if that
+        does not happen `within` seconds."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            depth = await self.store.outbox_depth()
+            due = await self.store.next_action_due()
+            if not self._inflight and depth["running"] == 0 and (due is None or due > datetime.now(UTC)):
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    # ---- the loop -----------------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            free = self.concurrency - len(self._inflight)
+            jobs: list[ActionJob] = []
+            if free > 0:
+                try:
+                    jobs = await self.store.claim_actions(self.owner, limit=free, lease_seconds=self.lease_seconds)
+                except Exception:
+                    log.exception("claiming actions failed; retrying")
+            if self._stopping:
+                if jobs:
+                    await self.store.recover_actions(release_owner=self.owner)
+                break
+            for job in jobs:
+                task = asyncio.create_task(self._run(job))
+                self._inflight[job.key] = task
+                task.add_done_callback(lambda _t, k=job.key: (self._inflight.pop(k, None), self._wake.set()))
+            if not jobs or len(jobs) == free:
+                self._wake.clear()
+                wait = self.poll_seconds
+                with contextlib.suppress(Exception):
+                    due = await self.store.next_action_due()
+                    if due is not None:
+                        wait = min(wait, max(0.005, (due - datetime.now(UTC)).total_seconds()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def _keeper(self) -> None:
+        """Renew the leases of running actions; take back actions whose runner's lease expired."""
+        period = max(0.2, self.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.store.renew_action_leases(self.owner, list(self._inflight), self.lease_seconds)
+                if await self.store.recover_actions():
+                    self._wake.set()
+            except Exception:
+                log.exception("outbox lease upkeep failed")
+
+    def _execution(self, org: str) -> Execution:
+        bundle = self.bundles(org)
+        return bundle.policy.execution if bundle is not None else Execution()
+
+    def _escalation(self, job: ActionJob, error: str) -> dict[str, Any] | None:
+        """The failure notice for a dead-lettered action: to the org's escalation address and roles."""
+        bundle = self.bundles(job.org)
+        if bundle is None:
+            return None
+        reason = f"action {job.index} ({job.type}) of decision {job.decision_id} failed: {error}"
+        params = escalation_action(bundle.policy, bundle.org, reason, 5).params
+        if not params.get("address") and not params.get("to"):
+            return None
+        return {**params, "failed_action": job.key, "failed_type": job.type, "error": error}
+
+    async def _run(self, job: ActionJob) -> None:
+        with logs.bind(org=job.org, decision_id=job.decision_id, action=job.key):
+            execution = self._execution(job.org)
+            if job.attempt > execution.max_attempts:
+                # Claimed more often than allowed: earlier attempts died with their runner (a crash loop).
+                await self._dead(job, f"gave up after {job.attempt - 1} attempts that never finished "
+                                      "(the runner stopped during each)", None)
+                return
+            executor = self.executors.get(job.type)
+            if executor is None:
+                await self._dead(job, f"no executor runs {job.type} actions", None)
+                return
+            t0 = time.perf_counter()
+            try:
+                result = await asyncio.wait_for(executor.run(job), execution.timeout_seconds)
+            except asyncio.CancelledError:
+                raise
+            except ActionDeferred as d:
+                await self.store.defer_action(job.key, self.owner, d.until, str(d))
+                self.metrics.action_attempt(job.org, job.type, "deferred", None)
+                log.info("%s deferred until %s: %s", job.type, d.until.isoformat(), d)
+            except ActionFailed as f:
+                await self._failed(job, execution, str(f), permanent=f.permanent, retry_after=f.retry_after,
+                                   seconds=time.perf_counter() - t0)
+            except TimeoutError:
+                await self._failed(job, execution, f"timed out after {execution.timeout_seconds:g} s",
+                                   permanent=False, retry_after=None, seconds=time.perf_counter() - t0)
+            except Exception as exc:  # an executor bug or an unexpected error: retried, and logged in full
+                log.exception("%s attempt %d raised", job.type, job.attempt)
+                await self._failed(job, execution, f"{type(exc).__name__}: {exc}", permanent=False,
+                                   retry_after=None, seconds=time.perf_counter() - t0)
+            else:
+                seconds = time.perf_counter() - t0
+                if await self.store.finish_action(job.key, self.owner, result, duration_ms=seconds * 1000):
+                    self.metrics.action_attempt(job.org, job.type, "done", seconds)
+                    log.info("%s done (attempt %d, %.0f ms)", job.type, job.attempt, seconds * 1000)
+                else:
+                    log.warning("%s finished after its lease was lost; the other runner's outcome stands", job.type)
+
+    async def _failed(self, job: ActionJob, execution: Execution, error: str, *, permanent: bool,
+                      retry_after: float | None, seconds: float) -> None:
+        if permanent or job.attempt >= execution.max_attempts:
+            why = error if permanent else f"{error} (attempt {job.attempt} of {execution.max_attempts})"
+            await self._dead(job, why, seconds)
+            return
+        delay = backoff_delay(execution, job.attempt, rand=self._rand, retry_after=retry_after)
+        await self.store.retry_action(job.key, self.owner, error, delay_seconds=delay, duration_ms=seconds * 1000)
+        self.metrics.action_attempt(job.org, job.type, "retry", seconds)
+        log.warning("%s attempt %d failed, retry in %.2f s: %s", job.type, job.attempt, delay, error)
+
+    async def _dead(self, job: ActionJob, error: str, seconds: float | None) -> None:
+        decision = await self.store.kill_action(job.key, self.owner, error,
+                                                duration_ms=seconds * 1000 if seconds is not None else None,
+                                                escalation=self._escalation(job, error))
+        self.metrics.action_attempt(job.org, job.type, "dead", seconds)
+        log.error("%s dead-lettered: %s", job.type, error)
+        if decision is not None:
+            self._wake.set()  # the failure notice is due now
+            if self.on_change is not None:
+                await self.on_change()  # the live stream has a `failed` entry to show
