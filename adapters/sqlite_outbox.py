@@ -38,7 +38,7 @@ class OutboxTables(SQLiteBase):
                        SELECT a.key FROM actions a
                        WHERE a.status = 'pending' AND (a.available_at IS NULL OR a.available_at <= ?)
                          AND NOT EXISTS (SELECT 1 FROM actions b WHERE b.decision_id = a.decision_id
-                                         AND b.idx < a.idx AND b.status != 'done')
+                                         AND b.idx < a.idx AND b.idx >= 0 AND b.status != 'done')
                        ORDER BY a.rowid LIMIT ?)
                    RETURNING key, org, decision_id, idx, type, params, attempts""",
                 (owner, _iso(now_dt + timedelta(seconds=lease_seconds)), stamp, stamp, stamp, limit)))

@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -113,13 +113,14 @@ class OutboxRunner:
         self._wake.set()
 
     async def idle(self, within: float = 10.0) -> bool:
-        """Wait until nothing is running here and nothing in the outbox is due (tests, tools); False if that
-        does not happen `within` seconds."""
+        """Wait until nothing is running and nothing in the outbox falls due in the next `within` seconds
+        (retries included) — tests and tools; False if that does not happen within them."""
         deadline = time.monotonic() + within
+        horizon = datetime.now(UTC) + timedelta(seconds=within)
         while time.monotonic() < deadline:
             depth = await self.store.outbox_depth()
             due = await self.store.next_action_due()
-            if not self._inflight and depth["running"] == 0 and (due is None or due > datetime.now(UTC)):
+            if not self._inflight and depth["running"] == 0 and (due is None or due > horizon):
                 return True
             await asyncio.sleep(0.02)
         return False
