@@ -70,6 +70,7 @@ class AutomationTrigger:
             known = ", ".join(sorted(bundle.policy.automations)) or "none are defined"
             raise ActionFailed(f"automation '{name}' is not defined in the policy of org '{job.org}' ({known})",
                                permanent=True)
+        secret: str | None = None
         headers = {"Content-Type": "application/json", "Idempotency-Key": job.key,
                    "X-Astralis-Decision": job.decision_id, "User-Agent": "astralis-orchestrator"}
         if automation.auth_env:
@@ -90,6 +91,10 @@ class AutomationTrigger:
             raise ActionFailed(f"automation '{name}' did not answer within {automation.timeout_seconds:g} s") from None
         except aiohttp.ClientError as exc:
             raise ActionFailed(f"automation '{name}' could not be reached: {type(exc).__name__}: {exc}") from None
+        if secret:
+            # A workflow that echoes its request (n8n's "respond with the first entry") would hand the auth header
+            # back: it must not reach the outbox row, the decision's error or the logs.
+            text = text.replace(secret, "[redacted]")
         ms = round((asyncio.get_running_loop().time() - started) * 1000, 1)
         kind = classify(status)
         excerpt = text[:500]

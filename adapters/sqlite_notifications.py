@@ -1,9 +1,84 @@
-"""The in-app notifications table: stored per user, listed over the API, marked read."""
+"""The in-app notifications table: stored per user, listed over the API, marked read.
+
+Rows are written by the notification executor under the action's idempotency key: `UNIQUE (action_key,
+user_id)` makes a re-run of the same action (a crash after the insert, before the action was marked done)
+insert nothing new. Email and webhook deliveries are recorded on the outbox row, not here.
+"""
 
 from __future__ import annotations
 
-from adapters.sqlite_base import SQLiteBase
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from adapters.sqlite_base import MAX_PAGE, SQLiteBase, _now
+
+
+def notification_row(r: Any) -> dict[str, Any]:
+    """A notification as the API shows it."""
+    return {"id": r["id"], "org": r["org"], "user_id": r["user_id"], "template": r["template"],
+            "subject": r["subject"], "body": r["body"], "priority": r["priority"], "decision_id": r["decision_id"],
+            "action_key": r["action_key"], "created_at": r["created_at"], "read_at": r["read_at"],
+            "read": r["read_at"] is not None}
 
 
 class NotificationTables(SQLiteBase):
     """In-app notifications (mixed into `SQLiteStore`)."""
+
+    async def add_notifications(self, rows: Iterable[Mapping[str, Any]], action_key: str) -> list[dict[str, Any]]:
+        """Store one notification per row (`org, id, user_id, template, subject, body, priority, decision_id`) under
+        `action_key`, in one transaction. Idempotent: a row for a user who already has one under this key is not
+        inserted again. Returns every notification stored under the key, in insertion order."""
+        now = _now()
+        rows = list(rows)
+        async with self._write() as db:
+            for row in rows:
+                await db.execute(
+                    "INSERT INTO notifications (org, id, user_id, template, subject, body, priority, decision_id, "
+                    "action_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (row["org"], row["id"], row["user_id"], row["template"], row["subject"], row["body"],
+                     int(row.get("priority", 3)), row.get("decision_id"), action_key, now))
+            stored = await db.execute_fetchall(
+                "SELECT * FROM notifications WHERE action_key = ? ORDER BY rowid", (action_key,))
+        return [notification_row(r) for r in stored]
+
+    async def list_notifications(self, org: str, user_id: str, *, unread_only: bool = False, limit: int = 50,
+                                 before: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of a user's notifications, newest first, and the cursor of the next page (None at the end).
+        The cursor is a rowid: pass it back as `before`."""
+        where, args = ["org = ?", "user_id = ?"], [org, user_id]
+        if unread_only:
+            where.append("read_at IS NULL")
+        if before is not None:
+            where.append("rowid < ?")
+            args.append(before)
+        limit = max(1, min(limit, MAX_PAGE))
+        async with self._read() as db:
+            rows = list(await db.execute_fetchall(
+                f"SELECT rowid, * FROM notifications WHERE {' AND '.join(where)} ORDER BY rowid DESC LIMIT ?",
+                [*args, limit + 1]))
+        page = rows[:limit]
+        return [notification_row(r) for r in page], (page[-1]["rowid"] if len(rows) > limit else None)
+
+    async def get_notification(self, org: str, notification_id: str) -> dict[str, Any] | None:
+        """One notification of `org`, or None (absent, or another org's)."""
+        async with self._read() as db:
+            rows = list(await db.execute_fetchall(
+                "SELECT * FROM notifications WHERE org = ? AND id = ?", (org, notification_id)))
+        return notification_row(rows[0]) if rows else None
+
+    async def mark_notification_read(self, org: str, notification_id: str) -> dict[str, Any] | None:
+        """Mark a notification read and return it; None if `org` has no such notification. Idempotent: `read_at`
+        keeps the time it was first read."""
+        async with self._write() as db:
+            rows = list(await db.execute_fetchall(
+                "UPDATE notifications SET read_at = coalesce(read_at, ?) WHERE org = ? AND id = ? RETURNING *",
+                (_now(), org, notification_id)))
+        return notification_row(rows[0]) if rows else None
+
+    async def unread_count(self, org: str, user_id: str) -> int:
+        """How many of a user's notifications are unread."""
+        async with self._read() as db:
+            rows = list(await db.execute_fetchall(
+                "SELECT count(*) FROM notifications WHERE org = ? AND user_id = ? AND read_at IS NULL",
+                (org, user_id)))
+        return int(rows[0][0])

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from engine.config import DecisionType, OrgConfig, Policy, Rule, Ruleset, Threshold, compile_user_regex
 from engine.errors import ConfigError, ConfigInvalid
+from engine.templates import config_errors as template_errors
 
 M = TypeVar("M", bound=BaseModel)
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -335,6 +336,8 @@ def _check_references(org: OrgConfig, org_doc: Located, policy: Policy, policy_p
             if role not in org.roles:
                 errors.append(ConfigError(policy_path, pline("escalation", "roles"), "unknown_role",
                                           f"escalation names role '{role}', which no user of org '{org.org}' holds"))
+
+    errors.extend(template_errors(policy.notifications.templates, docs, policy_path))
 
     seen_rules: dict[str, RuleRef] = {}
     for ref in rules:

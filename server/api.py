@@ -379,7 +379,8 @@ async def healthz(request: web.Request) -> web.Response:
     ok = True
     try:
         depth = await asyncio.wait_for(app[STORE].inbox_depth(), 5)
-        checks["database"] = {"ok": True, "inbox": depth}
+        actions = await asyncio.wait_for(app[STORE].outbox_depth(), 5)
+        checks["database"] = {"ok": True, "inbox": depth, "outbox": actions}
     except Exception as exc:
         ok = False
         checks["database"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}

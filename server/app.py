@@ -266,7 +266,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 def create_app(settings: Settings | None = None) -> web.Application:
     """The service as an aiohttp application (resources open on startup, close on cleanup)."""
-    from server import api, api_intakes, openapi, stream, webhooks
+    from server import api, api_calendar, api_intakes, api_notifications, openapi, stream, webhooks
 
     settings = settings or Settings()
     metrics = Metrics()
@@ -280,6 +280,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
         app.cleanup_ctx.append(ctx)
     api.setup(app)
     api_intakes.setup(app)
+    api_notifications.setup(app)
+    api_calendar.setup(app)
     webhooks.setup(app)
     stream.setup(app)
     openapi.setup(app)

@@ -138,7 +138,8 @@ _HAND_WRITTEN: dict[str, dict[str, Any]] = {
         "status": {"type": "string", "enum": ["ok", "unavailable"]}, "live": {"type": "boolean"},
         "ready": {"type": "boolean"},
         "checks": _obj({
-            "database": _obj({"ok": {"type": "boolean"}, "inbox": _COUNTS, "error": _STR}, required=("ok",)),
+            "database": _obj({"ok": {"type": "boolean"}, "inbox": _COUNTS, "outbox": _COUNTS, "error": _STR},
+                             required=("ok",)),
             "rulesets": _obj({"ok": {"type": "boolean"}, "orgs": {"type": "object", "additionalProperties": _obj({
                 "loaded": {"type": "boolean"}, "revision": _nullable(_STR),
                 "errors": {"type": "array", "items": _STR}})}}),

@@ -38,11 +38,17 @@ def build_executors(store: SQLiteStore, bundles: Callable[[str], OrgBundle | Non
                     session: Callable[[], aiohttp.ClientSession]) -> dict[str, ActionExecutor]:
     """The executor of every action type, wired to the store, the active configs and the HTTP session."""
     from adapters.automations import AutomationTrigger
+    from adapters.calendar import CalendarManager
+    from adapters.notify import NotificationDispatcher
     from adapters.pipelines import PipelineAssigner
 
+    calendar = CalendarManager(store, bundles)
+    notify = NotificationDispatcher(store, bundles, session)
     executors: dict[str, ActionExecutor] = {
         "ASSIGN_PIPELINE": PipelineAssigner(store, bundles),
         "TRIGGER_AUTOMATION": AutomationTrigger(bundles, session),
+        "CREATE_EVENT": calendar, "UPDATE_EVENT": calendar, "CANCEL_EVENT": calendar,
+        "SEND_NOTIFICATION": notify, "ESCALATE": notify,
     }
     return executors
 
