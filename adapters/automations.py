@@ -22,6 +22,7 @@ from engine.loader import OrgBundle
 from engine.ports import ActionFailed, ActionJob
 
 TRANSIENT_STATUSES = frozenset({408, 429})
+MAX_ANSWER_BYTES = 64 * 1024  # what is kept of a workflow's answer
 
 
 def retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -38,6 +39,13 @@ def retry_after(value: str | None, now: datetime | None = None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def _decode(raw: bytes, charset: str | None) -> str:
+    try:
+        return raw.decode(charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return raw.decode("utf-8", errors="replace")
 
 
 def classify(status: int) -> str:
@@ -84,7 +92,8 @@ class AutomationTrigger:
         try:
             async with self.session().post(automation.url, data=body, headers=headers, allow_redirects=False,
                                            timeout=aiohttp.ClientTimeout(total=automation.timeout_seconds)) as resp:
-                text = await resp.text(errors="replace")
+                raw = await resp.content.read(MAX_ANSWER_BYTES)
+                text = _decode(raw, resp.charset)
                 status = resp.status
                 wait = retry_after(resp.headers.get("Retry-After"))
         except TimeoutError:

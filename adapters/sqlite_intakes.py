@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,10 +62,13 @@ class IntakeTables(SQLiteBase):
             done = list(await db.execute_fetchall("SELECT * FROM intakes WHERE action_key = ?", (action_key,)))
             if done:
                 return _intake(done[0]), False
-            entry = {"at": now, "by": intake.decision_id, "what": "assigned", "pipeline": intake.pipeline,
-                     "stage": intake.stage, "assignee": intake.assignee}
+            entry = {"at": now, "by": intake.decision_id, "what": "assigned", "action": action_key,
+                     "pipeline": intake.pipeline, "stage": intake.stage, "assignee": intake.assignee}
             existing = list(await db.execute_fetchall(
                 "SELECT * FROM intakes WHERE org = ? AND id = ?", (intake.org, intake.id)))
+            if existing and any(h.get("action") == action_key for h in json.loads(existing[0]["history"])):
+                # Applied before, and the intake was re-routed by a later action since: nothing to do again.
+                return _intake(existing[0]), False
             if existing:
                 history = [*json.loads(existing[0]["history"]), entry]
                 await db.execute(
@@ -138,7 +142,8 @@ class IntakeTables(SQLiteBase):
                 "WHERE org = ? AND id = ?",
                 (stage, int(closed), new_assignee, int(new_assignee == before.assignee), now,
                  json.dumps(history), now, org, intake_id))
-            event = Event(id=f"stage_{intake_id}_{len(history)}", org=org, source="API", type="pipeline:stage_changed",
+            name = intake_id if len(intake_id) <= 160 else hashlib.sha256(intake_id.encode()).hexdigest()[:24]
+            event = Event(id=f"stage_{name}_{len(history)}", org=org, source="API", type="pipeline:stage_changed",
                           occurred_at=now_dt, data={
                               "intakeId": intake_id, "title": before.title, "pipeline": before.pipeline,
                               "from_stage": before.stage, "stage": stage, "from_assignee": before.assignee,

@@ -80,7 +80,7 @@ async def move_intake(request: web.Request) -> web.Response:
     intake, event = moved
     if event is not None:
         request.app[SERVICE].wake()  # the stage change is in the inbox; let the workers decide it
-    return to_json({**intake.to_json(), "event_id": event.id if event else None})
+    return to_json({**intake.to_json(), "stage_event_id": event.id if event else None})
 
 
 async def pipelines(request: web.Request) -> web.Response:

@@ -52,6 +52,8 @@ class Settings:
     timers_poll_seconds: float = 1.0
     llm: Literal["policy", "off"] = "policy"
     webhook_tolerance_seconds: int = 300
+    public_url: str = ""
+    """The service's address as others reach it (automation callbacks, feed links); empty: relative paths."""
     clock: Callable[[], float] = time.time
     """Wall clock for webhook timestamps (tests move it)."""
 
@@ -192,7 +194,8 @@ def make_outbox(settings: Settings, service: Service, registry: Registry, store:
                 session: Callable[[], aiohttp.ClientSession]) -> OutboxRunner:
     """The outbox runner of this process (it shares the service's lease-owner name)."""
     bundles = bundles_of(registry)
-    return OutboxRunner(store, build_executors(store, bundles, session), bundles, metrics, owner=service.owner,
+    return OutboxRunner(store, build_executors(store, bundles, session, public_url=settings.public_url), bundles,
+                        metrics, owner=service.owner,
                         concurrency=settings.processing.action_workers, on_change=service.notify)
 
 

@@ -224,6 +224,7 @@ def _settings(args: argparse.Namespace, settings_cls: Any, processing_cls: Any) 
                         synchronous=args.synchronous, requests_per_minute=getattr(args, "rate_limit", 600),
                         max_body_bytes=getattr(args, "max_body", 1024 * 1024), watch=not args.no_watch,
                         schedules=not args.no_schedules, workers=args.workers > 0,
+                        public_url=args.public_url or os.environ.get("ASTRALIS_PUBLIC_URL", ""),
                         processing=processing_cls(workers=max(1, args.workers), lease_seconds=args.lease,
                                                   max_attempts=args.max_attempts,
                                                   shutdown_grace_seconds=args.shutdown_grace))
@@ -327,6 +328,8 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-schedules", action="store_true", help="do not emit the policies' SCHEDULE events")
         sp.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
                         help="event loop: uvloop when installed (auto, the default), or the standard asyncio one")
+        sp.add_argument("--public-url", help="the service's address as others reach it, e.g. https://agent.example "
+                        "(for the callback URL sent to automations and calendar feed links; or $ASTRALIS_PUBLIC_URL)")
         sp.add_argument("--log-level", default="INFO")
         sp.add_argument("--log-format", choices=["json", "text"], default="json")
 

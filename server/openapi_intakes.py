@@ -24,9 +24,9 @@ def schemas() -> dict[str, Any]:
             "decision_id": _nullable(_STR), "event_id": _nullable(_STR),
             "history": {"type": "array", "items": entry}, "created_at": _STR, "updated_at": _STR,
         }, description="A work item in a pipeline, with its history."),
-        "IntakeMoved": {"allOf": [_ref("Intake"), _obj({"event_id": _nullable(_STR)})],
-                        "description": "The intake after the move; `event_id` names the `pipeline:stage_changed` "
-                                       "event raised (null when nothing changed)."},
+        "IntakeMoved": {"allOf": [_ref("Intake"), _obj({"stage_event_id": _nullable(_STR)})],
+                        "description": "The intake after the move; `stage_event_id` names the "
+                                       "`pipeline:stage_changed` event raised (null when nothing changed)."},
         "IntakePage": _obj({"intakes": {"type": "array", "items": _ref("Intake")},
                             "next_cursor": _nullable({"type": "string", "pattern": "^[0-9]{1,18}$"})},
                            description="One page of intakes, newest first."),

@@ -35,8 +35,9 @@ log = logging.getLogger("astralis.outbox")
 
 
 def build_executors(store: SQLiteStore, bundles: Callable[[str], OrgBundle | None],
-                    session: Callable[[], aiohttp.ClientSession]) -> dict[str, ActionExecutor]:
-    """The executor of every action type, wired to the store, the active configs and the HTTP session."""
+                    session: Callable[[], aiohttp.ClientSession], *, public_url: str = "") -> dict[str, ActionExecutor]:
+    """The executor of every action type, wired to the store, the active configs and the HTTP session
+    (`public_url`: where workflows call back)."""
     from adapters.automations import AutomationTrigger
     from adapters.calendar import CalendarManager
     from adapters.notify import NotificationDispatcher
@@ -46,7 +47,7 @@ def build_executors(store: SQLiteStore, bundles: Callable[[str], OrgBundle | Non
     notify = NotificationDispatcher(store, bundles, session)
     executors: dict[str, ActionExecutor] = {
         "ASSIGN_PIPELINE": PipelineAssigner(store, bundles),
-        "TRIGGER_AUTOMATION": AutomationTrigger(bundles, session),
+        "TRIGGER_AUTOMATION": AutomationTrigger(bundles, session, callback_base=public_url),
         "CREATE_EVENT": calendar, "UPDATE_EVENT": calendar, "CANCEL_EVENT": calendar,
         "SEND_NOTIFICATION": notify, "ESCALATE": notify,
     }
