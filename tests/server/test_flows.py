@@ -1,0 +1,164 @@
+"""End-to-end flows through the service and the executors, locked as snapshots of the whole trace: an intake
+routed to a pipeline and its assignee (the seed's §5.1), and a booking form turned into a calendar event with
+confirmations and reminders (§5.2). Real SQLite, a real SMTP server (aiosmtpd), the real outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import re
+from collections.abc import AsyncIterator
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import icalendar
+import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from syrupy.extensions.json import JSONSnapshotExtension
+
+from server.app import SERVICE, STORE
+from tests.server.conftest import auth
+
+VOLATILE = {"at", "attempt_at", "created_at", "updated_at", "started_at", "finished_at", "duration_ms", "ms",
+            "execution_ms", "executed_at", "available_at", "read_at", "id", "decision_id", "key", "event_id",
+            "intake_id", "in_app", "timings"}
+
+
+class Mailbox:
+    """An aiosmtpd handler keeping every message."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], Message]] = []
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802 (aiosmtpd's name)
+        content = envelope.content if isinstance(envelope.content, bytes) else str(envelope.content).encode()
+        self.messages.append((list(envelope.rcpt_tos), email.message_from_bytes(content, policy=email.policy.default)))
+        return "250 OK"
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[tuple[Mailbox, int]]:
+    box = Mailbox()
+    server = await asyncio.get_running_loop().create_server(lambda: SMTP(box), "127.0.0.1", 0)
+    yield box, server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.fixture
+def snapshot_json(snapshot: Any) -> Any:
+    return snapshot.use_extension(JSONSnapshotExtension)
+
+
+def scrub(value: Any, ids: dict[str, str]) -> Any:
+    """`value` without volatile fields, with generated ids replaced by stable names."""
+    if isinstance(value, dict):
+        return {k: scrub(v, ids) for k, v in sorted(value.items()) if k not in VOLATILE}
+    if isinstance(value, list):
+        return [scrub(v, ids) for v in value]
+    if isinstance(value, str):
+        for raw, name in ids.items():
+            value = value.replace(raw, name)
+        return re.sub(r"\b(dec|int|ntf|cal|evt)_[0-9a-f]{12,}\b", r"<\1>", value)
+    return value
+
+
+async def run_flow(client: Any, key: str, event: dict[str, Any]) -> dict[str, Any]:
+    r = await client.post("/api/agent/process?mode=sync", json=event, headers=auth(key))
+    assert r.status == 200, await r.text()
+    decision = await r.json()
+    assert await client.app[SERVICE].outbox.idle(15)
+    r = await client.get(f"/api/agent/decisions/{decision['id']}", headers=auth(key))
+    return await r.json()
+
+
+def mail_summary(box: Mailbox) -> list[dict[str, Any]]:
+    out = []
+    for rcpts, msg in box.messages:
+        parts = [p.get_content_type() for p in msg.walk() if not p.is_multipart()]
+        out.append({"to": rcpts, "subject": msg["Subject"], "from": msg["From"], "parts": parts})
+    return sorted(out, key=lambda m: (m["to"], m["subject"]))
+
+
+def with_email(config_dirs: tuple[Path, Path], port: int) -> None:
+    acme = config_dirs[1] / "acme.yaml"
+    acme.write_text(acme.read_text() + f"""
+notifications:
+  channels: [in_app, email]
+  email: {{host: 127.0.0.1, port: {port}, from: agent@acme.example}}
+""")
+
+
+async def test_intake_routing_flow(make_client, config_dirs, smtp, snapshot_json) -> None:
+    """§5.1: an inquiry by e-mail → rules → SALES_INQUIRY → intake in sales-inquiries with the least loaded
+    salesperson → the sales team notified in the app and by e-mail."""
+    box, port = smtp
+    with_email(config_dirs, port)
+    client, key_for = await make_client()
+    key = await key_for()
+    event = {"id": "flow-intake-1", "source": "EMAIL", "type": "email:received",
+             "data": {"from": "Jo Rivera <jo@shop.example>", "to": "hello@acme.example",
+                      "subject": "Pricing for a new store",
+                      "text": "Hi, how much would a Shopify build cost? We'd like a quote and a demo."}}
+    detail = await run_flow(client, key, event)
+    assert detail["status"] == "EXECUTED" and {a["status"] for a in detail["outbox"]} == {"done"}
+    store = client.app[STORE]
+    [intake], _ = await store.list_intakes("acme")
+    notes = {u: (await store.list_notifications("acme", u))[0] for u in ("u-sam", "u-lee")}
+    ids = {detail["id"]: "<decision>", intake.id: "<intake>"}
+    snapshot = {
+        "decision": scrub({k: detail[k] for k in ("intent", "decision_type", "status", "priority", "confidence",
+                                                  "decided_by", "matched_rules", "reasoning", "actions")}, ids),
+        "outbox": scrub([{k: a[k] for k in ("index", "type", "status", "attempts", "error", "result")}
+                         for a in detail["outbox"]], ids),
+        "intake": scrub(intake.to_json(), ids),
+        "in_app": scrub({u: [{k: n[k] for k in ("template", "subject", "priority")} for n in rows]
+                         for u, rows in notes.items()}, ids),
+        "emails": mail_summary(box),
+    }
+    assert snapshot == snapshot_json
+
+
+async def test_booking_form_flow(make_client, config_dirs, smtp, snapshot_json) -> None:
+    """§5.2: a booking form → rules → CREATE_EVENT with the slot checked → the host's calendar event, reminders
+    24 h and 1 h before, the host told (in the app, and by e-mail with the invitation), the guest's confirmation
+    with the invitation; the host's feed lists it."""
+    box, port = smtp
+    with_email(config_dirs, port)
+    client, key_for = await make_client()
+    key = await key_for()
+    event = {"id": "flow-booking-1", "source": "WEBHOOK", "type": "booking:created",
+             "data": {"form": "booking", "name": "Luca Bianchi", "email": "luca@example.com",
+                      "requested_start": "2031-03-11T10:00:00-04:00", "duration_minutes": 30,
+                      "purpose": "Discuss the new menu pages", "host": "u-sam"}}
+    detail = await run_flow(client, key, event)
+    assert detail["status"] == "EXECUTED" and {a["status"] for a in detail["outbox"]} == {"done"}, detail["outbox"]
+    store = client.app[STORE]
+    [booked] = await store.list_calendar_events("acme", host="u-sam")
+    reminders = await store.calendar_reminders("acme", booked.id)
+    ids = {detail["id"]: "<decision>", booked.id: "<calendar event>"}
+    host_notes, *_ = await store.list_notifications("acme", "u-sam")
+    snapshot = {
+        "decision": scrub({k: detail[k] for k in ("intent", "decision_type", "status", "priority", "confidence",
+                                                  "decided_by", "matched_rules", "reasoning", "actions")}, ids),
+        "outbox": scrub([{k: a[k] for k in ("index", "type", "status", "attempts", "error", "result")}
+                         for a in detail["outbox"]], ids),
+        "calendar_event": scrub(booked.to_json(), ids),
+        "reminders": scrub(reminders, ids),
+        "in_app": scrub([{k: n[k] for k in ("template", "subject")} for n in host_notes], ids),
+        "emails": mail_summary(box),
+    }
+    assert snapshot == snapshot_json
+    # the guest's invitation parses as RFC 5545 and names the booked slot
+    [(_, guest)] = [(to, m) for to, m in box.messages if to == ["luca@example.com"]]
+    [ics] = [p for p in guest.walk() if p.get_content_type() == "text/calendar"]
+    cal = icalendar.Calendar.from_ical(ics.get_payload(decode=True))
+    [vevent] = cal.walk("VEVENT")
+    assert vevent.decoded("DTSTART") == booked.start and str(vevent["SUMMARY"]) == "Discuss the new menu pages"
+    # the host's feed lists it
+    r = await client.get("/api/calendar/u-sam.ics", headers=auth(key))
+    assert r.status == 200 and r.content_type == "text/calendar"
+    feed = icalendar.Calendar.from_ical(await r.read())
+    assert [str(e["UID"]) for e in feed.walk("VEVENT")] == [str(vevent["UID"])]
