@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import itertools
 import re
+from collections import Counter
 from collections.abc import AsyncIterator
 from email.message import Message
 from pathlib import Path
@@ -162,3 +164,43 @@ async def test_booking_form_flow(make_client, config_dirs, smtp, snapshot_json) 
     assert r.status == 200 and r.content_type == "text/calendar"
     feed = icalendar.Calendar.from_ical(await r.read())
     assert [str(e["UID"]) for e in feed.walk("VEVENT")] == [str(vevent["UID"])]
+
+
+async def test_twenty_concurrent_bookings_of_one_slot(make_client) -> None:
+    """20 booking requests for the same host and slot at once: exactly one is booked there; every other one is
+    moved to another free slot (no two overlap) or, failing that, escalated — none is lost or double-booked."""
+    client, key_for = await make_client()
+    key = await key_for()
+    slot = "2031-03-11T10:00:00-04:00"
+
+    async def book(i: int) -> dict[str, Any]:
+        event = {"id": f"race-{i:02d}", "source": "WEBHOOK", "type": "booking:created",
+                 "data": {"form": "booking", "name": f"Guest {i}", "email": f"guest{i}@example.com",
+                          "requested_start": slot, "duration_minutes": 30, "purpose": f"Call {i}", "host": "u-sam"}}
+        r = await client.post("/api/agent/process?mode=sync", json=event, headers=auth(key))
+        assert r.status == 200, await r.text()
+        return dict(await r.json())
+
+    decisions = await asyncio.gather(*(book(i) for i in range(20)))
+    assert await client.app[SERVICE].outbox.idle(20)
+    store = client.app[STORE]
+    events = await store.list_calendar_events("acme", host="u-sam")
+    at_slot = [e for e in events if e.start.isoformat() == "2031-03-11T14:00:00+00:00"]
+    assert len(at_slot) == 1
+    ordered = sorted(events, key=lambda e: e.start)
+    assert all(a.end <= b.start for a, b in itertools.pairwise(ordered)), "two bookings overlap"
+    booked = {e.attendees[0]["email"] for e in events}
+    outcomes = {}
+    for d in decisions:
+        detail = await (await client.get(f"/api/agent/decisions/{d['id']}", headers=auth(key))).json()
+        guest = d["actions"][0]["params"].get("attendee", {}).get("email") if d["actions"] else None
+        create = next((a for a in detail["outbox"] if a["type"] == "CREATE_EVENT"), None)
+        if create is not None and create["status"] == "done":
+            outcomes[d["id"]] = create["result"]["status"]
+            assert guest in booked
+        else:
+            outcomes[d["id"]] = detail["status"]  # escalated at planning time, or failed and escalated at commit
+            assert detail["status"] in ("FAILED",) or detail["decision_type"] == "ESCALATE", detail
+    counts = Counter(outcomes.values())
+    assert counts["booked"] == 1 and sum(counts.values()) == 20, counts
+    assert len(events) == counts["booked"] + counts["moved"]
