@@ -202,5 +202,6 @@ async def test_twenty_concurrent_bookings_of_one_slot(make_client) -> None:
             outcomes[d["id"]] = detail["status"]  # escalated at planning time, or failed and escalated at commit
             assert detail["status"] in ("FAILED",) or detail["decision_type"] == "ESCALATE", detail
     counts = Counter(outcomes.values())
+    print(f"20 bookings of one slot: {dict(counts)}")
     assert counts["booked"] == 1 and sum(counts.values()) == 20, counts
     assert len(events) == counts["booked"] + counts["moved"]
