@@ -246,6 +246,17 @@ MIGRATIONS: tuple[Migration, ...] = (
                value  TEXT NOT NULL
            )""",
     )),
+    Migration(6, "calendar changes applied, by action", (
+        # UPDATE_EVENT and CANCEL_EVENT record their idempotency key with the change, in its transaction: a
+        # replay after a later change to the same event must not undo it.
+        """CREATE TABLE calendar_changes (
+               action_key  TEXT PRIMARY KEY,
+               org         TEXT NOT NULL,
+               event_id    TEXT NOT NULL,
+               outcome     TEXT NOT NULL,
+               at          TEXT NOT NULL
+           )""",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

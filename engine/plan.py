@@ -9,14 +9,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import parseaddr
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from engine.config import DecisionType, Intent, OrgConfig, Policy, Route, User
 from engine.loader import OrgBundle
 from engine.models import Action
-from engine.ports import Calendar, LoadSource
-from engine.schedule import BookingOutcome, WorkHours, plan_booking
+from engine.ports import Busy, Calendar, LoadSource
+from engine.schedule import (
+    BookingOutcome,
+    WorkHours,
+    meeting_hints,
+    plan_booking,
+    read_new_time,
+    split_reschedule,
+)
 from engine.text import EventText
 
 _NEVER = datetime.min.replace(tzinfo=UTC)
@@ -107,8 +115,11 @@ def make_plan(bundle: OrgBundle, intent: Intent, decision_type: DecisionType | N
         reason = f"{intent} is escalated to a person"
         return Plan(dtype, [escalation_action(policy, org, reason, priority)], [reason], escalated=reason)
 
-    if dtype in (DecisionType.CREATE_EVENT, DecisionType.UPDATE_EVENT):
+    if dtype == DecisionType.CREATE_EVENT:
         return _booking(bundle, route, priority, event, text, calendar, now)
+
+    if dtype in (DecisionType.UPDATE_EVENT, DecisionType.CANCEL_EVENT):
+        return _change_event(bundle, dtype, priority, event, text, calendar, now)
 
     if dtype == DecisionType.SEND_NOTIFICATION and route.pipeline is None:
         to = [str(data[k]) for k in ("host", "assignee", "user") if isinstance(data.get(k), str) and org.user(data[k])]
@@ -166,7 +177,8 @@ def _booking(bundle: OrgBundle, route: Route, priority: int, event: dict[str, An
         host=host if host and org.user(host) else None,
         hours=hours, busy=busy, now=now,
         default_duration=policy.scheduling.default_duration_minutes,
-        reminder_offsets_minutes=tuple(policy.scheduling.reminders_minutes_before))
+        reminder_offsets_minutes=tuple(policy.scheduling.reminders_minutes_before),
+        buffer_minutes=policy.scheduling.buffer_minutes)
     if host and not org.user(host):
         reason = f"the booking names host '{host}', who is not a user of {org.org}; a person must pick the host"
         return Plan(DecisionType.ESCALATE, [escalation_action(policy, org, reason, priority)], [reason],
@@ -194,3 +206,118 @@ def _booking(bundle: OrgBundle, route: Route, priority: int, event: dict[str, An
         actions.append(_notify([], "booking_confirmation_guest", priority, start=outcome.start.isoformat(),
                                to_email=[attendee["email"]], attach_ics=True))
     return Plan(DecisionType.CREATE_EVENT, actions, [outcome.reason], booking=outcome)
+
+
+UPDATED_TEMPLATE = "booking_updated"
+CANCELLED_TEMPLATE = "booking_cancelled"
+_LOOKAHEAD = timedelta(days=400)
+
+
+def sender_address(data: dict[str, Any]) -> str | None:
+    """The e-mail address of whoever sent the event (`from`, possibly `Name <addr>`, else a form's `email`),
+    lower-cased; None when there is none."""
+    for key in ("from", "email"):
+        raw = data.get(key)
+        if isinstance(raw, str):
+            addr = parseaddr(raw)[1].strip().lower()
+            if "@" in addr:
+                return addr
+    return None
+
+
+def _when(dt: datetime) -> str:
+    return dt.strftime("%a %d %b %Y %H:%M").replace(" 0", " ")
+
+
+def find_meeting(org: OrgConfig, calendar: Calendar, sender: str, text: str, now: datetime) -> tuple[Busy | None, str]:
+    """The one upcoming event on a booking host's calendar that `sender` attends and `text` describes (its
+    weekday, date or time narrow the choice: "Tuesday's call"), or None and what is missing."""
+    tz = ZoneInfo(org.timezone)
+    hosts = [u for u in org.users if u.takes_bookings]
+    mine = [b for u in hosts for b in calendar.busy(u.id, now, now + _LOOKAHEAD)
+            if b.id and b.end > now and sender in {a.lower() for a in b.attendees}]
+    mine.sort(key=lambda b: (b.start, b.host, b.id))
+    if not mine:
+        return None, (f"no upcoming event with {sender} as an attendee is on the calendar of "
+                      f"{', '.join(u.id for u in hosts) or 'any host'}; a person must find the meeting")
+    hints = meeting_hints(text, tz, now)
+    fitting = [b for b in mine if hints.fits(b.start.astimezone(tz))]
+    listed = "; ".join(f"{b.title or 'event'} with {b.host} on {_when(b.start.astimezone(tz))}" for b in mine[:5])
+    if not fitting:
+        return None, (f"none of the upcoming events of {sender} is on {hints.describe()} ({listed}); "
+                      "a person must find the meeting")
+    if len(fitting) > 1:
+        said = f" on {hints.describe()}" if hints else ""
+        which = "; ".join(f"{b.title or 'event'} with {b.host} on {_when(b.start.astimezone(tz))}" for b in fitting[:5])
+        return None, (f"{len(fitting)} upcoming events of {sender}{said} could be meant ({which}); "
+                      "the message does not say which, so a person must pick")
+    return fitting[0], f"the event is {fitting[0].title or fitting[0].id} with {fitting[0].host}"
+
+
+def _change_event(bundle: OrgBundle, dtype: DecisionType, priority: int, event: dict[str, Any], text: EventText,
+                  calendar: Calendar, now: datetime) -> Plan:
+    """UPDATE_EVENT / CANCEL_EVENT from a message: find the sender's meeting, and for a move read the new time
+    and check it like a booking (business hours, lunch, the host's other events, buffers)."""
+    org, policy = bundle.org, bundle.policy
+    data = event.get("data") or {}
+    tz = ZoneInfo(org.timezone)
+    words = "\n".join(x for x in (text.subject, text.body) if x)
+
+    def escalate(reason: str, booking: BookingOutcome | None = None) -> Plan:
+        return Plan(DecisionType.ESCALATE, [escalation_action(policy, org, reason, priority)], [reason],
+                    booking=booking, escalated=reason)
+
+    what = "move" if dtype == DecisionType.UPDATE_EVENT else "cancel"
+    sender = sender_address(data)
+    if sender is None:
+        return escalate(f"the request to {what} a meeting has no sender address, so the meeting cannot be found")
+    identifying, new_text = split_reschedule(words) if dtype == DecisionType.UPDATE_EVENT else (words, None)
+    found, why = find_meeting(org, calendar, sender, identifying, now)
+    if found is None:
+        return escalate(f"Cannot {what} the meeting: {why}.")
+    host = found.host
+    start_local = found.start.astimezone(tz)
+    guest_mail = policy.notifications.email is not None
+
+    if dtype == DecisionType.CANCEL_EVENT:
+        note = f"cancel {found.title or found.id} with {host} on {_when(start_local)} at the request of {sender}"
+        actions = [
+            Action(type=DecisionType.CANCEL_EVENT, params={
+                "event_id": found.id, "host": host, "start": start_local.isoformat(), "title": found.title}),
+            _notify([host], CANCELLED_TEMPLATE, priority, start=start_local.isoformat(), attach_ics=True),
+        ]
+        if guest_mail:
+            actions.append(_notify([], f"{CANCELLED_TEMPLATE}_guest", priority, start=start_local.isoformat(),
+                                   to_email=[sender], attach_ics=True))
+        return Plan(DecisionType.CANCEL_EVENT, actions, [note])
+
+    if new_text is None:
+        return escalate(f"Cannot move {found.title or 'the meeting'} on {_when(start_local)}: the message does not "
+                        "say when to move it to.")
+    new = read_new_time(new_text, tz, now, start_local)
+    if isinstance(new, str):
+        return escalate(f"Cannot move {found.title or 'the meeting'} on {_when(start_local)}: {new}")
+    duration = max(1, round((found.end - found.start).total_seconds() / 60))
+    hours = work_hours(org, policy.scheduling.slot_step_minutes)
+    others = [b for b in calendar.busy(host, now, now + _LOOKAHEAD) if b.id != found.id]
+    outcome = plan_booking(
+        requested_start=new[0].isoformat(), duration_minutes=duration, text="", host=host, hours=hours,
+        busy=others, now=now, default_duration=policy.scheduling.default_duration_minutes,
+        reminder_offsets_minutes=tuple(policy.scheduling.reminders_minutes_before),
+        buffer_minutes=policy.scheduling.buffer_minutes)
+    if outcome.status == "escalate" or outcome.start is None or outcome.end is None:
+        return escalate(f"Cannot move {found.title or 'the meeting'} on {_when(start_local)} to “{new[1]}”: "
+                        f"{outcome.reason}", outcome)
+    note = (f"move {found.title or found.id} with {host} from {_when(start_local)} to "
+            f"{_when(outcome.start)} at the request of {sender} (“{new[1]}”)")
+    actions = [
+        Action(type=DecisionType.UPDATE_EVENT, params={
+            "event_id": found.id, "host": host, "start": outcome.start.isoformat(), "end": outcome.end.isoformat(),
+            "duration_minutes": duration, "title": found.title, "previous_start": start_local.isoformat(),
+            "moved": outcome.status == "moved"}),
+        _notify([host], UPDATED_TEMPLATE, priority, start=outcome.start.isoformat(), attach_ics=True),
+    ]
+    if guest_mail:
+        actions.append(_notify([], f"{UPDATED_TEMPLATE}_guest", priority, start=outcome.start.isoformat(),
+                               to_email=[sender], attach_ics=True))
+    return Plan(DecisionType.UPDATE_EVENT, actions, [note, outcome.reason], booking=outcome)

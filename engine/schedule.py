@@ -353,8 +353,10 @@ def _read_field(value: str, tz: ZoneInfo) -> tuple[datetime, str] | str:
 
 # ---------------------------------------------------------------- slots
 
-def _slot_issues(wall: datetime, minutes: int, hours: WorkHours, tz: ZoneInfo, busy: list[Busy]) -> list[str]:
-    """Why the slot starting at local wall time `wall` cannot be used (rule 5); empty means it is free."""
+def _slot_issues(wall: datetime, minutes: int, hours: WorkHours, tz: ZoneInfo, busy: list[Busy],
+                 buffer_minutes: int = 0) -> list[str]:
+    """Why the slot starting at local wall time `wall` cannot be used (rule 5); empty means it is free.
+    `buffer_minutes` of free time must separate the slot from every busy entry."""
     issues: list[str] = []
     end = wall + timedelta(minutes=minutes)
     open_, close = hours.window(wall.weekday())
@@ -371,12 +373,16 @@ def _slot_issues(wall: datetime, minutes: int, hours: WorkHours, tz: ZoneInfo, b
             and datetime.combine(wall.date(), hours.lunch_start) < end):
         issues.append(f"the slot overlaps the lunch break {_hm(hours.lunch_start)}–{_hm(hours.lunch_end)}")
     start_utc, end_utc = _attach(wall, tz).astimezone(UTC), _attach(end, tz).astimezone(UTC)
+    pad = timedelta(minutes=buffer_minutes)
     for b in busy:
-        if _to_utc(b.start, tz) < end_utc and start_utc < _to_utc(b.end, tz):
+        if _to_utc(b.start, tz) - pad < end_utc and start_utc < _to_utc(b.end, tz) + pad:
             b_start, b_end = _to_utc(b.start, tz).astimezone(tz), _to_utc(b.end, tz).astimezone(tz)
             span = f"{_hm(b_start)}–{_hm(b_end)}" if b_start.date() == b_end.date() == wall.date() \
                 else f"{_when(b_start)}–{_when(b_end)}"
-            issues.append(f"{b.host} is busy {span}" + (f" ({b.title})" if b.title else ""))
+            issue = f"{b.host} is busy {span}" + (f" ({b.title})" if b.title else "")
+            if not (_to_utc(b.start, tz) < end_utc and start_utc < _to_utc(b.end, tz)):
+                issue += f", and {buffer_minutes} minutes are kept free around every event"
+            issues.append(issue)
     return issues
 
 
@@ -388,9 +394,9 @@ def _grid(day: date, minutes: int, hours: WorkHours) -> Iterator[datetime]:
 
 
 def _free(wall: datetime, minutes: int, hours: WorkHours, tz: ZoneInfo, busy: list[Busy],
-          now: datetime) -> bool:
-    """Whether a candidate slot satisfies rule 5 and has not already started."""
-    return _attach(wall, tz) >= now and not _slot_issues(wall, minutes, hours, tz, busy)
+          now: datetime, buffer_minutes: int = 0) -> bool:
+    """Whether a candidate slot satisfies rule 5 (with the buffer around busy entries) and has not started."""
+    return _attach(wall, tz) >= now and not _slot_issues(wall, minutes, hours, tz, busy, buffer_minutes)
 
 
 # ---------------------------------------------------------------- planning
@@ -398,11 +404,13 @@ def _free(wall: datetime, minutes: int, hours: WorkHours, tz: ZoneInfo, busy: li
 def plan_booking(*, requested_start: str | None, duration_minutes: int | None, text: str, host: str | None,
                  hours: WorkHours, busy: list[Busy], now: datetime,
                  default_duration: int = 30,
-                 reminder_offsets_minutes: tuple[int, ...] = (1440, 60)) -> BookingOutcome:
+                 reminder_offsets_minutes: tuple[int, ...] = (1440, 60),
+                 buffer_minutes: int = 0) -> BookingOutcome:
     """Decide a booking form's slot: keep the requested time, move it to the nearest free slot, or escalate.
 
     Reminders are `start - offset` for every offset, in the order given, measured in elapsed time; past ones
-    are kept on purpose because the executor skips them.
+    are kept on purpose because the executor skips them. `buffer_minutes` of free time are kept between the
+    slot and every busy entry of the host (the policy's `scheduling.buffer_minutes`).
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -455,13 +463,13 @@ def plan_booking(*, requested_start: str | None, duration_minutes: int | None, t
     own_busy = [b for b in busy if b.host == host]
     wall = requested.replace(tzinfo=None)
     label = f"Requested {_when(requested)}–{_hm(wall + timedelta(minutes=duration))} ({note})"
-    issues = _slot_issues(wall, duration, hours, tz, own_busy)
+    issues = _slot_issues(wall, duration, hours, tz, own_busy, buffer_minutes)
     if not issues:
         return outcome("requested", f"{label} is free for {host}; booked as requested.", requested)
     why = f"{label}: {' and '.join(issues)}"
     if wall.weekday() in hours.days:
         grid = _grid(wall.date(), duration, hours)
-        free = [c for c in grid if _free(c, duration, hours, tz, own_busy, now)]
+        free = [c for c in grid if _free(c, duration, hours, tz, own_busy, now, buffer_minutes)]
         if free:
             # min() keeps the first of equally near candidates, and the grid runs forward: a tie goes earlier.
             best = min(free, key=lambda c: abs((c - wall).total_seconds()))
@@ -476,9 +484,132 @@ def plan_booking(*, requested_start: str | None, duration_minutes: int | None, t
             continue
         business_days_seen += 1
         for candidate in _grid(day, duration, hours):
-            if _free(candidate, duration, hours, tz, own_busy, now):
+            if _free(candidate, duration, hours, tz, own_busy, now, buffer_minutes):
                 which = "the next business day" if business_days_seen == 1 else "the first day with room"
                 reason = f"{why}; moved to {_when(candidate)}, the first free slot on {which}."
                 return outcome("moved", reason, _attach(candidate, tz))
     return outcome("escalate", f"{why}; {host} has no free slot in the {MAX_SCAN_DAYS} days after "
                                f"{_day(wall.date())}, so a person needs to pick a time.")
+
+
+# ---------------------------------------------------------------- moving a meeting: which one, and to when
+
+_WEEKDAY_WORD = re.compile(r"\b(?P<w>monday|tuesday|wednesday|thursday|friday|saturday|sunday|mon|tues?|weds?"
+                           r"|thu(?:rs?)?|fri)\b", _I)
+_MOVE_VERB = (r"\b(?:mov(?:e|es|ed|ing)|push(?:ed|ing)?|re-?schedul(?:e|ed|ing)|shift(?:ed|ing)?|bump(?:ed|ing)?"
+              r"|chang(?:e|ed|ing)|postpon(?:e|ed|ing)|switch(?:ed|ing)?|rearrang(?:e|ed|ing)|delay(?:ed|ing)?)\b")
+# "move Tuesday's call to 3pm", "reschedule it for Friday at 10am": what follows the marker is the new time.
+_MOVE_TO = re.compile(_MOVE_VERB + r"[^?!\n]{0,80}?\b(?:to|till|until)\s+(?!be\b|have\b|make\b|do\b|get\b|meet\b)"
+                      r"|\bre-?schedul(?:e|ed|ing)\s+(?:(?:it|this|that)\s+)?for\s+", _I)
+# "can we do 3pm instead?"
+_INSTEAD = re.compile(r"\b(?:do|make it|how about|what about)\s+(?P<new>[^?!\n]{1,60}?)\s+instead\b", _I)
+_SENTENCE_END = re.compile(r"[?!\n]|\.(?:\s|$)")
+_LONE_NUMBER = re.compile(r"(?<![\w:.])\d{1,2}(?![\w:.])")
+
+
+@dataclass(frozen=True)
+class MeetingHints:
+    """What a message says about which meeting it means: dates, weekdays (0=Monday) and clock times."""
+
+    dates: frozenset[date]
+    weekdays: frozenset[int]
+    clocks: frozenset[time]
+
+    def __bool__(self) -> bool:
+        return bool(self.dates or self.weekdays or self.clocks)
+
+    def describe(self) -> str:
+        """The hints in words, e.g. "Tuesday, 15:00"."""
+        parts = [_day(d) for d in sorted(self.dates)] + [_FULL_DAY_NAMES[w] for w in sorted(self.weekdays)]
+        return ", ".join(parts + [_hm(c) for c in sorted(self.clocks)])
+
+    def fits(self, start: datetime) -> bool:
+        """Whether a meeting starting at `start` (org-local) agrees with every kind of hint given."""
+        return ((not self.dates or start.date() in self.dates)
+                and (not self.weekdays or start.weekday() in self.weekdays)
+                and (not self.clocks or start.time().replace(second=0, microsecond=0) in self.clocks))
+
+
+def _weekdays(text: str) -> set[int]:
+    return {[n.lower()[:3] for n in _DAY_NAMES].index(m["w"].lower()[:3]) for m in _WEEKDAY_WORD.finditer(text)}
+
+
+def meeting_hints(text: str, tz: ZoneInfo, reference: datetime) -> MeetingHints:
+    """The dates, weekdays and times `text` names ("Tuesday's call", "our meeting on Dec 8 at 10am"), to pick
+    the meeting it is about among someone's upcoming ones. Unreadable mentions are left out."""
+    ref = reference.astimezone(tz).date()
+    try:
+        found = _mentions(text, tz, ref)
+    except _Unreadable:
+        found = []
+    dates = {f.moment.date() if f.moment else f.day for f in found if f.moment is not None or f.day is not None}
+    clocks = {f.moment.time() if f.moment else f.clock for f in found
+              if f.moment is not None or (f.clock is not None and f.range_start is None)}
+    return MeetingHints(frozenset(d for d in dates if d is not None), frozenset(_weekdays(text)),
+                        frozenset(c.replace(second=0, microsecond=0) for c in clocks if c is not None))
+
+
+def split_reschedule(text: str) -> tuple[str, str | None]:
+    """A request to move a meeting, split into the words that identify the meeting and those that give the new
+    time: "can we move Tuesday's call to 3pm" → ("can we move Tuesday's call ", "3pm"). None: no new time is
+    named in a form this reads."""
+    m = _MOVE_TO.search(text)
+    if m is not None:
+        rest = text[m.end():]
+        end = _SENTENCE_END.search(rest)
+        new = rest[:end.start()] if end else rest
+        return text[:m.end()] + rest[len(new):], new.strip()
+    m = _INSTEAD.search(text)
+    if m is not None:
+        return text[:m.start("new")] + text[m.end("new"):], m["new"].strip()
+    return text, None
+
+
+def read_new_time(new_text: str, tz: ZoneInfo, reference: datetime,
+                  original: datetime) -> tuple[datetime, str] | str:
+    """When a meeting that starts at `original` should move to, read from `new_text` (the part of a message after
+    "move … to"): an exact date and time; a time alone ("3pm": the same day); a weekday ("Monday": its next
+    occurrence after today, at the same time of day; "Monday at 10am"). Returns the new start (org time) and
+    the words it came from, or why it cannot be read (relative words other than a weekday are not guessed)."""
+    got = _read_text(new_text, tz, reference)
+    if not isinstance(got, str):
+        return got
+    if _SLASH_DATE.search(new_text) or _DOT_DATE.search(new_text):
+        return got
+    ref = reference.astimezone(tz).date()
+    try:
+        found = _mentions(new_text, tz, ref)
+    except _Unreadable as exc:
+        return str(exc)
+    if any(f.day is not None or f.moment is not None for f in found):
+        return got  # a stated date that did not make one exact time: _read_text says why
+    spans = [(f.start, f.end) for f in found]
+    for m in _BARE_HOUR.finditer(new_text):
+        if all(m.end() <= s or e <= m.start() for s, e in spans):
+            return got
+    for m in _RELATIVE.finditer(new_text):
+        if not _WEEKDAY_WORD.fullmatch(m.group(0)):
+            return f"The message asks to move the meeting to “{m.group(0)}”, which is relative; not guessing."
+    clocks = list(dict.fromkeys(f.clock for f in found if f.clock is not None and f.range_start is None))
+    days = sorted(_weekdays(new_text))
+    if len(clocks) > 1 or len(days) > 1:
+        said = ", ".join([_FULL_DAY_NAMES[d] for d in days] + [_hm(c) for c in clocks])
+        return f"The message names more than one new time ({said}); not guessing which one is meant."
+    if not clocks and not days:
+        number = _LONE_NUMBER.search(new_text)
+        if number is not None:
+            return (f"The message says “{number.group(0)}” without am/pm or a 24-hour time; "
+                    "not guessing the hour.")
+        return "The message does not say when the meeting should move to."
+    local = original.astimezone(tz)
+    day = local.date()
+    if days:
+        # The named weekday nearest to the meeting's own day ("Friday's call to Monday": the Monday after;
+        # "Thursday's meeting to Wednesday": the day before), but never today or earlier.
+        forward = (days[0] - day.weekday()) % 7
+        offset = forward if forward <= 3 else forward - 7
+        day = day + timedelta(days=offset)
+        while day <= ref:
+            day += timedelta(days=7)
+    clock = clocks[0] if clocks else local.time().replace(second=0, microsecond=0)
+    return _attach(datetime.combine(day, clock), tz), new_text.strip()

@@ -228,3 +228,116 @@ def test_booking_planned_on_a_leap_day(acme_bundle: OrgBundle) -> None:
              now=datetime(2028, 2, 29, 9, 0, tzinfo=NY))
     assert p.decision_type == DecisionType.CREATE_EVENT
     assert params(p, DecisionType.CREATE_EVENT)["start"] == datetime(2028, 3, 1, 14, 0, tzinfo=NY).isoformat()
+
+
+# --------------------------------------------------------------------------- moving and cancelling a meeting
+
+ADA = "Ada Lovelace <ada@example.com>"
+MEETINGS = StaticState(calendar=[
+    Busy("u-lee", datetime(2026, 12, 8, 10, tzinfo=NY), datetime(2026, 12, 8, 10, 30, tzinfo=NY), "Intro call",
+         id="cev_1", attendees=("ada@example.com",)),
+    Busy("u-sam", datetime(2026, 12, 10, 14, tzinfo=NY), datetime(2026, 12, 10, 15, tzinfo=NY), "Proposal review",
+         id="cev_2", attendees=("Ada@Example.com", "bo@example.com")),
+    Busy("u-lee", datetime(2026, 12, 8, 15, tzinfo=NY), datetime(2026, 12, 8, 16, tzinfo=NY), "Workshop",
+         id="cev_3", attendees=("cy@example.com",)),
+    Busy("u-lee", datetime(2026, 12, 8, 16, tzinfo=NY), datetime(2026, 12, 8, 16, 30, tzinfo=NY), "Not ours"),
+])
+
+
+def change(bundle: OrgBundle, dtype: DecisionType, text: str, sender: str = ADA,
+           state: StaticState = MEETINGS) -> Plan:
+    return plan(bundle, Intent.SCHEDULING, dtype, {"from": sender, "subject": "our meeting", "text": text},
+                state=state)
+
+
+def test_a_move_to_a_free_time_updates_the_meeting(acme_bundle: OrgBundle) -> None:
+    p = change(acme_bundle, DecisionType.UPDATE_EVENT, "Hi Lee, can we move Tuesday's call to 2pm?")
+    assert p.decision_type == DecisionType.UPDATE_EVENT
+    assert kinds(p) == ["UPDATE_EVENT", "SEND_NOTIFICATION"]
+    start = datetime(2026, 12, 8, 14, tzinfo=NY)
+    assert params(p, DecisionType.UPDATE_EVENT) == {
+        "event_id": "cev_1", "host": "u-lee", "start": start.isoformat(),
+        "end": (start + timedelta(minutes=30)).isoformat(), "duration_minutes": 30, "title": "Intro call",
+        "previous_start": datetime(2026, 12, 8, 10, tzinfo=NY).isoformat(), "moved": False}
+    assert params(p, DecisionType.SEND_NOTIFICATION) == {
+        "to": ["u-lee"], "template": "booking_updated", "priority": 3, "immediate": False,
+        "start": start.isoformat(), "attach_ics": True}
+    assert p.notes[0].startswith("move Intro call with u-lee from Tue 8 Dec 2026 10:00 to Tue 8 Dec 2026 14:00")
+
+
+def test_a_move_onto_a_busy_time_goes_to_the_nearest_free_slot(acme_bundle: OrgBundle) -> None:
+    p = change(acme_bundle, DecisionType.UPDATE_EVENT, "can we move Tuesday's call to 3pm?")  # Workshop 15–16
+    ev = params(p, DecisionType.UPDATE_EVENT)
+    assert ev["moved"] is True and ev["start"] == datetime(2026, 12, 8, 14, 30, tzinfo=NY).isoformat()
+    assert "u-lee is busy 15:00–16:00 (Workshop)" in p.notes[1]
+
+
+def test_the_meeting_itself_does_not_block_its_new_time(acme_bundle: OrgBundle) -> None:
+    p = change(acme_bundle, DecisionType.UPDATE_EVENT, "can we move Tuesday's call to 10:15am?")
+    assert params(p, DecisionType.UPDATE_EVENT)["start"] == datetime(2026, 12, 8, 10, 15, tzinfo=NY).isoformat()
+
+
+def test_a_cancel_request_cancels_the_meeting(acme_bundle: OrgBundle) -> None:
+    p = change(acme_bundle, DecisionType.CANCEL_EVENT, "I need to cancel our meeting on Thursday, sorry.")
+    assert p.decision_type == DecisionType.CANCEL_EVENT
+    assert kinds(p) == ["CANCEL_EVENT", "SEND_NOTIFICATION"]
+    assert params(p, DecisionType.CANCEL_EVENT) == {
+        "event_id": "cev_2", "host": "u-sam", "start": datetime(2026, 12, 10, 14, tzinfo=NY).isoformat(),
+        "title": "Proposal review"}
+    assert params(p, DecisionType.SEND_NOTIFICATION)["template"] == "booking_cancelled"
+
+
+def test_the_guest_hears_when_email_is_configured(acme_bundle: OrgBundle) -> None:
+    from engine.config import EmailSettings, Notifications
+
+    notifications = Notifications(email=EmailSettings.model_validate({"from": "hello@acme.example"}))
+    policy = acme_bundle.policy.model_copy(update={"notifications": notifications})
+    p = change(dataclasses.replace(acme_bundle, policy=policy), DecisionType.CANCEL_EVENT,
+               "I need to cancel our meeting on Thursday")
+    guest = p.actions[-1].params
+    assert guest["template"] == "booking_cancelled_guest" and guest["to_email"] == ["ada@example.com"]
+    assert guest["to"] == [] and guest["attach_ics"] is True
+
+
+@pytest.mark.parametrize(("dtype", "text", "sender", "reason"), [
+    (DecisionType.UPDATE_EVENT, "can we move our call to 3pm?", "stranger@example.com",
+     "no upcoming event with stranger@example.com as an attendee"),
+    (DecisionType.CANCEL_EVENT, "I need to cancel our meeting", ADA,
+     "2 upcoming events of ada@example.com could be meant (Intro call with u-lee on Tue 8 Dec 2026 10:00; "
+     "Proposal review with u-sam on Thu 10 Dec 2026 14:00)"),
+    (DecisionType.CANCEL_EVENT, "I need to cancel our meeting on Friday", ADA,
+     "none of the upcoming events of ada@example.com is on Friday"),
+    (DecisionType.UPDATE_EVENT, "can we move Tuesday's call to tomorrow at 3pm?", ADA,
+     "“tomorrow”, which is relative"),
+    (DecisionType.UPDATE_EVENT, "can we move Tuesday's call?", ADA, "does not say when to move it to"),
+    (DecisionType.UPDATE_EVENT, "can we move Tuesday's call to 3?", ADA, "“3” without am/pm"),
+    (DecisionType.UPDATE_EVENT, "can we move Tuesday's call to 12:30pm?", ADA, None),  # lunch: moved, not escalated
+    (DecisionType.UPDATE_EVENT, "can we move Tuesday's call to Saturday at 10am?", ADA, None),
+], ids=["unknown sender", "ambiguous", "no event that day", "relative time", "no new time", "bare hour",
+        "lunch", "weekend"])
+def test_changes_that_need_a_person_are_escalated(acme_bundle: OrgBundle, dtype: DecisionType, text: str,
+                                                  sender: str, reason: str | None) -> None:
+    p = change(acme_bundle, dtype, text, sender)
+    if reason is None:
+        assert p.decision_type == dtype and params(p, dtype)["moved"] is True
+        return
+    assert p.decision_type == DecisionType.ESCALATE and kinds(p) == ["ESCALATE"]
+    assert p.escalated is not None and reason in p.escalated, p.escalated
+    assert p.actions[0].params["reason"] == p.escalated
+
+
+def test_a_change_without_a_sender_is_escalated(acme_bundle: OrgBundle) -> None:
+    p = plan(acme_bundle, Intent.SCHEDULING, DecisionType.CANCEL_EVENT, {"text": "cancel our meeting"},
+             state=MEETINGS)
+    assert p.decision_type == DecisionType.ESCALATE and "no sender address" in (p.escalated or "")
+
+
+def test_bookings_honour_the_policy_buffer(acme_bundle: OrgBundle) -> None:
+    from engine.config import Scheduling
+
+    scheduling = Scheduling(buffer_minutes=30)
+    policy = acme_bundle.policy.model_copy(update={"scheduling": scheduling})
+    busy = StaticState(calendar=[Busy("u-sam", datetime(2026, 12, 8, 13, tzinfo=NY), datetime(2026, 12, 8, 13, 45, tzinfo=NY))])
+    p = plan(dataclasses.replace(acme_bundle, policy=policy), Intent.SCHEDULING, data=BOOKING, state=busy)
+    ev = params(p, DecisionType.CREATE_EVENT)
+    assert ev["moved"] is True and ev["start"] == datetime(2026, 12, 8, 14, 15, tzinfo=NY).isoformat()

@@ -371,3 +371,90 @@ def test_invalid_work_hours_rejected(changes: dict[str, Any]) -> None:
 def test_naive_now_rejected() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         plan("2026-12-08T10:00", now=datetime(2026, 12, 1, 9))
+
+
+# ---------------------------------------------------------------- buffers around busy entries
+
+def test_a_buffer_keeps_time_free_around_busy_entries() -> None:
+    entries = [busy(dec8(10), dec8(11), "Client call")]
+    assert plan("2026-12-08T11:00", busy=entries).status == "requested"  # back-to-back without a buffer
+    out = plan("2026-12-08T11:00", busy=entries, buffer_minutes=15)
+    assert out.status == "moved" and out.start == dec8(11, 15)
+    assert "u-sam is busy 10:00–11:00 (Client call), and 15 minutes are kept free around every event" in out.reason
+    before = plan("2026-12-08T09:30", busy=entries, buffer_minutes=15)
+    assert before.status == "moved" and before.start == dec8(9, 15)  # ends 9:45, 15 minutes before 10:00
+
+
+def test_a_buffer_applies_on_both_sides_when_scanning() -> None:
+    # 9:00–16:30 busy but for 13:00–13:45: with a 15-minute buffer no 30-minute slot fits that day
+    entries = [busy(dec8(9), dec8(13)), busy(dec8(13, 45), dec8(17))]
+    assert plan("2026-12-08T13:00", busy=entries).start == dec8(13)
+    out = plan("2026-12-08T13:00", busy=entries, buffer_minutes=15)
+    assert out.status == "moved" and out.start == ny(2026, 12, 9, 9)
+
+
+# ---------------------------------------------------------------- moving a meeting: which one, and to when
+
+ORIGINAL = dec8(10)  # a Tuesday meeting
+
+
+@pytest.mark.parametrize(("text", "old", "new"), [
+    ("can we move Tuesday's call to 3pm?", "Tuesday", "3pm"),
+    ("Hi, could we push our Thursday meeting to Friday at 10am? Thanks", "Thursday", "Friday at 10am"),
+    ("Can we reschedule for Dec 10 at 2pm", "", "Dec 10 at 2pm"),
+    ("can we do 3pm instead?", "", "3pm"),
+    ("I need to move our meeting", "I need to move our meeting", None),
+])
+def test_a_move_request_splits_into_which_meeting_and_when(text: str, old: str, new: str | None) -> None:
+    from engine.schedule import split_reschedule
+
+    identifying, when = split_reschedule(text)
+    assert when == new
+    assert old in identifying and (new is None or new not in identifying)
+
+
+@pytest.mark.parametrize(("new_text", "expected"), [
+    ("3pm", dec8(15)),                          # a time alone: the same day
+    ("Dec 9 at 2pm", ny(2026, 12, 9, 14)),      # an exact date and time
+    ("Wednesday", ny(2026, 12, 9, 10)),         # a weekday: nearest to the meeting, same time of day
+    ("Monday at 11am", ny(2026, 12, 7, 11)),    # a weekday and a time
+    ("Friday at 10am", ny(2026, 12, 11, 10)),
+])
+def test_the_new_time_of_a_moved_meeting(new_text: str, expected: datetime) -> None:
+    from engine.schedule import read_new_time
+
+    got = read_new_time(new_text, NY, NOW, ORIGINAL)
+    assert not isinstance(got, str), got
+    assert got[0] == expected
+
+
+@pytest.mark.parametrize(("new_text", "why"), [
+    ("tomorrow at 3pm", "“tomorrow”, which is relative"),
+    ("3", "“3” without am/pm"),
+    ("at 3", "without am/pm"),
+    ("next week", "relative"),
+    ("Monday or Tuesday", "more than one new time"),
+    ("10/12 at 3pm", "all-numeric"),
+    ("whenever suits", "does not say when"),
+])
+def test_an_unreadable_new_time_says_why(new_text: str, why: str) -> None:
+    from engine.schedule import read_new_time
+
+    got = read_new_time(new_text, NY, NOW, ORIGINAL)
+    assert isinstance(got, str) and why in got, got
+
+
+def test_a_weekday_that_falls_today_or_earlier_moves_a_week_on() -> None:
+    from engine.schedule import read_new_time
+
+    got = read_new_time("Tuesday", NY, NOW, ny(2026, 12, 2, 10))  # Wednesday's meeting to "Tuesday" (= today)
+    assert not isinstance(got, str) and got[0] == ny(2026, 12, 8, 10)
+
+
+def test_meeting_hints_name_days_dates_and_times() -> None:
+    from engine.schedule import meeting_hints
+
+    hints = meeting_hints("our call on Thursday at 2pm, or was it Dec 17?", NY, NOW)
+    assert hints.weekdays == {3} and hints.dates == {ny(2026, 12, 17, 0).date()} and hints.clocks == {time(14)}
+    assert hints.fits(ny(2026, 12, 17, 14)) and not hints.fits(ny(2026, 12, 10, 14))
+    assert not meeting_hints("can we move our call", NY, NOW)
