@@ -174,6 +174,12 @@ async def test_permanent_4xx_is_one_attempt_then_failed_and_escalated(harness: H
     assert notice["params"]["address"] == "ops@acme.example"
     assert set(notice["params"]["to"]) == {"u-omar", "u-ana"}
     assert "HTTP 400" in notice["params"]["reason"] and notice["params"]["failed_action"] == f"{decision.id}:0"
+    # ... and was sent: the ADMIN users have it in the app, naming the failed action and what to do
+    assert notice["status"] == "done" and notice["attempts"] == 1
+    for admin in ("u-omar", "u-ana"):
+        rows, _ = await harness.store.list_notifications("acme", admin)
+        [note] = rows
+        assert note["template"] == "action_failed" and decision.id in note["body"] and "HTTP 400" in note["body"]
     # and the live stream says so
     kinds = [k for _, k, _ in await harness.store.stream_after("acme", 0)]
     assert kinds == ["executed", "failed"]
