@@ -12,17 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self, TypeVar
 
 import aiosqlite
 
 from engine.models import Decision
+
+T = TypeVar("T")
 
 MAX_PAGE = 500
 """Upper bound of `list_decisions(limit=...)`."""
@@ -411,6 +413,21 @@ class SQLiteBase:
                 with contextlib.suppress(sqlite3.OperationalError):
                     await self._db.execute("ROLLBACK")
                 raise
+
+    async def _page(self, table: str, where: list[str], args: list[Any], *, limit: int, before: int | None,
+                    row: Callable[[Any], T]) -> tuple[list[T], int | None]:
+        """A page of `table`'s rows matching every condition of `where`, newest first, and the cursor of the next
+        page (a rowid, passed back as `before`; None at the end)."""
+        if before is not None:
+            where = [*where, "rowid < ?"]
+            args = [*args, before]
+        limit = max(1, min(limit, MAX_PAGE))
+        async with self._read() as db:
+            rows = list(await db.execute_fetchall(
+                f"SELECT rowid, * FROM {table} WHERE {' AND '.join(where)} ORDER BY rowid DESC LIMIT ?",
+                [*args, limit + 1]))
+        page = rows[:limit]
+        return [row(r) for r in page], (page[-1]["rowid"] if len(rows) > limit else None)
 
     async def _migrate(self) -> None:
         """Apply the missing steps of `MIGRATIONS`, each in its own transaction."""

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import aiosqlite
 
-from adapters.sqlite_base import MAX_PAGE, SQLiteBase, _bound, _iso, _now, _parse_iso, _upsert_decision
+from adapters.sqlite_base import SQLiteBase, _bound, _iso, _now, _parse_iso, _upsert_decision
 from engine.models import Decision, Event
 
 
@@ -236,16 +236,7 @@ class InboxTables(SQLiteBase):
         if status:
             where.append("status = ?")
             args.append(status)
-        if before is not None:
-            where.append("rowid < ?")
-            args.append(before)
-        limit = max(1, min(limit, MAX_PAGE))
-        async with self._read() as db:
-            rows = list(await db.execute_fetchall(
-                f"SELECT rowid, * FROM events WHERE {' AND '.join(where)} ORDER BY rowid DESC LIMIT ?",
-                [*args, limit + 1]))
-        page = rows[:limit]
-        return [_event_row(r) for r in page], (page[-1]["rowid"] if len(rows) > limit else None)
+        return await self._page("events", where, args, limit=limit, before=before, row=_event_row)
 
     async def event_info(self, org: str, event_id: str) -> dict[str, Any] | None:
         """One inbox event of `org` with its status, attempts, error and decision id; None if absent."""

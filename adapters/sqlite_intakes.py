@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from adapters.sqlite_base import MAX_PAGE, SQLiteBase, _iso, _now, _parse_iso
+from adapters.sqlite_base import SQLiteBase, _iso, _now, _parse_iso
 from engine.models import Event
 from engine.ports import Busy, StaticState
 
@@ -107,16 +107,7 @@ class IntakeTables(SQLiteBase):
         if closed is not None:
             where.append("closed = ?")
             args.append(int(closed))
-        if before is not None:
-            where.append("rowid < ?")
-            args.append(before)
-        limit = max(1, min(limit, MAX_PAGE))
-        async with self._read() as db:
-            rows = list(await db.execute_fetchall(
-                f"SELECT rowid, * FROM intakes WHERE {' AND '.join(where)} ORDER BY rowid DESC LIMIT ?",
-                [*args, limit + 1]))
-        page = rows[:limit]
-        return [_intake(r) for r in page], (page[-1]["rowid"] if len(rows) > limit else None)
+        return await self._page("intakes", where, args, limit=limit, before=before, row=_intake)
 
     async def move_intake(self, org: str, intake_id: str, *, stage: str, closed: bool, assignee: str | None,
                           keep_assignee: bool, by: str, note: str | None) -> tuple[Intake, Event | None] | None:

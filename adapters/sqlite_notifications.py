@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from adapters.sqlite_base import MAX_PAGE, SQLiteBase, _now
+from adapters.sqlite_base import SQLiteBase, _now
 
 
 def notification_row(r: Any) -> dict[str, Any]:
@@ -48,16 +48,7 @@ class NotificationTables(SQLiteBase):
         where, args = ["org = ?", "user_id = ?"], [org, user_id]
         if unread_only:
             where.append("read_at IS NULL")
-        if before is not None:
-            where.append("rowid < ?")
-            args.append(before)
-        limit = max(1, min(limit, MAX_PAGE))
-        async with self._read() as db:
-            rows = list(await db.execute_fetchall(
-                f"SELECT rowid, * FROM notifications WHERE {' AND '.join(where)} ORDER BY rowid DESC LIMIT ?",
-                [*args, limit + 1]))
-        page = rows[:limit]
-        return [notification_row(r) for r in page], (page[-1]["rowid"] if len(rows) > limit else None)
+        return await self._page("notifications", where, args, limit=limit, before=before, row=notification_row)
 
     async def get_notification(self, org: str, notification_id: str) -> dict[str, Any] | None:
         """One notification of `org`, or None (absent, or another org's)."""

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from adapters.sqlite_base import MAX_PAGE, SQLiteBase, _iso, _now, _upsert_decision
+from adapters.sqlite_base import SQLiteBase, _iso, _now, _upsert_decision
 from engine.models import Decision
 from engine.ports import ActionJob
 
@@ -233,16 +233,7 @@ class OutboxTables(SQLiteBase):
         if status:
             where.append("status = ?")
             args.append(status)
-        if before is not None:
-            where.append("rowid < ?")
-            args.append(before)
-        limit = max(1, min(limit, MAX_PAGE))
-        async with self._read() as db:
-            rows = list(await db.execute_fetchall(
-                f"SELECT rowid, * FROM actions WHERE {' AND '.join(where)} ORDER BY rowid DESC LIMIT ?",
-                [*args, limit + 1]))
-        page = rows[:limit]
-        return [action_row(r) for r in page], (page[-1]["rowid"] if len(rows) > limit else None)
+        return await self._page("actions", where, args, limit=limit, before=before, row=action_row)
 
     async def retry_dead_action(self, org: str, key: str, *, by: str) -> Decision | None:
         """Give a dead-lettered action of `org` a fresh set of attempts: it and the actions cancelled after it

@@ -182,7 +182,9 @@ def _multi(request: web.Request, name: str, allowed: tuple[str, ...]) -> list[st
     return values or None
 
 
-def _time(request: web.Request, name: str) -> datetime | None:
+def _time(request: web.Request, name: str, *, clamp: bool = False) -> datetime | None:
+    """The query parameter `name` as an aware datetime (400 naming it when unreadable). Outside years 1–9999:
+    400, or with `clamp` the nearest end (a window beyond what can be stored means "unbounded")."""
     raw = request.query.get(name)
     if raw is None:
         return None
@@ -192,6 +194,11 @@ def _time(request: web.Request, name: str) -> datetime | None:
         raise ApiError(400, "bad_request", f"{name}: not an ISO-8601 time: {raw!r}", {"field": name}) from None
     if dt.tzinfo is None:
         raise ApiError(400, "bad_request", f"{name}: needs a UTC offset, e.g. 2026-12-08T10:00:00Z", {"field": name})
+    if clamp:
+        try:
+            return min(max(dt, _EARLIEST), _LATEST)
+        except OverflowError:
+            return _EARLIEST if dt.year < 5000 else _LATEST
     if not _EARLIEST <= dt <= _LATEST:  # beyond, converting to UTC (or a day's arithmetic) overflows
         raise ApiError(400, "bad_request", f"{name}: out of range: {raw!r}", {"field": name})
     return dt

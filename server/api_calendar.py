@@ -16,13 +16,13 @@ from aiohttp import web
 
 from adapters.ics import feed_ics
 from engine.config import OrgConfig, User
+from server.api import _time
 from server.app import KEYS, REGISTRY, STORE, principal
 from server.auth import bearer
 from server.errors import ApiError
 
 FEED_PAST_DAYS = 90
 """How far back the feed reaches (calendar apps keep what they already have)."""
-_EARLIEST, _LATEST = datetime(1, 1, 2, tzinfo=UTC), datetime(9999, 12, 30, tzinfo=UTC)
 
 
 def feed_token(secret: bytes, org: str, user: str) -> str:
@@ -80,22 +80,6 @@ async def calendar_feed(request: web.Request) -> web.Response:
                         headers={"Cache-Control": "private, max-age=300"})
 
 
-def _time(request: web.Request, name: str) -> datetime | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return None
-    try:
-        dt = datetime.fromisoformat(raw.upper().replace("Z", "+00:00"))  # RFC 3339 allows "t" and "z" too
-    except ValueError:
-        raise ApiError(400, "bad_request", f"{name}: not an ISO-8601 time: {raw!r}", {"field": name}) from None
-    if dt.tzinfo is None:
-        raise ApiError(400, "bad_request", f"{name}: needs a UTC offset, e.g. 2026-12-08T10:00:00Z", {"field": name})
-    try:
-        return min(max(dt, _EARLIEST), _LATEST)  # a window beyond what can be stored means "unbounded"
-    except OverflowError:
-        return _EARLIEST if dt.year < 5000 else _LATEST
-
-
 def _json(data: Any) -> web.Response:
     return web.json_response(data)
 
@@ -106,7 +90,7 @@ async def list_events(request: web.Request) -> web.Response:
     host = request.query.get("host")
     if host is not None:
         _user(_org_config(request, org_id), host)
-    since, until = _time(request, "from"), _time(request, "to")
+    since, until = _time(request, "from", clamp=True), _time(request, "to", clamp=True)
     events = await request.app[STORE].list_calendar_events(org_id, host=host, since=since, until=until)
     return _json({"events": [e.to_json() for e in events]})
 
