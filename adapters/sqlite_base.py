@@ -183,7 +183,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE actions ADD COLUMN duration_ms REAL",
         "ALTER TABLE actions ADD COLUMN result TEXT CHECK (result IS NULL OR json_valid(result))",
         "ALTER TABLE actions ADD COLUMN attempt_log TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(attempt_log))",
+        "UPDATE actions SET available_at = created_at WHERE available_at IS NULL",
         "DROP INDEX actions_status",
+        # (status, available_at) + the implicit rowid is exactly `ORDER BY available_at, rowid`: a claim reads the
+        # first due rows of the index instead of sorting every pending action (a backlog) each time.
         "CREATE INDEX actions_ready ON actions (status, available_at)",
         # Intakes: the work items of the pipelines. `action_key` makes the ASSIGN_PIPELINE executor idempotent.
         """CREATE TABLE intakes (
@@ -342,6 +345,8 @@ class SQLiteBase:
         self.path = path
         self._lock = asyncio.Lock()
         self._closed = False
+        self._snapshots: dict[tuple[str, str], tuple[float, Any]] = {}
+        """(org, UTC day) → (expires (monotonic), StaticState): planning state read at most once a second."""
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -413,6 +418,11 @@ class SQLiteBase:
                 with contextlib.suppress(sqlite3.OperationalError):
                     await self._db.execute("ROLLBACK")
                 raise
+
+    def _state_changed(self, org: str) -> None:
+        """This process changed `org`'s intakes or calendar: its next plan reads them afresh."""
+        for key in [k for k in self._snapshots if k[0] == org]:
+            del self._snapshots[key]
 
     async def _page(self, table: str, where: list[str], args: list[Any], *, limit: int, before: int | None,
                     row: Callable[[Any], T]) -> tuple[list[T], int | None]:

@@ -188,6 +188,7 @@ class CalendarTables(SQLiteBase):
                 (org, event.id, host, title, _iso(slot_start), _iso(slot_end), json.dumps(attendees), decision_id,
                  action_key, stamp, stamp))
             await _add_reminders(db, event, reminders, now)
+        self._state_changed(org)
         return event, change
 
     async def update_event(self, org: str, event_id: str, *, start: datetime, end: datetime, action_key: str,
@@ -231,6 +232,7 @@ class CalendarTables(SQLiteBase):
             await _add_reminders(db, event, reminders, now)
             outcome = "updated" if change.outcome == "booked" else "moved"
             await _record_change(db, action_key, org, event_id, outcome, stamp)
+        self._state_changed(org)
         return event, Change(outcome, change.reason)
 
     async def cancel_event(self, org: str, event_id: str, action_key: str) -> tuple[CalendarEvent | None, Change]:
@@ -252,6 +254,7 @@ class CalendarTables(SQLiteBase):
                 (event.sequence, stamp, org, event_id))
             await _drop_reminders(db, org, event_id)
             await _record_change(db, action_key, org, event_id, "cancelled", stamp)
+        self._state_changed(org)
         return event, Change("cancelled")
 
     async def get_calendar_event(self, org: str, event_id: str) -> CalendarEvent | None:

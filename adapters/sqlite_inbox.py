@@ -482,10 +482,10 @@ async def _insert_actions(db: aiosqlite.Connection, decision: Decision, now: str
     if not decision.actions:
         return
     await db.executemany(
-        "INSERT INTO actions (key, org, decision_id, idx, type, params, status, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (key) DO NOTHING",
+        "INSERT INTO actions (key, org, decision_id, idx, type, params, status, available_at, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?) ON CONFLICT (key) DO NOTHING",
         [(a.idempotency_key or f"{decision.id}:{i}", decision.org, decision.id, i, str(a.type),
-          json.dumps(a.params, default=str), now, now) for i, a in enumerate(decision.actions)])
+          json.dumps(a.params, default=str), now, now, now) for i, a in enumerate(decision.actions)])
 
 
 async def _append_stream(db: aiosqlite.Connection, decision: Decision, kind: str, *, new: bool, now: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -87,6 +88,7 @@ class IntakeTables(SQLiteBase):
                      int(intake.closed), intake.decision_id, intake.event_id, action_key, json.dumps([entry]), now, now))
             rows = list(await db.execute_fetchall(
                 "SELECT * FROM intakes WHERE org = ? AND id = ?", (intake.org, intake.id)))
+        self._state_changed(intake.org)
         return _intake(rows[0]), True
 
     async def get_intake(self, org: str, intake_id: str) -> Intake | None:
@@ -145,6 +147,7 @@ class IntakeTables(SQLiteBase):
                 "ON CONFLICT (org, id) DO NOTHING",
                 (org, event.id, str(event.source), event.type, event.model_dump_json(), now, now))
             rows = list(await db.execute_fetchall("SELECT * FROM intakes WHERE org = ? AND id = ?", (org, intake_id)))
+        self._state_changed(org)
         return _intake(rows[0]), event
 
     async def intake_counts(self, org: str) -> dict[tuple[str, str], int]:
@@ -155,9 +158,23 @@ class IntakeTables(SQLiteBase):
                 (org,))
         return {(r[0], r[1]): int(r[2]) for r in rows}
 
+    SNAPSHOT_SECONDS = 1.0
+    """How long a planning snapshot is reused: this process's own changes drop it at once; other processes'
+    changes are seen within this time (the calendar's commit-time check is what prevents double bookings)."""
+
     async def snapshot(self, org: str, now: datetime) -> StaticState:
         """The org's state for planning (`engine.ports.StateSource`): open intakes per assignee, when each was
         last assigned one, and every confirmed calendar event that has not ended a day before `now`."""
+        key = (org, now.astimezone(UTC).date().isoformat())
+        cached = self._snapshots.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            state: StaticState = cached[1]
+            return state
+        state = await self._read_snapshot(org, now)
+        self._snapshots[key] = (time.monotonic() + self.SNAPSHOT_SECONDS, state)
+        return state
+
+    async def _read_snapshot(self, org: str, now: datetime) -> StaticState:
         async with self._read() as db:
             loads = list(await db.execute_fetchall(
                 "SELECT assignee, sum(closed = 0), max(assigned_at) FROM intakes "

@@ -30,16 +30,22 @@ class OutboxTables(SQLiteBase):
         an attempt. Returns them with their decision and event."""
         now_dt = now or datetime.now(UTC)
         stamp = _iso(now_dt)
+        async with self._read() as db:
+            # A read first: most wake-ups find nothing due, and a write transaction would queue behind the inbox's.
+            due = list(await db.execute_fetchall(
+                "SELECT 1 FROM actions WHERE status = 'pending' AND available_at <= ? LIMIT 1", (stamp,)))
+        if not due:
+            return []
         async with self._write() as db:
             rows = list(await db.execute_fetchall(
                 """UPDATE actions SET status = 'running', lease_owner = ?, lease_until = ?, attempts = attempts + 1,
                                       started_at = ?, updated_at = ?
                    WHERE key IN (
                        SELECT a.key FROM actions a
-                       WHERE a.status = 'pending' AND (a.available_at IS NULL OR a.available_at <= ?)
+                       WHERE a.status = 'pending' AND a.available_at <= ?
                          AND NOT EXISTS (SELECT 1 FROM actions b WHERE b.decision_id = a.decision_id
                                          AND b.idx < a.idx AND b.idx >= 0 AND b.status != 'done')
-                       ORDER BY a.rowid LIMIT ?)
+                       ORDER BY a.available_at, a.rowid LIMIT ?)
                    RETURNING key, org, decision_id, idx, type, params, attempts""",
                 (owner, _iso(now_dt + timedelta(seconds=lease_seconds)), stamp, stamp, stamp, limit)))
             if not rows:
@@ -148,10 +154,10 @@ class OutboxTables(SQLiteBase):
             await _upsert_decision(db, decision)
             if escalation is not None:
                 await db.execute(
-                    "INSERT INTO actions (key, org, decision_id, idx, type, params, status, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, 'ESCALATE', ?, 'pending', ?, ?) ON CONFLICT (key) DO NOTHING",
+                    "INSERT INTO actions (key, org, decision_id, idx, type, params, status, available_at, created_at, "
+                    "updated_at) VALUES (?, ?, ?, ?, 'ESCALATE', ?, 'pending', ?, ?, ?) ON CONFLICT (key) DO NOTHING",
                     (f"{decision.id}:failure", decision.org, decision.id, FAILURE_INDEX,
-                     json.dumps(escalation, default=str), now, now))
+                     json.dumps(escalation, default=str), now, now, now))
             payload = f'{{"kind": "failed", "new": false, "decision": {decision.model_dump_json()}}}'
             await db.execute("INSERT INTO stream (org, kind, decision_id, payload, created_at) VALUES (?, ?, ?, ?, ?)",
                              (decision.org, "failed", decision.id, payload, now))
@@ -207,11 +213,9 @@ class OutboxTables(SQLiteBase):
         """When the earliest pending action becomes due (None: nothing pending)."""
         async with self._read() as db:
             rows = list(await db.execute_fetchall(
-                "SELECT min(coalesce(available_at, '')) FROM actions WHERE status = 'pending'"))
+                "SELECT min(available_at) FROM actions WHERE status = 'pending'"))
         value = rows[0][0] if rows else None
-        if value is None:
-            return None
-        return datetime.now(UTC) if value == "" else datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return None if value is None else datetime.fromisoformat(value.replace("Z", "+00:00"))
 
     async def list_actions(self, org: str, decision_id: str) -> list[dict[str, Any]]:
         """The outbox rows of one decision, in the order they run (a failure notice first)."""
@@ -246,8 +250,8 @@ class OutboxTables(SQLiteBase):
                 return None
             decision_id, idx = rows[0]["decision_id"], rows[0]["idx"]
             await db.execute(
-                "UPDATE actions SET status = 'pending', attempts = 0, available_at = NULL, updated_at = ? WHERE key = ?",
-                (now, key))
+                "UPDATE actions SET status = 'pending', attempts = 0, available_at = ?, updated_at = ? WHERE key = ?",
+                (now, now, key))
             await db.execute(
                 "UPDATE actions SET status = 'pending', error = NULL, updated_at = ? "
                 "WHERE decision_id = ? AND idx > ? AND status = 'cancelled'", (now, decision_id, idx))

@@ -317,6 +317,17 @@ def drain(health_url: str) -> tuple[float, dict[str, int]]:
         time.sleep(0.25)
 
 
+def drain_outbox(health_url: str) -> tuple[float, dict[str, int]]:
+    """Wait until the service's outbox has nothing pending or running (the actions of the decisions a queue slice
+    left behind), so that the next slice does not compete with them; (seconds waited, outbox counts)."""
+    t = time.perf_counter()
+    while True:
+        outbox = get_json(health_url)["checks"]["database"].get("outbox") or {}
+        if outbox.get("pending", 0) + outbox.get("running", 0) == 0 or time.perf_counter() - t > DRAIN_TIMEOUT_S:
+            return time.perf_counter() - t, outbox
+        time.sleep(0.25)
+
+
 class Tally:
     """One mode's slices, summed."""
 
@@ -335,6 +346,8 @@ class Tally:
         self.accepted_left = 0
         self.drain_seconds = 0.0
         self.decided_in_drain = 0
+        self.outbox_seconds = 0.0
+        self.actions_done = 0
         self.slice_commits: Counter[str] = Counter()  # queue: from before a slice's load to its drained inbox
         self.slice_accepted = 0
 
@@ -488,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
                      concurrency=conc)
                 if mode == "queue":
                     drain(health)
+                    drain_outbox(health)
             for rnd in range(rounds):
                 for mode in MODES:
                     before = get_json(commits_url) if commits_url and mode == "queue" else {}
@@ -505,6 +519,10 @@ def main(argv: list[str] | None = None) -> int:
                         t.slice_accepted += r["every"].get("202", 0)
                         if commits_url:
                             t.slice_commits.update(split_counts(Counter(get_json(commits_url)) - Counter(before))[0])
+                        done_before = get_json(health)["checks"]["database"].get("outbox", {}).get("done", 0)
+                        seconds, outbox = drain_outbox(health)
+                        t.outbox_seconds += seconds
+                        t.actions_done += outbox.get("done", 0) - done_before
             inbox = drain(health)[1]
         finally:
             for p in (bare, svc, *workers):
@@ -529,6 +547,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{accepted:,} accepted); {q.accepted_left:,} were still queued at the windows' ends; draining took "
           f"{q.drain_seconds:.1f} s ({q.decided_in_drain / (q.drain_seconds or 1):,.0f} decisions/s with no requests "
           "coming in)")
+    if q.outbox_seconds:
+        print(f"- queue: then the outbox ran the actions of those decisions: {q.actions_done:,} more in "
+              f"{q.outbox_seconds:.1f} s ({q.actions_done / q.outbox_seconds:,.0f} actions/s), before the next slice")
     if q.commits:
         print("- " + commits_line("queue, SQLite commits during the windows", q.commits, max(1, accepted)))
         print("- " + commits_line("queue, whole slices until drained (every accepted event decided)", q.slice_commits,

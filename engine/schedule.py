@@ -386,6 +386,15 @@ def _slot_issues(wall: datetime, minutes: int, hours: WorkHours, tz: ZoneInfo, b
     return issues
 
 
+def _around(busy: list[Busy], day: date, tz: ZoneInfo) -> list[Busy]:
+    """The entries that can touch a slot on `day` (local), buffers included: those overlapping the day and the
+    days either side. Checking a day's grid against these instead of a whole calendar keeps planning cheap when
+    a host's calendar is long."""
+    lo = datetime.combine(day - timedelta(days=1), time()).replace(tzinfo=tz).astimezone(UTC)
+    hi = datetime.combine(day + timedelta(days=2), time()).replace(tzinfo=tz).astimezone(UTC)
+    return [b for b in busy if _to_utc(b.start, tz) < hi and _to_utc(b.end, tz) > lo]
+
+
 def _grid(day: date, minutes: int, hours: WorkHours) -> Iterator[datetime]:
     """Candidate wall-clock starts on the grid (15 minutes by default) that keep the slot inside working hours."""
     open_, close = hours.window(day.weekday())
@@ -463,13 +472,14 @@ def plan_booking(*, requested_start: str | None, duration_minutes: int | None, t
     own_busy = [b for b in busy if b.host == host]
     wall = requested.replace(tzinfo=None)
     label = f"Requested {_when(requested)}–{_hm(wall + timedelta(minutes=duration))} ({note})"
-    issues = _slot_issues(wall, duration, hours, tz, own_busy, buffer_minutes)
+    issues = _slot_issues(wall, duration, hours, tz, _around(own_busy, wall.date(), tz), buffer_minutes)
     if not issues:
         return outcome("requested", f"{label} is free for {host}; booked as requested.", requested)
     why = f"{label}: {' and '.join(issues)}"
     if wall.weekday() in hours.days:
         grid = _grid(wall.date(), duration, hours)
-        free = [c for c in grid if _free(c, duration, hours, tz, own_busy, now, buffer_minutes)]
+        that_day = _around(own_busy, wall.date(), tz)
+        free = [c for c in grid if _free(c, duration, hours, tz, that_day, now, buffer_minutes)]
         if free:
             # min() keeps the first of equally near candidates, and the grid runs forward: a tie goes earlier.
             best = min(free, key=lambda c: abs((c - wall).total_seconds()))
@@ -483,8 +493,9 @@ def plan_booking(*, requested_start: str | None, duration_minutes: int | None, t
         if day.weekday() not in hours.days:
             continue
         business_days_seen += 1
+        that_day = _around(own_busy, day, tz)
         for candidate in _grid(day, duration, hours):
-            if _free(candidate, duration, hours, tz, own_busy, now, buffer_minutes):
+            if _free(candidate, duration, hours, tz, that_day, now, buffer_minutes):
                 which = "the next business day" if business_days_seen == 1 else "the first day with room"
                 reason = f"{why}; moved to {_when(candidate)}, the first free slot on {which}."
                 return outcome("moved", reason, _attach(candidate, tz))
