@@ -205,3 +205,48 @@ async def test_twenty_concurrent_bookings_of_one_slot(make_client) -> None:
     print(f"20 bookings of one slot: {dict(counts)}")
     assert counts["booked"] == 1 and sum(counts.values()) == 20, counts
     assert len(events) == counts["booked"] + counts["moved"]
+
+
+async def test_a_mail_asking_to_move_the_meeting_moves_it(make_client, config_dirs, smtp) -> None:
+    """A booked guest writes "can we move Tuesday's call to 3pm?": UPDATE_EVENT finds their meeting, moves it
+    (sequence + 1, reminders replaced), and the host and the guest get the updated invitation; then "I need to
+    cancel" cancels it and its reminders."""
+    box, port = smtp
+    with_email(config_dirs, port)
+    client, key_for = await make_client()
+    key = await key_for()
+    booking = {"id": "flow-move-1", "source": "WEBHOOK", "type": "booking:created",
+               "data": {"form": "booking", "name": "Ada Lovelace", "email": "ada@example.com",
+                        "requested_start": "2031-03-11T10:00:00-04:00", "duration_minutes": 30,
+                        "purpose": "Intro call", "host": "u-sam"}}
+    await run_flow(client, key, booking)
+    store = client.app[STORE]
+    [event] = await store.list_calendar_events("acme", host="u-sam")
+    before = {r["id"] for r in await store.calendar_reminders("acme", event.id)}
+
+    move = {"id": "flow-move-2", "source": "EMAIL", "type": "email:received", "occurred_at": "2031-03-04T09:00:00-05:00",
+            "data": {"from": "Ada Lovelace <ada@example.com>", "to": "hello@acme.example", "subject": "Tuesday",
+                     "text": "Hi Sam, can we move Tuesday's call to 3pm? Thanks, Ada"}}
+    detail = await run_flow(client, key, move)
+    assert detail["decision_type"] == "UPDATE_EVENT" and detail["status"] == "EXECUTED", detail["reasoning"]
+    assert {a["status"] for a in detail["outbox"]} == {"done"}, detail["outbox"]
+    moved = await store.get_calendar_event("acme", event.id)
+    assert moved is not None and moved.sequence == 1
+    assert moved.start.isoformat() == "2031-03-11T19:00:00+00:00"  # 15:00 in New York (EDT)
+    after = {r["id"] for r in await store.calendar_reminders("acme", event.id)}
+    assert after and not after & before
+    updates = [(to, m) for to, m in box.messages if "Intro call" in str(m["Subject"]) or to == ["ada@example.com"]]
+    methods = {str(p.get_param("method")) for _, m in updates for p in m.walk() if p.get_content_type() == "text/calendar"}
+    assert "REQUEST" in methods
+
+    cancel = {"id": "flow-move-3", "source": "EMAIL", "type": "email:received",
+              "occurred_at": "2031-03-05T09:00:00-05:00",
+              "data": {"from": "ada@example.com", "to": "hello@acme.example", "subject": "Tuesday",
+                       "text": "Hi Sam, sorry, I need to cancel our meeting on Tuesday. Ada"}}
+    detail = await run_flow(client, key, cancel)
+    assert detail["decision_type"] == "CANCEL_EVENT" and detail["status"] == "EXECUTED", detail["reasoning"]
+    cancelled = await store.get_calendar_event("acme", event.id)
+    assert cancelled is not None and cancelled.status == "cancelled" and cancelled.sequence == 2
+    assert await store.calendar_reminders("acme", event.id) == []
+    last = box.messages[-1][1]
+    assert any(p.get_param("method") == "CANCEL" for p in last.walk() if p.get_content_type() == "text/calendar")
