@@ -345,8 +345,9 @@ class SQLiteBase:
         self.path = path
         self._lock = asyncio.Lock()
         self._closed = False
-        self._snapshots: dict[tuple[str, str], tuple[float, Any]] = {}
-        """(org, UTC day) → (expires (monotonic), StaticState): planning state read at most once a second."""
+        self._snapshots: dict[str, tuple[float, datetime, Any]] = {}
+        """org → (expires (monotonic), since, the read of its StaticState): planning state, read at most once a
+        second per org."""
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -421,8 +422,7 @@ class SQLiteBase:
 
     def _state_changed(self, org: str) -> None:
         """This process changed `org`'s intakes or calendar: its next plan reads them afresh."""
-        for key in [k for k in self._snapshots if k[0] == org]:
-            del self._snapshots[key]
+        self._snapshots.pop(org, None)
 
     async def _page(self, table: str, where: list[str], args: list[Any], *, limit: int, before: int | None,
                     row: Callable[[Any], T]) -> tuple[list[T], int | None]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -164,17 +165,27 @@ class IntakeTables(SQLiteBase):
 
     async def snapshot(self, org: str, now: datetime) -> StaticState:
         """The org's state for planning (`engine.ports.StateSource`): open intakes per assignee, when each was
-        last assigned one, and every confirmed calendar event that has not ended a day before `now`."""
-        key = (org, now.astimezone(UTC).date().isoformat())
-        cached = self._snapshots.get(key)
-        if cached is not None and cached[0] > time.monotonic():
-            state: StaticState = cached[1]
-            return state
-        state = await self._read_snapshot(org, now)
-        self._snapshots[key] = (time.monotonic() + self.SNAPSHOT_SECONDS, state)
-        return state
+        last assigned one, and every confirmed calendar event that has not ended before the day of `now` (or of
+        today, if `now` is later).
 
-    async def _read_snapshot(self, org: str, now: datetime) -> StaticState:
+        One read serves every plan of the org for `SNAPSHOT_SECONDS`, and concurrent plans that find no fresh
+        copy wait for the same read (single flight): under load, reads queue behind the store's lock, and one
+        read per request would stall every request behind them."""
+        since = min(now, datetime.now(UTC)).astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        cached = self._snapshots.get(org)
+        if cached is not None and cached[0] > time.monotonic() and cached[1] <= since:
+            state: StaticState = await asyncio.shield(cached[2])
+            return state
+        task = asyncio.ensure_future(self._read_snapshot(org, since))
+        self._snapshots[org] = (time.monotonic() + self.SNAPSHOT_SECONDS, since, task)
+        try:
+            return await asyncio.shield(task)
+        except BaseException:
+            if self._snapshots.get(org, (0, 0, None))[2] is task:
+                del self._snapshots[org]
+            raise
+
+    async def _read_snapshot(self, org: str, since: datetime) -> StaticState:
         async with self._read() as db:
             loads = list(await db.execute_fetchall(
                 "SELECT assignee, sum(closed = 0), max(assigned_at) FROM intakes "
@@ -182,7 +193,7 @@ class IntakeTables(SQLiteBase):
             events = list(await db.execute_fetchall(
                 "SELECT id, host, title, start_at, end_at, attendees FROM calendar_events "
                 "WHERE org = ? AND status = 'confirmed' AND end_at >= ? ORDER BY start_at",
-                (org, _iso(now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)))))
+                (org, _iso(since))))
         calendar = [Busy(host=r["host"], start=_parse_iso(r["start_at"]), end=_parse_iso(r["end_at"]), title=r["title"],
                          id=r["id"], attendees=tuple(a.get("email", "") if isinstance(a, dict) else str(a)
                                                      for a in json.loads(r["attendees"])))
