@@ -547,9 +547,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{accepted:,} accepted); {q.accepted_left:,} were still queued at the windows' ends; draining took "
           f"{q.drain_seconds:.1f} s ({q.decided_in_drain / (q.drain_seconds or 1):,.0f} decisions/s with no requests "
           "coming in)")
-    if q.outbox_seconds:
+    if q.outbox_seconds >= 0.5:
         print(f"- queue: then the outbox ran the actions of those decisions: {q.actions_done:,} more in "
               f"{q.outbox_seconds:.1f} s ({q.actions_done / q.outbox_seconds:,.0f} actions/s), before the next slice")
+    else:
+        print("- queue: the outbox had run the actions of those decisions by the time the inbox was drained (most "
+              "decisions of a burst are held as PENDING by the policy's rate limit, and hold no actions)")
     if q.commits:
         print("- " + commits_line("queue, SQLite commits during the windows", q.commits, max(1, accepted)))
         print("- " + commits_line("queue, whole slices until drained (every accepted event decided)", q.slice_commits,

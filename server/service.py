@@ -258,7 +258,7 @@ class Service:
                 self.metrics.observe_decision(stored, mode, seconds)
                 log.info("decided %s %s -> %s (%s, %.0f ms)", event.type, stored.intent, stored.status,
                          stored.decided_by, seconds * 1000)
-                await self.notify()
+                await self.notify(actions=stored.status == "EXECUTED" and bool(stored.actions))
             else:
                 log.info("event was already decided as %s; this decision is discarded", stored.id)
             return stored
@@ -320,9 +320,10 @@ class Service:
 
     # ---- approvals and the live stream ----------------------------------------------------------------
 
-    async def notify(self) -> None:
-        """Wake the live-stream readers and the outbox: something was recorded."""
-        if self.outbox is not None:
+    async def notify(self, *, actions: bool = True) -> None:
+        """Wake the live-stream readers (something was recorded) and, when it may have put `actions` in the
+        outbox, the outbox runner."""
+        if actions and self.outbox is not None:
             self.outbox.wake()
         async with self._changed:
             self._changed.notify_all()
