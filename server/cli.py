@@ -171,35 +171,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- test
 
-def cmd_test(args: argparse.Namespace) -> int:
-    """Run each org's locked decision cases (rulesets/<org>/tests/*.yaml); fail on an empty suite."""
-    from engine.cases import case_files, run_cases
-
-    rulesets, policies = _dirs(args)
-    orgs = [rulesets / args.org] if args.org else org_dirs(rulesets)
-    total_failed = 0
-    total = 0
-    for org_dir in orgs:
-        compiled = _compiled_or_exit(org_dir, policies)
-        if compiled is None:
-            return 1
-        results = asyncio.run(run_cases(compiled, case_files(org_dir / "tests")))
-        for r in results:
-            total += 1
-            if r.ok:
-                print(f"PASS {org_dir.name} {r.file}:{r.line} {r.name}")
-            else:
-                total_failed += 1
-                print(f"FAIL {org_dir.name} {r.file}:{r.line} {r.name}")
-                for problem in r.problems:
-                    print(f"       {problem}")
-    if total == 0:
-        print("no cases found: an empty suite fails (add rulesets/<org>/tests/*.yaml)", file=sys.stderr)
-        return 1
-    print(f"{total - total_failed} passed, {total_failed} failed")
-    return 1 if total_failed else 0
-
-
 # --------------------------------------------------------------------------- serve and keys
 
 def _db(args: argparse.Namespace) -> str:
@@ -360,10 +331,9 @@ def parser() -> argparse.ArgumentParser:
         dirs(sp)
     k.set_defaults(func=cmd_keys)
 
-    t = sub.add_parser("test", help="run the org's locked decision cases")
-    t.add_argument("org", nargs="?")
-    dirs(t)
-    t.set_defaults(func=cmd_test)
+    from server.cli_cases import register as register_cases
+
+    register_cases(sub)
     return p
 
 
