@@ -312,6 +312,13 @@ class CircuitBreaker(Strict):
     reset_seconds: float = Field(default=60.0, gt=0)
 
 
+class Price(Strict):
+    """What one model costs, in USD per million tokens (for the simulator's cost estimates)."""
+
+    input_per_million: float = Field(ge=0.0)
+    output_per_million: float = Field(ge=0.0)
+
+
 class LLMSettings(Strict):
     """Which model to consult for ambiguous events, and how patiently."""
 
@@ -324,6 +331,9 @@ class LLMSettings(Strict):
     backoff_seconds: float = Field(default=0.5, ge=0)
     backoff_max_seconds: float = Field(default=8.0, ge=0)
     circuit_breaker: CircuitBreaker = CircuitBreaker()
+    prices: dict[str, Price] = Field(
+        default_factory=dict, description="USD per million tokens by model name; `astralis simulate` estimates "
+        "the LLM cost of a ruleset change with it. A model missing here is counted in tokens, not dollars.")
 
 
 class Ambiguity(Strict):

@@ -10,15 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.agent import Agent
 from engine.config import OrgConfig, Policy, Ruleset
 from engine.errors import ConfigError
-from engine.llm import LLMStage
 from engine.loader import org_dirs
-from engine.ports import StaticState
 from engine.registry import build
 from engine.rules import CompiledRules
-from engine.simulator import read_events, render_table, simulate, summarize
 
 SCHEMAS = {"org.schema.json": OrgConfig, "ruleset.schema.json": Ruleset, "policy.schema.json": Policy}
 
@@ -111,65 +107,6 @@ def _compiled_or_exit(org_dir: Path, policies: Path) -> CompiledRules | None:
         _print_findings(findings)
     return compiled
 
-
-def _provider(compiled: CompiledRules, mode: str) -> Any:
-    if mode == "off":
-        return None
-    from adapters.llm import make_provider  # lazily: importing the SDKs costs ~1.6 s
-
-    return make_provider(compiled.bundle.policy.llm.provider)
-
-
-def _state(path: str | None) -> StaticState:
-    if not path:
-        return StaticState()
-    return StaticState.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-async def _close(provider: Any) -> None:
-    close = getattr(provider, "aclose", None)
-    if close is not None:
-        await close()
-
-
-def cmd_simulate(args: argparse.Namespace) -> int:
-    """Dry-run an org's rules against a JSONL file of events; print decisions and a summary."""
-    rulesets, policies = _dirs(args)
-    compiled = _compiled_or_exit(rulesets / args.org, policies)
-    if compiled is None:
-        return 1
-    events, errors = read_events(Path(args.events), args.org)
-    for e in errors:
-        print(e, file=sys.stderr)
-    if errors:
-        return 1
-    try:
-        state = _state(args.state)
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"{args.state}:0: invalid_state: {exc}", file=sys.stderr)
-        return 1
-    provider = _provider(compiled, args.llm)
-
-    async def run() -> list[Any]:
-        agent = Agent(lambda org: compiled if org == args.org else None, LLMStage(provider), state=state)
-        try:
-            return await simulate(agent, events)
-        finally:
-            await _close(provider)
-
-    decisions = asyncio.run(run())
-    if args.format == "jsonl":
-        for d in decisions:
-            print(d.model_dump_json())
-    elif args.format == "json":
-        print(json.dumps({"summary": summarize(decisions), "decisions": [d.model_dump(mode="json") for d in decisions]},
-                         indent=2))
-    else:
-        print(render_table(decisions))
-    return 0
-
-
-# --------------------------------------------------------------------------- test
 
 # --------------------------------------------------------------------------- serve and keys
 
@@ -273,15 +210,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--check", action="store_true", help="exit 1 if the files under --out are stale")
     s.set_defaults(func=cmd_schema)
 
-    m = sub.add_parser("simulate", help="dry run: decisions for past events, with no side effects")
-    m.add_argument("--org", required=True)
-    m.add_argument("--events", required=True, help="JSONL file of event envelopes")
-    dirs(m)
-    m.add_argument("--state", help='JSON: {"calendar": [{"host","start","end","title"}], "loads": {"user": n}}')
-    m.add_argument("--format", choices=["table", "jsonl", "json"], default="table")
-    m.add_argument("--llm", choices=["live", "off"], default="off",
-                   help="live: consult the policy's provider for ambiguous events; off (default): fallback rules")
-    m.set_defaults(func=cmd_simulate)
+    from server.cli_simulate import register as register_simulate
+
+    register_simulate(sub)
 
     def deciding(sp: argparse.ArgumentParser, workers_help: str) -> None:
         sp.add_argument("--db", help="SQLite file (default: ./astralis.db or $ASTRALIS_DB)")
