@@ -17,6 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from engine.agent import Agent, UnknownOrg
+from engine.compare import Side, compare, prompt_chars
 from engine.config import DecisionType, Intent, Source
 from engine.models import Decision, Event, Status
 from engine.simulator import summarize
@@ -325,17 +326,30 @@ async def simulate(request: web.Request) -> web.Response:
         rows, _ = await request.app[STORE].list_events(org, limit=body.past or 1)
         events = [Event.model_validate(r["envelope"]) for r in reversed(rows)]
     service = request.app[SERVICE]
+    active = request.app[REGISTRY].get(org)
     if body.config is None:
         _known_org(request, org)
-        agent = service.agent
-        revision = request.app[REGISTRY].get(org).revision  # type: ignore[union-attr]  # checked just above
+        assert active is not None  # checked just above
+        compiled, agent = active, service.agent
     else:
         compiled = await configs.proposed(request.app, org, body.config)
-        agent = Agent(lambda o: compiled if o == org else None, service.agent.llm, state=service.agent.state)
-        revision = compiled.revision
+        agent = Agent(lambda o: compiled if o == org else None, service.agent.llm, state=service.agent.state,
+                      state_source=service.agent.state_source)
     decisions = [await agent.process(e, dry_run=True) for e in events]
-    return to_json({"revision": revision, "summary": summarize(decisions),
+    candidate = Side(decisions, compiled.bundle.policy.llm, _prompt_sizes(compiled, events), compiled.revision)
+    baseline = None
+    if body.config is not None and active is not None:
+        # A proposed configuration is compared with the active one over the same events: what would change.
+        before = [await service.agent.process(e, dry_run=True) for e in events]
+        baseline = Side(before, active.bundle.policy.llm, _prompt_sizes(active, events), active.revision)
+    report = compare(candidate, baseline, org=org)
+    return to_json({"revision": compiled.revision, "summary": summarize(decisions), "report": report.to_dict(),
                     "decisions": [d.model_dump(mode="json") for d in decisions]})
+
+
+def _prompt_sizes(compiled: Any, events: list[Event]) -> dict[str, int]:
+    """For the token estimate of events that would consult the LLM without a recorded answer."""
+    return {e.id: prompt_chars(compiled, e) for e in events}
 
 
 # ---- inbox ----------------------------------------------------------------------------------------------

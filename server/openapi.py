@@ -132,8 +132,13 @@ _HAND_WRITTEN: dict[str, dict[str, Any]] = {
     }),
     "SimulationResult": _obj({
         "revision": _STR, "summary": _ref("SimulationSummary"),
+        "report": {"type": "object", "required": ["org", "events", "candidate"], "description":
+                   "The simulation report (as `astralis simulate --format json`'s `report`): the candidate's "
+                   "rates, tokens, cost and decision times; with a proposed configuration, also the active one's "
+                   "(`baseline`), the changes in every rate and count, the decisions that flip and the flip "
+                   "matrices."},
         "decisions": {"type": "array", "items": _ref("Decision")},
-    }, description="Dry-run decisions (nothing written, nothing executed) and their summary."),
+    }, description="Dry-run decisions (nothing written, nothing executed), their summary and the report."),
     "Health": _obj({
         "status": {"type": "string", "enum": ["ok", "unavailable"]}, "live": {"type": "boolean"},
         "ready": {"type": "boolean"},
@@ -388,7 +393,8 @@ def _paths() -> dict[str, Any]:
             422: _error("An invalid body, neither or both of events and past (invalid), or an invalid proposed "
                         "configuration (invalid_config).")},
         description="Decisions for the given events (or the org's latest `past` inbox events) against the active "
-                    "or a proposed configuration, without side effects.")}
+                    "or a proposed configuration, without side effects; a proposed configuration is compared with "
+                    "the active one over the same events (the report's flips).")}
     p["/api/agent/events"] = {"get": _op(
         "List inbox events", "events", {200: _ok(_ref("EventPage"), "A page of the inbox, newest first.")},
         errors=(400,), parameters=[

@@ -451,6 +451,12 @@ async def test_simulate_given_events_and_a_proposed_config(make_client):
                           headers=auth(key))
     out = await r.json()
     assert out["decisions"][0]["status"] == "EXECUTED" and out["revision"] != cfg["revision"]
+    # compared with the active configuration: the held decision would now execute
+    report = out["report"]
+    assert report["baseline"]["revision"] == cfg["revision"] and report["changed_events"] == 1
+    [flip] = report["flips"]
+    assert flip["event_id"] == HELD["id"] and flip["changed"] == ["status"]
+    assert (flip["baseline"]["status"], flip["candidate"]["status"]) == ("REQUIRES_APPROVAL", "EXECUTED")
     # the proposal changed nothing
     assert (await (await client.get("/api/agent/config", headers=auth(key))).json())["revision"] == cfg["revision"]
     r = await client.post("/api/agent/simulate", json={}, headers=auth(key))
