@@ -20,3 +20,4 @@ schema:
 bench:
 	.venv/bin/python -m bench.rules
 	.venv/bin/python -m bench.http
+	.venv/bin/python -m bench.simulate
