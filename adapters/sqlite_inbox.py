@@ -230,12 +230,20 @@ class InboxTables(SQLiteBase):
         return ok
 
     async def list_events(self, org: str, *, status: str | None = None, limit: int = 50,
-                          before: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
-        """A page of `org`'s inbox, newest first (`before` is the cursor: a rowid); and the next cursor."""
+                          before: int | None = None, since: datetime | None = None,
+                          until: datetime | None = None) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of `org`'s inbox, newest first (`before` is the cursor: a rowid), received in [since, until)
+        when given; and the next cursor."""
         where, args = ["org = ?"], [org]
         if status:
             where.append("status = ?")
             args.append(status)
+        if since is not None:
+            where.append("received_at >= ?")
+            args.append(_bound(since, "since"))
+        if until is not None:
+            where.append("received_at < ?")
+            args.append(_bound(until, "until"))
         return await self._page("events", where, args, limit=limit, before=before, row=_event_row)
 
     async def event_info(self, org: str, event_id: str) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar, get_args
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from adapters.replay import ReplayProvider, replay_decisions, replay_stage
 from engine.agent import Agent, UnknownOrg
 from engine.compare import Side, compare, prompt_chars
 from engine.config import DecisionType, Intent, Source
@@ -320,27 +321,47 @@ async def simulate(request: web.Request) -> web.Response:
     body = await read_json(request, SimulateRequest)
     if (body.events is None) == (body.past is None):
         raise ApiError(422, "invalid", "give either events or past", {"field": "events"})
+    if body.past is None and (body.since is not None or body.until is not None):
+        raise ApiError(422, "invalid", "since and until select inbox events: give them with past", {"field": "since"})
+    for name, value in (("since", body.since), ("until", body.until)):
+        if value is not None and value.tzinfo is None:
+            raise ApiError(422, "invalid", f"{name}: needs a UTC offset, e.g. 2026-12-08T10:00:00Z", {"field": name})
+    store = request.app[STORE]
+    replay: ReplayProvider | None = None
     if body.events is not None:
         events = [event_from(e, org) for e in body.events]
     else:
-        rows, _ = await request.app[STORE].list_events(org, limit=body.past or 1)
+        rows, _ = await store.list_events(org, limit=body.past or 1, since=body.since, until=body.until)
         events = [Event.model_validate(r["envelope"]) for r in reversed(rows)]
+        # Past events are decided with the LLM answers recorded the first time: no provider is called, no cost.
+        recorded = {}
+        for e in events:
+            original = await store.decision_for_event(org, e.id)
+            recorded[e.id] = original.llm if original is not None else None
+        replay = ReplayProvider(recorded)
     service = request.app[SERVICE]
+    llm = replay_stage(replay) if replay is not None else service.agent.llm
     active = request.app[REGISTRY].get(org)
     if body.config is None:
         _known_org(request, org)
         assert active is not None  # checked just above
-        compiled, agent = active, service.agent
+        compiled = active
     else:
         compiled = await configs.proposed(request.app, org, body.config)
-        agent = Agent(lambda o: compiled if o == org else None, service.agent.llm, state=service.agent.state,
+
+    async def run(rules: Any) -> list[Decision]:
+        agent = Agent(lambda o: rules if o == org else None, llm, state=service.agent.state,
                       state_source=service.agent.state_source)
-    decisions = [await agent.process(e, dry_run=True) for e in events]
+        if replay is not None:
+            return await replay_decisions(agent, events, replay)
+        return [await agent.process(e, dry_run=True) for e in events]
+
+    decisions = await run(compiled)
     candidate = Side(decisions, compiled.bundle.policy.llm, _prompt_sizes(compiled, events), compiled.revision)
     baseline = None
     if body.config is not None and active is not None:
         # A proposed configuration is compared with the active one over the same events: what would change.
-        before = [await service.agent.process(e, dry_run=True) for e in events]
+        before = await run(active)
         baseline = Side(before, active.bundle.policy.llm, _prompt_sizes(active, events), active.revision)
     report = compare(candidate, baseline, org=org)
     return to_json({"revision": compiled.revision, "summary": summarize(decisions), "report": report.to_dict(),

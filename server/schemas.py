@@ -86,7 +86,11 @@ class SimulateRequest(BaseModel):
 
     events: list[EventIn] | None = Field(default=None, max_length=1000)
     past: Annotated[int | None, BeforeValidator(_integral)] = Field(
-        default=None, ge=1, le=1000, description="Use the org's latest N inbox events.")
+        default=None, ge=1, le=1000,
+        description="Use the org's latest N inbox events (received in [since, until) when given), each decided with "
+                    "the LLM answer recorded when it was first decided.")
+    since: datetime | None = Field(default=None, description="With past: only events received from this time on.")
+    until: datetime | None = Field(default=None, description="With past: only events received before this time.")
     config: ConfigUpdate | None = Field(default=None, description="Try proposed files without changing anything.")
 
 

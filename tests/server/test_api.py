@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -469,6 +470,18 @@ async def test_simulate_past_inbox_events(make_client):
     await client.post("/api/agent/process?mode=sync", json=SALES, headers=auth(key))
     out = await (await client.post("/api/agent/simulate", json={"past": 10}, headers=auth(key))).json()
     assert [d["event_id"] for d in out["decisions"]] == [SALES["id"]]
+    # a time window over the inbox
+    middle = datetime.now(UTC).isoformat()
+    await asyncio.sleep(0.01)
+    await client.post("/api/agent/process?mode=sync", json=HELD, headers=auth(key))
+    out = await (await client.post("/api/agent/simulate", json={"past": 10, "since": middle},
+                                   headers=auth(key))).json()
+    assert [d["event_id"] for d in out["decisions"]] == [HELD["id"]]
+    out = await (await client.post("/api/agent/simulate", json={"past": 10, "until": middle},
+                                   headers=auth(key))).json()
+    assert [d["event_id"] for d in out["decisions"]] == [SALES["id"]]
+    r = await client.post("/api/agent/simulate", json={"events": [SALES], "since": middle}, headers=auth(key))
+    assert r.status == 422
 
 
 async def test_failing_event_is_retried_then_dead_lettered_and_can_be_retried(make_client):
