@@ -200,10 +200,11 @@ def _constrain(schemas: dict[str, Any]) -> None:
     update["files"]["propertyNames"] = name
     update["delete"]["items"] = {**name, "not": {"const": ORG_FILE}}
     schemas["SimulateRequest"]["oneOf"] = [
-        {"required": ["events"], "properties": {"events": {"type": "array"}}},
+        {"required": ["events"], "properties": {"events": {"type": "array"}, "since": {"type": "null"},
+                                                "until": {"type": "null"}}},
         {"required": ["past"], "properties": {"past": {"type": "integer"}}},
     ]
-    schemas["SimulateRequest"]["description"] += " Give exactly one of events and past."
+    schemas["SimulateRequest"]["description"] += " Give exactly one of events and past; since and until go with past."
 
 
 # ---- components: responses, parameters ------------------------------------------------------------------
