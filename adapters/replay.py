@@ -254,12 +254,31 @@ def replay_stage(provider: ReplayProvider) -> LLMStage:
                     clock=lambda: next(ticks) * 1e9)
 
 
+FREEZE_EVERY = 2000
+"""In long replays, the decisions made so far are moved out of the cyclic GC's sight every this many events."""
+
+
 async def replay_decisions(agent: Agent, events: Iterable[Event], provider: ReplayProvider) -> list[Decision]:
-    """Decide every event in a dry run, each answered by its own recording (`ReplayProvider.event`)."""
+    """Decide every event in a dry run, each answered by its own recording (`ReplayProvider.event`).
+
+    The decisions are kept (for the report), and every full collection of the cyclic GC would walk all of them:
+    per event, a replay of 100,000 events cost 40% more at its end than at its start. Past `FREEZE_EVERY`
+    events, what exists is frozen (`gc.freeze`) every `FREEZE_EVERY` events and unfrozen at the end."""
     out: list[Decision] = []
-    for e in events:
-        with provider.event(e.id):
-            out.append(await agent.process(e, dry_run=True))
+    events = list(events)
+    froze = len(events) > FREEZE_EVERY
+    if froze:
+        gc.freeze()  # the loaded log itself (events, original decisions) is not garbage either
+    try:
+        for i, e in enumerate(events, start=1):
+            with provider.event(e.id):
+                out.append(await agent.process(e, dry_run=True))
+            if i % FREEZE_EVERY == 0:
+                gc.freeze()
+                froze = True
+    finally:
+        if froze:
+            gc.unfreeze()
     return out
 
 
