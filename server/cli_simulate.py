@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,13 +25,13 @@ from typing import Any
 
 from engine.agent import Agent
 from engine.compare import Side, compare, consults_llm, prompt_chars
-from engine.errors import ConfigError
 from engine.llm import LLMStage
 from engine.models import Decision, Event
 from engine.ports import LLMReply, LLMRequest, StaticState
 from engine.registry import build
 from engine.rules import CompiledRules
 from engine.simulator import read_events
+from server.cli import _dirs, _print_findings
 from server.reports import FORMATS, render
 
 EXIT_CHANGED = 3
@@ -43,17 +42,6 @@ class InputError(Exception):
 
 
 # --------------------------------------------------------------------------- config and baselines
-
-def _dirs(args: argparse.Namespace) -> tuple[Path, Path]:
-    rulesets = Path(args.rulesets or os.environ.get("ASTRALIS_RULESETS", "rulesets"))
-    policies = Path(args.policies or os.environ.get("ASTRALIS_POLICIES", "policies"))
-    return rulesets, policies
-
-
-def _print_findings(findings: list[ConfigError]) -> None:
-    for f in findings:
-        print(str(f) if f.severity == "error" else f"{f} (warning)", file=sys.stderr)
-
 
 def _compiled(org_dir: Path, policies: Path) -> CompiledRules:
     compiled, findings = build(org_dir, policies)
