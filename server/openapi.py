@@ -200,9 +200,9 @@ def _constrain(schemas: dict[str, Any]) -> None:
     update["files"]["propertyNames"] = name
     update["delete"]["items"] = {**name, "not": {"const": ORG_FILE}}
     schemas["SimulateRequest"]["oneOf"] = [
-        {"required": ["events"], "properties": {"events": {"type": "array"}, "since": {"type": "null"},
-                                                "until": {"type": "null"}}},
-        {"required": ["past"], "properties": {"past": {"type": "integer"}}},
+        {"required": ["events"], "properties": {"events": {"type": "array"}, "past": {"type": "null"},
+                                                "since": {"type": "null"}, "until": {"type": "null"}}},
+        {"required": ["past"], "properties": {"past": {"type": "integer"}, "events": {"type": "null"}}},
     ]
     schemas["SimulateRequest"]["description"] += " Give exactly one of events and past; since and until go with past."
 
