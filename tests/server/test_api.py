@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from server.app import REGISTRY, SERVICE, STORE
-from tests.server.conftest import auth
+from tests.server.conftest import ROOT, auth
 
 SALES = {"id": "evt-sales-1", "source": "EMAIL", "type": "email:received",
          "data": {"from": "Jo <jo@shop.example>", "subject": "Pricing for the pro plan",
@@ -605,3 +605,29 @@ async def test_policy_schedules_emit_schedule_events_through_the_inbox(make_clie
     assert all(r["source"] == "SCHEDULE" and r["type"] == "schedule:digest" and r["channel"] == "schedule"
                for r in rows)
     assert all(r["id"].startswith("sched_digest_") for r in rows)
+
+
+async def test_simulating_past_events_replays_the_recorded_llm_answers(make_client, standin, monkeypatch):
+    """Past inbox events are decided with the LLM answers recorded the first time: the provider is not called
+    (the stand-in counts no request), and the replayed decisions match the originals."""
+    for k, v in standin.env().items():
+        monkeypatch.setenv(k, v)
+    client, key_for = await make_client(llm="policy")
+    key = await key_for()
+    corpus = [json.loads(x) for x in (ROOT / "tests" / "cases" / "acme" / "corpus.jsonl").read_text().splitlines()
+              if x.strip()][:40]
+    originals = {}
+    for e in corpus:
+        r = await client.post("/api/agent/process?mode=sync", json={k: v for k, v in e.items() if k != "org"},
+                              headers=auth(key))
+        d = await r.json()
+        originals[d["event_id"]] = d
+    consulted = [d for d in originals.values() if d["decided_by"] == "llm"]
+    assert consulted, "some corpus events must have been decided by the LLM"
+    standin.reset()
+    out = await (await client.post("/api/agent/simulate", json={"past": 100}, headers=auth(key))).json()
+    assert standin.requests == []
+    assert len(out["decisions"]) == len(corpus)
+    for d in out["decisions"]:
+        o = originals[d["event_id"]]
+        assert (d["intent"], d["decision_type"], d["decided_by"]) == (o["intent"], o["decision_type"], o["decided_by"])
