@@ -142,6 +142,11 @@ async def _drop_reminders(db: aiosqlite.Connection, org: str, event_id: str) -> 
                      (org, "rem\\_" + event_id.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%") + "\\_%"))
 
 
+async def _stored_event(db: aiosqlite.Connection, org: str, event_id: str) -> CalendarEvent | None:
+    rows = list(await db.execute_fetchall("SELECT * FROM calendar_events WHERE org = ? AND id = ?", (org, event_id)))
+    return _event(rows[0]) if rows else None
+
+
 async def _applied(db: aiosqlite.Connection, action_key: str) -> bool:
     rows = await db.execute_fetchall("SELECT 1 FROM calendar_changes WHERE action_key = ?", (action_key,))
     return bool(list(rows))
@@ -203,11 +208,9 @@ class CalendarTables(SQLiteBase):
         _bound(start, "start"), _bound(end, "end")
         now = now or datetime.now(UTC)
         async with self._write() as db:
-            rows = list(await db.execute_fetchall(
-                "SELECT * FROM calendar_events WHERE org = ? AND id = ?", (org, event_id)))
-            if not rows:
+            event = await _stored_event(db, org, event_id)
+            if event is None:
                 return None, Change("conflict", f"there is no calendar event {event_id!r} in org {org!r}")
-            event = _event(rows[0])
             if await _applied(db, action_key):
                 return event, Change("unchanged", "this change was applied before")
             if event.status != "confirmed":
@@ -240,11 +243,9 @@ class CalendarTables(SQLiteBase):
         Cancelling a cancelled event changes nothing ("unchanged"), so a re-run is a no-op. None when there is
         no such event."""
         async with self._write() as db:
-            rows = list(await db.execute_fetchall(
-                "SELECT * FROM calendar_events WHERE org = ? AND id = ?", (org, event_id)))
-            if not rows:
+            event = await _stored_event(db, org, event_id)
+            if event is None:
                 return None, Change("conflict", f"there is no calendar event {event_id!r} in org {org!r}")
-            event = _event(rows[0])
             if event.status == "cancelled" or await _applied(db, action_key):
                 return event, Change("unchanged")
             stamp = _now()

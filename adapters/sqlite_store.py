@@ -141,6 +141,17 @@ class SQLiteStore(InboxTables, OutboxTables, IntakeTables, CalendarTables, Notif
                 "ORDER BY created_at DESC, rowid DESC LIMIT 1", (event_id, org)))
         return Decision.model_validate_json(rows[0]["record"]) if rows else None
 
+    async def decisions_for_events(self, org: str, event_ids: Sequence[str]) -> dict[str, Decision]:
+        """The latest stored decision of each of `org`'s events that has one, by event id (one query)."""
+        if not event_ids:
+            return {}
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                "SELECT d.event_id, d.record FROM decisions d JOIN json_each(?) j ON j.value = d.event_id "
+                "WHERE d.org = ? ORDER BY d.created_at, d.rowid", (json.dumps(list(event_ids)), org))
+        # ordered oldest first: a later decision of the same event replaces an earlier one
+        return {r["event_id"]: Decision.model_validate_json(r["record"]) for r in rows}
+
     async def list_decisions(
         self, org: str, *,
         status: str | Sequence[str] | None = None,

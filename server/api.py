@@ -21,6 +21,7 @@ from engine.agent import Agent, UnknownOrg
 from engine.compare import Side, compare, prompt_chars
 from engine.config import DecisionType, Intent, Source
 from engine.models import Decision, Event, Status
+from engine.rules import CompiledRules
 from engine.simulator import summarize
 from server import configs
 from server.app import METRICS, REGISTRY, SERVICE, SETTINGS, STORE, principal
@@ -78,11 +79,14 @@ def event_from(body: EventIn, org: str) -> Event:
         raise invalid(exc, "event") from None
 
 
-def _known_org(request: web.Request, org: str) -> None:
-    if request.app[REGISTRY].get(org) is None:
+def loaded(request: web.Request, org: str) -> CompiledRules:
+    """The org's active compiled rules; 409 org_not_loaded (with its configuration errors) when it has none."""
+    compiled = request.app[REGISTRY].get(org)
+    if compiled is None:
         state = request.app[REGISTRY].state(org)
         details = [str(e) for e in state.errors] if state else []
         raise ApiError(409, "org_not_loaded", f"org '{org}' has no valid configuration loaded", details)
+    return compiled
 
 
 # ---- process --------------------------------------------------------------------------------------------
@@ -92,7 +96,7 @@ async def submit(request: web.Request, event: Event, *, mode: str, channel: str,
     """Accept an event and answer per `mode`: 200 with the decision (sync, dry_run, urgent in auto) or 202."""
     app = request.app
     service = app[SERVICE]
-    _known_org(request, event.org)
+    loaded(request, event.org)
     if mode == "dry_run":
         t0 = time.perf_counter()
         decision = await service.agent.process(event, dry_run=True)
@@ -212,6 +216,14 @@ _EARLIEST, _LATEST = datetime(1, 1, 2, tzinfo=UTC), datetime(9999, 12, 30, tzinf
 def _digits(raw: str) -> bool:
     """ASCII digits only: str.isdigit() also takes "²", which int() refuses."""
     return raw.isascii() and raw.isdigit()
+
+
+def rowid_cursor(request: web.Request) -> int | None:
+    """The `cursor` query parameter of rowid-paged listings (the `next_cursor` of a previous page)."""
+    cursor = request.query.get("cursor")
+    if cursor is not None and not (_digits(cursor) and len(cursor) <= 18):  # a rowid (SQLite: 64-bit)
+        raise ApiError(400, "bad_request", "cursor: the next_cursor of a previous page", {"field": "cursor"})
+    return int(cursor) if cursor else None
 
 
 def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -334,18 +346,13 @@ async def simulate(request: web.Request) -> web.Response:
         rows, _ = await store.list_events(org, limit=body.past or 1, since=body.since, until=body.until)
         events = [Event.model_validate(r["envelope"]) for r in reversed(rows)]
         # Past events are decided with the LLM answers recorded the first time: no provider is called, no cost.
-        recorded = {}
-        for e in events:
-            original = await store.decision_for_event(org, e.id)
-            recorded[e.id] = original.llm if original is not None else None
-        replay = ReplayProvider(recorded)
+        originals = await store.decisions_for_events(org, [e.id for e in events])
+        replay = ReplayProvider({e.id: originals[e.id].llm if e.id in originals else None for e in events})
     service = request.app[SERVICE]
     llm = replay_stage(replay) if replay is not None else service.agent.llm
     active = request.app[REGISTRY].get(org)
     if body.config is None:
-        _known_org(request, org)
-        assert active is not None  # checked just above
-        compiled = active
+        compiled = active = loaded(request, org)
     else:
         compiled = await configs.proposed(request.app, org, body.config)
 
@@ -381,12 +388,9 @@ async def list_events(request: web.Request) -> web.Response:
     if status is not None and status not in ("accepted", "processing", "decided", "dead"):
         raise ApiError(400, "bad_request", f"status: one of accepted, processing, decided, dead, not {status!r}",
                        {"field": "status"})
-    cursor = request.query.get("cursor")
-    if cursor is not None and not (_digits(cursor) and len(cursor) <= 18):  # a rowid (SQLite: 64-bit)
-        raise ApiError(400, "bad_request", "invalid cursor", {"field": "cursor"})
     rows, nxt = await request.app[STORE].list_events(principal(request).org, status=status,
                                                      limit=_int(request, "limit", 50, 1, 500),
-                                                     before=int(cursor) if cursor else None)
+                                                     before=rowid_cursor(request))
     return to_json({"events": rows, "next_cursor": str(nxt) if nxt is not None else None})
 
 

@@ -8,27 +8,16 @@ from typing import Any
 
 from aiohttp import web
 
-from server.api import _digits, _int, read_json, to_json
-from server.app import REGISTRY, SERVICE, STORE, principal
+from server.api import _int, loaded, read_json, rowid_cursor, to_json
+from server.app import SERVICE, STORE, principal
 from server.errors import ApiError
 from server.schemas import IntakeMove
 
 ACTION_STATUSES = ("pending", "running", "done", "dead", "cancelled")
 
 
-def _cursor(request: web.Request) -> int | None:
-    cursor = request.query.get("cursor")
-    if cursor is not None and not (_digits(cursor) and len(cursor) <= 18):
-        raise ApiError(400, "bad_request", "invalid cursor", {"field": "cursor"})
-    return int(cursor) if cursor else None
-
-
 def _bundle(request: web.Request) -> Any:
-    org = principal(request).org
-    compiled = request.app[REGISTRY].get(org)
-    if compiled is None:
-        raise ApiError(409, "org_not_loaded", f"org '{org}' has no valid configuration loaded")
-    return compiled.bundle
+    return loaded(request, principal(request).org).bundle
 
 
 async def list_intakes(request: web.Request) -> web.Response:
@@ -40,7 +29,7 @@ async def list_intakes(request: web.Request) -> web.Response:
     intakes, nxt = await request.app[STORE].list_intakes(
         principal(request).org, pipeline=q.get("pipeline"), stage=q.get("stage"), assignee=q.get("assignee"),
         closed=None if open_ is None else open_ == "false", limit=_int(request, "limit", 50, 1, 500),
-        before=_cursor(request))
+        before=rowid_cursor(request))
     return to_json({"intakes": [i.to_json() for i in intakes], "next_cursor": str(nxt) if nxt is not None else None})
 
 
@@ -104,7 +93,7 @@ async def list_actions(request: web.Request) -> web.Response:
         raise ApiError(400, "bad_request", f"status: one of {', '.join(ACTION_STATUSES)}, not {status!r}",
                        {"field": "status"})
     rows, nxt = await request.app[STORE].list_outbox(principal(request).org, status=status,
-                                                     limit=_int(request, "limit", 50, 1, 500), before=_cursor(request))
+                                                     limit=_int(request, "limit", 50, 1, 500), before=rowid_cursor(request))
     return to_json({"actions": rows, "next_cursor": str(nxt) if nxt is not None else None})
 
 

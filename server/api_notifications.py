@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.api import _digits, _int, to_json
-from server.app import REGISTRY, STORE, principal
+from server.api import _int, loaded, rowid_cursor, to_json
+from server.app import STORE, principal
 from server.errors import ApiError
 
 UNREAD = ("true", "false")
@@ -25,17 +25,13 @@ async def list_notifications(request: web.Request) -> web.Response:
     if unread not in UNREAD:
         raise ApiError(400, "bad_request", f"unread: true or false, not {unread!r}", {"field": "unread"})
     limit = _int(request, "limit", 50, 1, 500)
-    cursor = request.query.get("cursor")
-    if cursor is not None and not (_digits(cursor) and len(cursor) <= 18):  # a rowid (SQLite: 64-bit)
-        raise ApiError(400, "bad_request", "cursor: the next_cursor of a previous page", {"field": "cursor"})
-    compiled = request.app[REGISTRY].get(org)
-    if compiled is None:
-        raise ApiError(409, "org_not_loaded", f"org '{org}' has no valid configuration loaded")
+    before = rowid_cursor(request)
+    compiled = loaded(request, org)
     if compiled.bundle.org.user(user) is None:
         raise ApiError(404, "not_found", f"no user {user!r} in org '{org}'", {"field": "user"})
     store = request.app[STORE]
     rows, nxt = await store.list_notifications(org, user, unread_only=unread == "true", limit=limit,
-                                               before=int(cursor) if cursor else None)
+                                               before=before)
     return to_json({"notifications": rows, "unread": await store.unread_count(org, user),
                     "next_cursor": str(nxt) if nxt is not None else None})
 

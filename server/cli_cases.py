@@ -11,17 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from engine.loader import org_dirs
-
-
-def _dirs(args: argparse.Namespace) -> tuple[Path, Path]:
-    from server.cli import _dirs as dirs  # lazily: server.cli imports this module to register it
-
-    return dirs(args)
+from server.cli import _compiled_or_exit, _dirs
 
 
 def _compiled(org_dir: Path, policies: Path) -> Any:
-    from server.cli import _compiled_or_exit
-
+    """The org's compiled rules; None (its problems printed) when it has no org.yaml or does not compile."""
+    if not (org_dir / "org.yaml").exists():
+        print(f"{org_dir}:0: missing_file: no such org (no org.yaml)", file=sys.stderr)
+        return None
     return _compiled_or_exit(org_dir, policies)
 
 
@@ -44,9 +41,6 @@ def cmd_test(args: argparse.Namespace) -> int:
     total = failed = 0
     empty: list[str] = []
     for org_dir in orgs:
-        if not (org_dir / "org.yaml").exists():
-            print(f"{org_dir}:0: missing_file: no such org (no org.yaml)", file=sys.stderr)
-            return 1
         compiled = _compiled(org_dir, policies)
         if compiled is None:
             return 1
@@ -118,11 +112,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from engine.ports import StaticState
 
     rulesets, policies = _dirs(args)
-    org_dir = rulesets / args.org
-    if not (org_dir / "org.yaml").exists():
-        print(f"{org_dir}:0: missing_file: no such org (no org.yaml)", file=sys.stderr)
-        return 1
-    compiled = _compiled(org_dir, policies)
+    compiled = _compiled(rulesets / args.org, policies)
     if compiled is None:
         return 1
     try:

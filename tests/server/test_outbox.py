@@ -56,18 +56,13 @@ class Receiver:
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
+async def receiver(aiohttp_server: Any) -> Receiver:
     rec = Receiver()
     app = web.Application()
     app.router.add_post("/webhook/{path}", rec.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    rec.url = f"http://127.0.0.1:{port}"
-    yield rec
-    await runner.cleanup()
+    server = await aiohttp_server(app)
+    rec.url = str(server.make_url("")).rstrip("/")
+    return rec
 
 
 class Harness:

@@ -12,8 +12,8 @@ import shutil
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -44,17 +44,13 @@ class N8n:
 
 
 @pytest.fixture
-async def n8n() -> AsyncIterator[N8n]:
+async def n8n(aiohttp_server: Any) -> N8n:
     rec = N8n()
     app = web.Application()
     app.router.add_post("/webhook/{path}", rec.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    rec.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-    yield rec
-    await runner.cleanup()
+    server = await aiohttp_server(app)
+    rec.url = str(server.make_url("")).rstrip("/")
+    return rec
 
 
 def outbox(db: Path) -> Counter[str]:
