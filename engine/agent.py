@@ -16,7 +16,7 @@ from engine.plan import escalation_action, make_plan
 from engine.ports import DecisionStore, StateSource, StaticState
 from engine.resolve import Resolution, resolve
 from engine.rules import CompiledRules
-from engine.text import EventText, Term, extract
+from engine.text import EventText, extract, keyword_set
 
 
 class UnknownOrg(LookupError):
@@ -42,8 +42,7 @@ def needs_state(policy: Policy, intent: Intent, decision_type: DecisionType | No
 
 def urgency_hits(keywords: list[str], text: EventText) -> list[str]:
     """The policy's urgency keywords present in the text and not negated ("not urgent" does not count)."""
-    scope = text.scope("all", include_quoted=False)
-    return [k for k in keywords if scope.has(Term.parse(k), count_negated=False)]
+    return keyword_set(tuple(keywords)).hits(text.scope("all", include_quoted=False), count_negated=False)
 
 
 class Agent:
@@ -152,23 +151,26 @@ class Agent:
 
         # 6. gate
         limited = None if dry_run else self.rate_limiter.check(org.org, policy.rate_limits)
-        escalation = escalation_action(policy, org, f"low confidence ({confidence:.2f}) for {intent}", priority)
+        # The escalation replaces the actions of a rejected decision only: made when the confidence rejects.
+        escalation = (escalation_action(policy, org, f"low confidence ({confidence:.2f}) for {intent}", priority)
+                      if confidence < policy.threshold(plan.decision_type).require_approval else None)
         g: GateResult = gate(policy, plan.decision_type, confidence, plan.actions,
                              llm_wants_approval=bool(llm_result and llm_result.classification
                                                      and llm_result.classification.requires_approval),
                              escalation=escalation, rate_limited=limited)
         reasoning.append(_sentence(g.reason))
 
+        dec_id = decision_id or new_id("dec")
         decision = Decision(
-            id=decision_id or new_id("dec"), event_id=event.id, org=org.org, input={"source": str(event.source), "type": event.type},
+            id=dec_id, event_id=event.id, org=org.org, input={"source": str(event.source), "type": event.type},
             intent=intent, priority=priority, decision_type=plan.decision_type, confidence=confidence,
             decided_by=decided_by,  # type: ignore[arg-type]
-            matched_rules=list(res.matched), reasoning=" ".join(reasoning), actions=[], status=g.status,
+            matched_rules=list(res.matched), reasoning=" ".join(reasoning), status=g.status,
             llm=llm_result.trace if llm_result else None, revision=compiled.revision, dry_run=dry_run,
-            created_at=self._clock())
-        decision.actions = [Action(type=a.type, params=a.params, idempotency_key=f"{decision.id}:{i}")
-                            for i, a in enumerate(g.actions)]
-        decision.trace = _trace(compiled, engine, matches, res, text, hits, plan, g, llm_result, timings)
+            created_at=self._clock(),
+            actions=[Action(type=a.type, params=a.params, idempotency_key=f"{dec_id}:{i}")
+                     for i, a in enumerate(g.actions)],
+            trace=_trace(compiled, engine, matches, res, text, hits, plan, g, llm_result, timings))
 
         # 7. execute (skipped in a dry run)
         if not dry_run and g.status == "EXECUTED":
@@ -259,9 +261,11 @@ def _first(s: str | None) -> str:
     return (s or "unknown failure").split("; ")[-1][:200]
 
 
+_ID_CHARS = frozenset("-_/:0123456789")
+
+
 def _sentence(s: str) -> str:
     s = s.strip()
-    first = s.split(" ", 1)[0]
-    if s and not any(c in first for c in "-_/:0123456789"):  # never capitalize an id like u-raj
+    if s and _ID_CHARS.isdisjoint(s.split(" ", 1)[0]):  # never capitalize an id like u-raj
         s = s[0].upper() + s[1:]
     return s if s.endswith((".", "!", "?")) else s + "."

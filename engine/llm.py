@@ -6,6 +6,7 @@ when the provider is off, down, or answers garbage.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import re
@@ -23,7 +24,7 @@ from engine.gate import CAPABILITY_OF
 from engine.models import LLMTrace
 from engine.ports import LLMError, LLMProvider, LLMRequest
 from engine.resolve import Resolution
-from engine.text import EventText, Term
+from engine.text import EventText, keyword_set
 
 INTENT_GUIDE = {
     "SALES_INQUIRY": "someone who may buy: prices, quotes, demos, plans, hiring the business",
@@ -68,12 +69,28 @@ class Classification(BaseModel):
 
 # --------------------------------------------------------------------------- prompts
 
+@functools.cache
 def _template(name: str) -> Template:
     return Template(resources.files("engine.prompts").joinpath(f"{name}.txt").read_text(encoding="utf-8"))
 
 
+_SYSTEM_PROMPTS: dict[int, tuple[OrgConfig, str]] = {}
+
+
 def system_prompt(org: OrgConfig) -> str:
-    """The system prompt: who the org is, its pipelines and team, the allowed intents and the format."""
+    """The system prompt: who the org is, its pipelines and team, the allowed intents and the format. Built
+    once per loaded configuration (an `OrgConfig` is not changed once loaded; a reload makes a new one)."""
+    cached = _SYSTEM_PROMPTS.get(id(org))
+    if cached is not None and cached[0] is org:
+        return cached[1]
+    prompt = _system_prompt(org)
+    if len(_SYSTEM_PROMPTS) >= 256:
+        _SYSTEM_PROMPTS.clear()
+    _SYSTEM_PROMPTS[id(org)] = (org, prompt)
+    return prompt
+
+
+def _system_prompt(org: OrgConfig) -> str:
     pipelines = "\n".join(f"- {p.id}: {p.name} (stages: {', '.join(p.stages)}; team: {', '.join(p.team) or '-'})"
                           for p in org.pipelines)
     team = "\n".join(f"- {u.id}: {u.name}, {u.role}" + (", takes bookings" if u.takes_bookings else "")
@@ -273,7 +290,8 @@ class LLMStage:
             trace.attempts = attempt + 1
             retry_after: float | None = None
             try:
-                reply = await asyncio.wait_for(provider.complete(request), settings.timeout_seconds + 5)
+                async with asyncio.timeout(settings.timeout_seconds + 5):  # a backstop: providers time out first
+                    reply = await provider.complete(request)
             except (LLMError, TimeoutError) as exc:
                 err = exc if isinstance(exc, LLMError) else LLMError("timeout", "no answer in time")
                 errors.append(f"attempt {attempt + 1}: {err.kind}: {err}")
@@ -344,7 +362,7 @@ def fallback(settings: Fallback, text: EventText, resolution: Resolution) -> Fal
     scope = text.scope("all", include_quoted=False)
     best: list[tuple[int, int, Any, list[str]]] = []
     for order, rule in enumerate(settings.rules):
-        hits = [k for k in rule.keywords if scope.has(Term.parse(k), count_negated=False)]
+        hits = keyword_set(tuple(rule.keywords)).hits(scope, count_negated=False)
         if hits:
             best.append((len(hits), -order, rule, hits))
     if best:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -16,7 +16,7 @@ DecidedBy = Literal["rules", "llm", "fallback"]
 
 def new_id(prefix: str) -> str:
     """A random, sortable-enough id with a readable prefix (dec_…, evt_…)."""
-    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+    return f"{prefix}_{os.urandom(10).hex()}"
 
 
 def utcnow() -> datetime:

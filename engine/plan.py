@@ -42,8 +42,23 @@ class Plan:
     escalated: str | None = None
 
 
+_WORK_HOURS: dict[tuple[int, int], tuple[OrgConfig, WorkHours]] = {}
+
+
 def work_hours(org: OrgConfig, step_minutes: int = 15) -> WorkHours:
-    """The org's opening hours and lunch as the scheduler wants them."""
+    """The org's opening hours and lunch as the scheduler wants them (made once per loaded configuration: an
+    `OrgConfig` is frozen, and a reload makes a new one)."""
+    cached = _WORK_HOURS.get((id(org), step_minutes))
+    if cached is not None and cached[0] is org:
+        return cached[1]
+    if len(_WORK_HOURS) >= 256:
+        _WORK_HOURS.clear()
+    hours = _work_hours(org, step_minutes)
+    _WORK_HOURS[(id(org), step_minutes)] = (org, hours)
+    return hours
+
+
+def _work_hours(org: OrgConfig, step_minutes: int) -> WorkHours:
     bh = org.business_hours
     lunch = org.lunch
     return WorkHours(timezone=org.timezone, start=bh.start, end=bh.end,
@@ -162,10 +177,11 @@ def _booking(bundle: OrgBundle, route: Route, priority: int, event: dict[str, An
     org, policy = bundle.org, bundle.policy
     data = event.get("data") or {}
     host = data.get("host") if isinstance(data.get("host"), str) else None
+    user = org.user(host) if host else None
     hours = work_hours(org, policy.scheduling.slot_step_minutes)
     tz = ZoneInfo(org.timezone)
     busy = []
-    if host and org.user(host):
+    if user is not None:
         local = now.astimezone(tz)
         day_start = local.replace(hour=0, minute=0, second=0, microsecond=0)
         busy = calendar.busy(host, day_start, day_start + timedelta(days=400))
@@ -174,16 +190,16 @@ def _booking(bundle: OrgBundle, route: Route, priority: int, event: dict[str, An
         requested_start=data.get("requested_start") if isinstance(data.get("requested_start"), str) else None,
         duration_minutes=duration if isinstance(duration, int) and not isinstance(duration, bool) else None,
         text="\n".join(x for x in (text.subject, text.body) if x),
-        host=host if host and org.user(host) else None,
+        host=host if user is not None else None,
         hours=hours, busy=busy, now=now,
         default_duration=policy.scheduling.default_duration_minutes,
         reminder_offsets_minutes=tuple(policy.scheduling.reminders_minutes_before),
         buffer_minutes=policy.scheduling.buffer_minutes)
-    if host and not org.user(host):
+    if host and user is None:
         reason = f"the booking names host '{host}', who is not a user of {org.org}; a person must pick the host"
         return Plan(DecisionType.ESCALATE, [escalation_action(policy, org, reason, priority)], [reason],
                     booking=outcome, escalated=reason)
-    if host and not org.user(host).takes_bookings:  # type: ignore[union-attr]
+    if user is not None and not user.takes_bookings:
         reason = f"{host} does not take bookings; a person must pick the host"
         return Plan(DecisionType.ESCALATE, [escalation_action(policy, org, reason, priority)], [reason],
                     booking=outcome, escalated=reason)

@@ -404,8 +404,23 @@ def _grid(day: date, minutes: int, hours: WorkHours) -> Iterator[datetime]:
 
 def _free(wall: datetime, minutes: int, hours: WorkHours, tz: ZoneInfo, busy: list[Busy],
           now: datetime, buffer_minutes: int = 0) -> bool:
-    """Whether a candidate slot satisfies rule 5 (with the buffer around busy entries) and has not started."""
-    return _attach(wall, tz) >= now and not _slot_issues(wall, minutes, hours, tz, busy, buffer_minutes)
+    """Whether a candidate slot satisfies rule 5 (with the buffer around busy entries) and has not started:
+    `not _slot_issues(...)`, without writing the reasons (a day's grid is checked slot by slot)."""
+    if wall.weekday() not in hours.days:
+        return False
+    open_, close = hours.window(wall.weekday())
+    end = wall + timedelta(minutes=minutes)
+    at = wall.time()
+    if at < open_ or at >= close or end > datetime.combine(wall.date(), close):
+        return False
+    if at < hours.lunch_end and datetime.combine(wall.date(), hours.lunch_start) < end:
+        return False
+    start = _attach(wall, tz)
+    if start < now:
+        return False
+    start_utc, end_utc = start.astimezone(UTC), _attach(end, tz).astimezone(UTC)
+    pad = timedelta(minutes=buffer_minutes)
+    return not any(_to_utc(b.start, tz) - pad < end_utc and start_utc < _to_utc(b.end, tz) + pad for b in busy)
 
 
 # ---------------------------------------------------------------- planning
@@ -477,12 +492,11 @@ def plan_booking(*, requested_start: str | None, duration_minutes: int | None, t
         return outcome("requested", f"{label} is free for {host}; booked as requested.", requested)
     why = f"{label}: {' and '.join(issues)}"
     if wall.weekday() in hours.days:
-        grid = _grid(wall.date(), duration, hours)
         that_day = _around(own_busy, wall.date(), tz)
-        free = [c for c in grid if _free(c, duration, hours, tz, that_day, now, buffer_minutes)]
-        if free:
-            # min() keeps the first of equally near candidates, and the grid runs forward: a tie goes earlier.
-            best = min(free, key=lambda c: abs((c - wall).total_seconds()))
+        # Nearest first; of two equally near candidates the earlier one (the sort is stable, the grid runs forward).
+        by_distance = sorted(_grid(wall.date(), duration, hours), key=lambda c: abs((c - wall).total_seconds()))
+        best = next((c for c in by_distance if _free(c, duration, hours, tz, that_day, now, buffer_minutes)), None)
+        if best is not None:
             return outcome("moved", f"{why}; moved to {_hm(best)}, the nearest free slot the same day.",
                            _attach(best, tz))
         why += "; no free slot is left that day"

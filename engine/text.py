@@ -258,6 +258,40 @@ class Term:
         return _parse_term(keyword)
 
 
+class KeywordSet:
+    """A list of keywords looked up together in one scope (urgency words, a fallback rule's keywords): only
+    the keywords whose first word occurs in the text are checked, so an event costs in proportion to its
+    words rather than to the length of the list. Built once per list (`keyword_set`)."""
+
+    def __init__(self, keywords: tuple[str, ...]) -> None:
+        self.keywords = keywords
+        self.terms = tuple(Term.parse(k) for k in keywords)
+        self._by_first: dict[str, list[int]] = {}
+        self._prefixed: list[int] = []
+        for i, t in enumerate(self.terms):
+            if t.prefix:
+                self._prefixed.append(i)
+            else:
+                self._by_first.setdefault(t.words[0], []).append(i)
+
+    def hits(self, scope: Scope, count_negated: bool) -> list[str]:
+        """The keywords present in `scope` (unless `count_negated`, not only negated), in list order."""
+        vocab = scope.words  # every form of every token: a keyword whose first word is absent cannot occur
+        index = self._by_first
+        small, large = (vocab, index) if len(vocab) < len(index) else (index, vocab)
+        candidates = [i for w in small if w in large for i in index[w]]
+        candidates += self._prefixed
+        if not candidates:
+            return []
+        return [self.keywords[i] for i in sorted(candidates) if scope.has(self.terms[i], count_negated)]
+
+
+@functools.lru_cache(maxsize=1 << 10)
+def keyword_set(keywords: tuple[str, ...]) -> KeywordSet:
+    """The `KeywordSet` of a keyword list (cached: policies look the same lists up for every event)."""
+    return KeywordSet(keywords)
+
+
 @functools.lru_cache(maxsize=1 << 14)
 def _parse_term(keyword: str) -> Term:
     prefix = keyword.endswith("*")

@@ -27,6 +27,7 @@ from engine.agent import Agent
 from engine.compare import Side, compare, consults_llm, prompt_chars
 from engine.llm import LLMStage
 from engine.models import Decision, Event
+from engine.parallel import MIN_EVENTS_PER_JOB, default_jobs, in_chunks
 from engine.ports import LLMReply, LLMRequest, StaticState
 from engine.registry import build
 from engine.rules import CompiledRules
@@ -117,7 +118,7 @@ def _read_input(args: argparse.Namespace, org: Any) -> _Input:
     from adapters.replay import ReplayError, load_replay, state_at
 
     try:
-        replay = load_replay(db, args.org, since, until)
+        replay = load_replay(db, args.org, since, until, originals=False)
         state = _state_file(args.state) if args.state else None
         if state is None:
             # Loads and calendars as they stood when the window opened: the bookings it holds came after.
@@ -173,6 +174,7 @@ class _LLM:
     stage: Callable[[], LLMStage]
     around: Callable[[Event], Any]
     providers: list[Any]
+    replay: Any = None  # the ReplayProvider of --llm replay
 
 
 def _llm(mode: str, compiled: list[CompiledRules], recorded: dict[str, Any] | None) -> _LLM:
@@ -182,7 +184,7 @@ def _llm(mode: str, compiled: list[CompiledRules], recorded: dict[str, Any] | No
         from adapters.replay import ReplayProvider, replay_stage
 
         replay = ReplayProvider(recorded or {})
-        return _LLM(lambda: replay_stage(replay), lambda e: replay.event(e.id), [])
+        return _LLM(lambda: replay_stage(replay), lambda e: replay.event(e.id), [], replay)
     from adapters.llm import make_provider  # lazily: importing the SDKs costs ~1.6 s
 
     names = {c.bundle.policy.llm.provider for c in compiled} - {"none"}
@@ -205,6 +207,11 @@ async def _run(runs: list[tuple[CompiledRules, Any]], org: str, events: list[Eve
     try:
         for compiled, state in runs:
             agent = Agent(lambda o, c=compiled: c if o == org else None, llm.stage(), state=state)
+            if llm.replay is not None:
+                from adapters.replay import replay_decisions
+
+                out.append(await replay_decisions(agent, events, llm.replay, tick=tick))
+                continue
             decisions = []
             for e in events:
                 with llm.around(e):
@@ -216,16 +223,16 @@ async def _run(runs: list[tuple[CompiledRules, Any]], org: str, events: list[Eve
     return out
 
 
-def _progress(enabled: bool, total: int) -> tuple[Any, Callable[[], None]]:
+def _progress(enabled: bool, total: int) -> tuple[Any, Callable[[int], None]]:
     if not enabled:
-        return None, lambda: None
+        return None, lambda _k: None
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=Console(file=sys.stderr), transient=True)
     task = progress.add_task("simulate", total=total)
-    return progress, lambda: progress.advance(task)
+    return progress, lambda k: progress.advance(task, k)
 
 
 def _side(compiled: CompiledRules, decisions: Sequence[Decision], events: list[Event]) -> Side:
@@ -247,9 +254,20 @@ def _check(args: argparse.Namespace) -> None:
     if args.baseline and args.baseline_policies:
         raise InputError("--baseline git:REV takes both rulesets and policies from git: drop --baseline-policies")
     has_baseline = bool(args.baseline or args.baseline_rulesets or args.baseline_policies)
+    if args.jobs is not None and args.jobs > 1 and args.llm == "live":
+        raise InputError("--jobs: a run with --llm live stays in one process (its time is spent waiting for "
+                         "the provider, and identical questions are asked once); drop --jobs")
     if args.fail_on_change and not has_baseline:
         raise InputError("--fail-on-change compares with a baseline: add --baseline-rulesets/--baseline-policies "
                          "or --baseline git:REV")
+
+
+def _jobs(args: argparse.Namespace, events: int) -> int:
+    """Worker processes: `--jobs`, else one per CPU for long runs (`engine.parallel.default_jobs`). A live LLM
+    run stays in one process: its calls wait on the network, not on a CPU, and share one answer memo."""
+    if args.llm == "live":
+        return 1
+    return max(1, args.jobs) if args.jobs is not None else default_jobs(events)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -279,14 +297,21 @@ def _simulate(args: argparse.Namespace, tmp: Path) -> int:
     data = _read_input(args, candidate.bundle.org)
     runs = ([(baseline, data.state)] if baseline is not None else []) + [(candidate, data.state)]
     llm = _llm(args.llm, [c for c, _ in runs], data.recorded)
-    progress, tick = _progress(args.progress or sys.stderr.isatty(), len(runs) * len(data.events))
-    if progress is not None:
-        progress.start()
+    jobs = _jobs(args, len(data.events))
+    progress, advance = _progress(args.progress or sys.stderr.isatty(), len(runs) * len(data.events))
+    tick = (lambda: advance(1)) if jobs <= 1 else (lambda: None)
+
+    def work(lo: int, hi: int) -> list[list[Decision]]:
+        return asyncio.run(_run(runs, args.org, data.events[lo:hi], llm, tick))
+
     try:
-        results = asyncio.run(_run(runs, args.org, data.events, llm, tick))
+        chunks = in_chunks(work, len(data.events), jobs,
+                           on_done=None if jobs <= 1 else lambda k: advance(len(runs) * k),
+                           on_started=progress.start if progress is not None else None)
     finally:
         if progress is not None:
             progress.stop()
+    results = [[d for chunk in chunks for d in chunk[r]] for r in range(len(runs))]
     cand = results[-1]
     base = results[0] if baseline is not None else None
     report = compare(_side(candidate, cand, data.events),
@@ -332,5 +357,8 @@ def register(sub: Any) -> None:
     m.add_argument("--out", metavar="FILE", help="write the output here instead of stdout")
     m.add_argument("--fail-on-change", action="store_true",
                    help=f"exit {EXIT_CHANGED} when any decision differs from the baseline (for CI of rulesets)")
+    m.add_argument("--jobs", type=int, metavar="N",
+                   help="decide in N worker processes (default: one per CPU when there are at least "
+                   f"{MIN_EVENTS_PER_JOB:,} events per worker; 1 with --llm live); the output is the same")
     m.add_argument("--progress", action="store_true", help="show a progress bar on stderr even when it is not a terminal")
     m.set_defaults(func=cmd_simulate)

@@ -458,3 +458,31 @@ def test_meeting_hints_name_days_dates_and_times() -> None:
     assert hints.weekdays == {3} and hints.dates == {ny(2026, 12, 17, 0).date()} and hints.clocks == {time(14)}
     assert hints.fits(ny(2026, 12, 17, 14)) and not hints.fits(ny(2026, 12, 10, 14))
     assert not meeting_hints("can we move our call", NY, NOW)
+
+
+def test_the_quick_slot_check_agrees_with_the_reasons_on_every_grid_slot():
+    """`_free` checks a slot without writing reasons: it must agree with `not _slot_issues` (and `now`)."""
+    import random
+
+    from engine.schedule import _attach, _free, _slot_issues
+
+    rng = random.Random(7)
+    tz = ZoneInfo(HOURS.timezone)
+    hours = WorkHours(timezone="America/New_York", start=time(9), end=time(17), lunch_start=time(12),
+                      lunch_end=time(13), days=frozenset(range(6)), special=((5, time(9), time(13)),))
+    base = datetime(2026, 3, 6, tzinfo=tz)  # around a DST change
+    busy = [Busy(host="h", start=base + timedelta(hours=rng.randrange(0, 24 * 5 * 4) / 4),
+                 end=base + timedelta(hours=rng.randrange(1, 9) / 4), title="x") for _ in range(40)]
+    busy = [Busy(host=b.host, start=b.start, end=b.start + (b.end - base), title=b.title) for b in busy]
+    now = base + timedelta(days=1, hours=10)
+    checked = disagreements = 0
+    for day in range(6):
+        for minutes in (15, 30, 60, 120):
+            for m in range(0, 24 * 60, 15):
+                wall = datetime(2026, 3, 6 + day) + timedelta(minutes=m)
+                for pad in (0, 10):
+                    slow = (_attach(wall, tz) >= now
+                            and not _slot_issues(wall, minutes, hours, tz, busy, pad))
+                    checked += 1
+                    disagreements += _free(wall, minutes, hours, tz, busy, now, pad) != slow
+    assert checked > 4000 and disagreements == 0

@@ -247,3 +247,32 @@ async def test_replay_from_the_log_calls_no_llm_and_leaves_the_database_alone(lo
     assert set(log.second) <= set(ids) and not set(log.first) & set(ids)
     assert standin.requests == []
     assert fingerprint(log.db) == before
+
+
+# --------------------------------------------------------------------------- several processes
+
+def _stable(jsonl: str) -> list[dict]:
+    """The jsonl report without what differs between two runs of the same decisions (ids, clocks, timings)."""
+    def clean(x: object) -> object:
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()
+                    if k not in ("id", "created_at", "execution_ms", "timings_ms", "idempotency_key")}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return x
+
+    return [clean(json.loads(line)) for line in jsonl.splitlines()]
+
+
+def test_jobs_split_the_run_and_change_nothing_in_the_output(dirs):
+    one = run(*compare_args(dirs, "--format", "jsonl", "--jobs", "1"))
+    three = run(*compare_args(dirs, "--format", "jsonl", "--jobs", "3", "--progress"))
+    assert one.returncode == 0 and three.returncode == 0, (one.stderr, three.stderr)
+    rows = _stable(one.stdout)
+    assert len(rows) == 121 and sum(bool(r["changed"]) for r in rows) == 21
+    assert _stable(three.stdout) == rows  # same decisions, same event order
+
+
+def test_jobs_with_a_live_llm_is_refused(dirs, capsys):
+    assert main(compare_args(dirs, "--llm", "live", "--jobs", "2")) == 1
+    assert "--jobs: a run with --llm live stays in one process" in capsys.readouterr().err
