@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from engine.config import DecisionType, Intent, OrgConfig, Policy
-from engine.gate import GateResult, RateLimiter, gate
+from engine.gate import GateResult, Limiter, RateLimiter, gate
 from engine.llm import LLMResult, LLMStage, fallback
 from engine.models import Action, Decision, Event, new_id, utcnow
 from engine.plan import escalation_action, make_plan
@@ -50,7 +50,7 @@ class Agent:
 
     def __init__(self, rules_for: Callable[[str], CompiledRules | None], llm: LLMStage, *,
                  store: DecisionStore | None = None, state: Any = None, executor: Executor | None = None,
-                 clock: Callable[[], datetime] = utcnow, rate_limiter: RateLimiter | None = None,
+                 clock: Callable[[], datetime] = utcnow, rate_limiter: Limiter | None = None,
                  on_decision: Callable[[Decision], Awaitable[None]] | None = None,
                  state_source: StateSource | None = None) -> None:
         self._rules_for = rules_for
@@ -60,7 +60,7 @@ class Agent:
         self.state_source = state_source
         self.executor = executor
         self._clock = clock
-        self.rate_limiter = rate_limiter or RateLimiter()
+        self.rate_limiter: Limiter = rate_limiter or RateLimiter()
         self._on_decision = on_decision
 
     async def _choose(self, org: OrgConfig, policy: Policy, envelope: dict[str, Any], text: EventText,
@@ -150,7 +150,7 @@ class Agent:
         reasoning.extend(_sentence(n) for n in plan.notes[:2])
 
         # 6. gate
-        limited = None if dry_run else self.rate_limiter.check(org.org, policy.rate_limits)
+        limited = None if dry_run else await self.rate_limiter.acquire(org.org, policy.rate_limits)
         # The escalation replaces the actions of a rejected decision only: made when the confidence rejects.
         escalation = (escalation_action(policy, org, f"low confidence ({confidence:.2f}) for {intent}", priority)
                       if confidence < policy.threshold(plan.decision_type).require_approval else None)

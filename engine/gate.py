@@ -6,6 +6,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from engine.config import Capabilities, DecisionType, Policy, RateLimits
 from engine.models import Action, Status
@@ -45,8 +46,17 @@ def split_by_capability(actions: list[Action], caps: Capabilities) -> tuple[list
     return allowed, blocked
 
 
+class Limiter(Protocol):
+    """Counts decisions against an org's rate limits: this process's (`RateLimiter`) or every worker's
+    together (`adapters.redis_limits.RedisRateLimiter`)."""
+
+    async def acquire(self, org: str, limits: RateLimits) -> str | None:
+        """Count one decision for `org` if under both limits (None), else say which limit is hit."""
+        ...
+
+
 class RateLimiter:
-    """Sliding-window counts of decisions per org, per minute and per hour."""
+    """Sliding-window counts of decisions per org, per minute and per hour, in this process."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -65,6 +75,10 @@ class RateLimiter:
             return f"rate limit of {limits.per_hour} decisions per hour reached"
         q.append(now)
         return None
+
+    async def acquire(self, org: str, limits: RateLimits) -> str | None:
+        """`check`, as the agent calls every `Limiter`."""
+        return self.check(org, limits)
 
 
 def gate(policy: Policy, decision_type: DecisionType, confidence: float, actions: list[Action], *,

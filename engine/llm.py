@@ -15,11 +15,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from string import Template
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.config import Capabilities, DecisionType, Fallback, Intent, LLMSettings, OrgConfig
+from engine.config import CircuitBreaker as BreakerSettings
 from engine.gate import CAPABILITY_OF
 from engine.models import LLMTrace
 from engine.ports import LLMError, LLMProvider, LLMRequest
@@ -177,6 +178,30 @@ def validate_actions(actions: list[dict[str, Any]], org: OrgConfig,
 
 # --------------------------------------------------------------------------- circuit breaker
 
+class Breaker(Protocol):
+    """A circuit breaker for one org's use of one provider: this process's (`CircuitBreaker`) or shared by every
+    worker (`adapters.redis_limits.RedisBreaker`)."""
+
+    consecutive: int
+    """Consecutive failures, as last seen."""
+
+    async def allow(self) -> bool:
+        """Whether a call may be made now."""
+        ...
+
+    async def success(self) -> None:
+        """Record a good answer."""
+        ...
+
+    async def failure(self) -> None:
+        """Record a failed call."""
+        ...
+
+
+BreakerFactory = Callable[[str, str, BreakerSettings], Breaker]
+"""(org, provider name, the policy's circuit_breaker settings) → the breaker to use."""
+
+
 @dataclass
 class CircuitBreaker:
     """Opens after N consecutive failures; after `reset_seconds` lets one trial call through."""
@@ -188,7 +213,7 @@ class CircuitBreaker:
     opened_at: float | None = None
     trial: bool = False  # half-open: one trial call is out
 
-    def allow(self) -> bool:
+    async def allow(self) -> bool:
         """Whether a call may be made now: always when closed; when open, one trial after the reset time."""
         if self.opened_at is None:
             return True
@@ -197,13 +222,13 @@ class CircuitBreaker:
         self.trial = True
         return True
 
-    def success(self) -> None:
+    async def success(self) -> None:
         """Record a good answer: the circuit closes."""
         self.consecutive = 0
         self.opened_at = None
         self.trial = False
 
-    def failure(self) -> None:
+    async def failure(self) -> None:
         """Record a failed call: past the threshold the circuit opens (again)."""
         self.consecutive += 1
         self.trial = False
@@ -229,9 +254,11 @@ class LLMStage:
 
     def __init__(self, provider: LLMProvider | Mapping[str, LLMProvider | None] | None, *,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 clock: Callable[[], float] = time.monotonic, rng: Callable[[], float] = random.random) -> None:
+                 clock: Callable[[], float] = time.monotonic, rng: Callable[[], float] = random.random,
+                 breakers: BreakerFactory | None = None) -> None:
         """`provider`: one provider for every org, or providers by name ("openai", "anthropic") so that each
-        org's policy picks its own (a service serving several orgs)."""
+        org's policy picks its own (a service serving several orgs). `breakers`: where the circuit breakers
+        live (default: in this process)."""
         self._by_name: Mapping[str, LLMProvider | None] | None = None
         if isinstance(provider, Mapping):
             self._by_name = provider
@@ -240,7 +267,8 @@ class LLMStage:
         self._sleep = sleep
         self._clock = clock
         self._rng = rng
-        self._breakers: dict[str, CircuitBreaker] = {}
+        self._breakers: dict[str, Breaker] = {}
+        self._make_breaker = breakers
 
     def provider_for(self, settings: LLMSettings) -> LLMProvider | None:
         """The provider an org's LLM settings select (None: no LLM)."""
@@ -250,13 +278,15 @@ class LLMStage:
             return self._by_name.get(settings.provider)
         return self.provider
 
-    def breaker(self, org: str, settings: LLMSettings) -> CircuitBreaker:
+    def breaker(self, org: str, settings: LLMSettings) -> Breaker:
         """The circuit breaker for an org's use of its provider."""
         provider = self.provider_for(settings)
-        key = f"{org}/{provider.name if provider else 'none'}"
+        name = provider.name if provider else "none"
+        key = f"{org}/{name}"
         if key not in self._breakers:
             cb = settings.circuit_breaker
-            self._breakers[key] = CircuitBreaker(cb.failures, cb.reset_seconds, self._clock)
+            self._breakers[key] = (self._make_breaker(org, name, cb) if self._make_breaker is not None
+                                   else CircuitBreaker(cb.failures, cb.reset_seconds, self._clock))
         return self._breakers[key]
 
     def _backoff(self, settings: LLMSettings, attempt: int, retry_after: float | None) -> float:
@@ -279,7 +309,7 @@ class LLMStage:
         system = system_prompt(org)
         user = user_prompt(org, event, text, resolution)
         trace = LLMTrace(provider=provider.name, model=settings.model, prompt=user)
-        if not breaker.allow():
+        if not await breaker.allow():
             trace.error = (f"circuit open after {breaker.consecutive} consecutive failures; "
                            f"not calling {provider.name} for {settings.circuit_breaker.reset_seconds:.0f} s")
             return LLMResult(None, trace, trace.error)
@@ -295,8 +325,8 @@ class LLMStage:
             except (LLMError, TimeoutError) as exc:
                 err = exc if isinstance(exc, LLMError) else LLMError("timeout", "no answer in time")
                 errors.append(f"attempt {attempt + 1}: {err.kind}: {err}")
-                breaker.failure()
-                if not err.retryable or not breaker.allow():
+                await breaker.failure()
+                if not err.retryable or not await breaker.allow():
                     break
                 retry_after = err.retry_after
             else:
@@ -312,11 +342,11 @@ class LLMStage:
                     msg = _short_validation(exc)
                     errors.append(f"attempt {attempt + 1}: invalid answer: {msg}")
                     trace.rejected.append(msg)
-                    breaker.failure()
-                    if not breaker.allow():
+                    await breaker.failure()
+                    if not await breaker.allow():
                         break
                 else:
-                    breaker.success()
+                    await breaker.success()
                     accepted, rejected = validate_actions(classification.actions or [], org, capabilities)
                     trace.rejected.extend(rejected)
                     trace.error = "; ".join(errors) or None

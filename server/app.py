@@ -56,6 +56,10 @@ class Settings:
     """The service's address as others reach it (automation callbacks, feed links); empty: relative paths."""
     clock: Callable[[], float] = time.time
     """Wall clock for webhook timestamps (tests move it)."""
+    redis_url: str | None = None
+    """Redis shared by the workers (`REDIS_URL`): rate limits and LLM circuit breakers count across processes."""
+    redis_prefix: str = "astralis"
+    """Prefix of this deployment's Redis keys (several deployments, or test runs, can share one Redis)."""
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -169,17 +173,37 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
+def open_limits(settings: Settings) -> Any:
+    """The shared limits (`adapters.redis_limits.RedisLimits`) when a Redis is configured, else None (each
+    process counts its own)."""
+    if not settings.redis_url:
+        return None
+    from adapters.redis_limits import RedisLimits
+
+    return RedisLimits(settings.redis_url, prefix=settings.redis_prefix)
+
+
+def make_agent(registry: Registry, providers: dict[str, Any], store: SQLiteStore, limits: Any) -> Agent:
+    """The deciding agent of a service or worker process: actions to the outbox, live state from the store, and
+    rate limits and circuit breakers in Redis when `limits` is set."""
+    stage = LLMStage(providers, breakers=limits.breaker if limits is not None else None)
+    return Agent(registry.get, stage, state=StaticState(), executor=OutboxHandoff(), state_source=store,
+                 rate_limiter=limits.rate_limiter if limits is not None else None)
+
+
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     registry = app[REGISTRY]
-    agent = Agent(registry.get, LLMStage(app[LLM]), state=StaticState(), executor=OutboxHandoff(),
-                  state_source=app[STORE])
+    limits = open_limits(settings)
+    agent = make_agent(registry, app[LLM], app[STORE], limits)
     service = Service(app[STORE], agent, app[METRICS], processing=settings.processing)
     service.outbox = make_outbox(settings, service, registry, app[STORE], app[METRICS], lambda: app[HTTP])
     app[SERVICE] = service
     await service.start(workers=settings.workers)
     yield
     await service.stop()
+    if limits is not None:
+        await limits.close()
 
 
 def bundles_of(registry: Registry) -> Callable[[str], OrgBundle | None]:

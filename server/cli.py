@@ -131,8 +131,11 @@ def _settings(args: argparse.Namespace, settings_cls: Any, processing_cls: Any) 
     return settings_cls(db=_db(args), rulesets=rulesets, policies=policies, llm=args.llm,
                         synchronous=args.synchronous, requests_per_minute=getattr(args, "rate_limit", 600),
                         max_body_bytes=getattr(args, "max_body", 1024 * 1024), watch=not args.no_watch,
-                        schedules=not args.no_schedules, workers=args.workers > 0,
+                        schedules=not args.no_schedules,
+                        workers=args.workers > 0 and not getattr(args, "no_workers", False),
                         public_url=args.public_url or os.environ.get("ASTRALIS_PUBLIC_URL", ""),
+                        redis_url=args.redis_url or os.environ.get("REDIS_URL") or None,
+                        redis_prefix=args.redis_prefix or os.environ.get("ASTRALIS_REDIS_PREFIX") or "astralis",
                         processing=processing_cls(workers=max(1, args.workers), lease_seconds=args.lease,
                                                   max_attempts=args.max_attempts,
                                                   shutdown_grace_seconds=args.shutdown_grace))
@@ -232,12 +235,18 @@ def parser() -> argparse.ArgumentParser:
                         help="event loop: uvloop when installed (auto, the default), or the standard asyncio one")
         sp.add_argument("--public-url", help="the service's address as others reach it, e.g. https://agent.example "
                         "(for the callback URL sent to automations and calendar feed links; or $ASTRALIS_PUBLIC_URL)")
+        sp.add_argument("--redis-url", help="Redis shared by every worker process (default: $REDIS_URL): the "
+                        "orgs' rate limits and the LLM circuit breakers count across processes")
+        sp.add_argument("--redis-prefix", help="prefix of this deployment's Redis keys (default: astralis or "
+                        "$ASTRALIS_REDIS_PREFIX)")
         sp.add_argument("--log-level", default="INFO")
         sp.add_argument("--log-format", choices=["json", "text"], default="json")
 
     sv = sub.add_parser("serve", help="run the HTTP service (SQLite file, in-process workers)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--no-workers", action="store_true",
+                    help="the API alone: accept events and answer queries; `astralis worker` processes decide")
     deciding(sv, "events decided concurrently by in-process workers; 0: none (run `astralis worker` beside it)")
     sv.add_argument("--rate-limit", type=int, default=600, help="requests per minute per API key")
     sv.add_argument("--max-body", type=int, default=1024 * 1024, help="request body limit in bytes")

@@ -12,11 +12,18 @@ import signal
 import aiohttp
 
 from adapters.sqlite_store import SQLiteStore
-from engine.agent import Agent
-from engine.llm import LLMStage
-from server.app import Settings, background, close_providers, load_registry, make_outbox, make_providers
+from server.app import (
+    Settings,
+    background,
+    close_providers,
+    load_registry,
+    make_agent,
+    make_outbox,
+    make_providers,
+    open_limits,
+)
 from server.metrics import Metrics
-from server.service import OutboxHandoff, Service
+from server.service import Service
 
 log = logging.getLogger("astralis.worker")
 
@@ -33,8 +40,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         metrics = Metrics()
         registry = await load_registry(settings, metrics)
         providers = make_providers(registry, settings.llm)
-        service = Service(store, Agent(registry.get, LLMStage(providers), executor=OutboxHandoff(),
-                                       state_source=store), metrics, processing=settings.processing)
+        limits = open_limits(settings)
+        service = Service(store, make_agent(registry, providers, store, limits), metrics,
+                          processing=settings.processing)
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         service.outbox = make_outbox(settings, service, registry, store, metrics, lambda: session)
         await service.start(workers=True)
@@ -47,5 +55,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         await service.stop()
         await session.close()
         await close_providers(providers)
+        if limits is not None:
+            await limits.close()
     finally:
         await store.close()
