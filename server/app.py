@@ -72,6 +72,8 @@ SERVICE = web.AppKey("service", Service)
 KEYS = web.AppKey("keys", KeyCache)
 LIMITER = web.AppKey("limiter", RequestLimiter)
 CONFIG_LOCKS = web.AppKey("config_locks", dict)
+CONFIG_SYNC = web.AppKey("config_sync", object)
+"""The `server.config_sync.ConfigSync` of this process, present only with a Redis."""
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 """request[PRINCIPAL]: the `Principal` of the API key on /api/agent/* and /api/stream."""
@@ -223,9 +225,25 @@ def make_outbox(settings: Settings, service: Service, registry: Registry, store:
                         concurrency=settings.processing.action_workers, on_change=service.notify)
 
 
+def config_sync(settings: Settings, service: Service, registry: Registry, store: SQLiteStore,
+                metrics: Metrics) -> Any:
+    """The Redis notices that carry configuration updates to the workers on other machines
+    (`server.config_sync.ConfigSync`), when a Redis is configured; else None."""
+    if not settings.redis_url:
+        return None
+    from server.config_sync import ConfigSync
+
+    async def reloaded(org: str, errors: list[Any]) -> None:
+        report_org(metrics, registry, org)
+
+    return ConfigSync(settings.redis_url, registry, store, prefix=settings.redis_prefix, origin=service.owner,
+                      on_reload=reloaded)
+
+
 def background(settings: Settings, service: Service, registry: Registry, store: SQLiteStore,
-               metrics: Metrics) -> list[asyncio.Task[None]]:
-    """Timers (reminder:due), SCHEDULE events from the policies' cron entries, and the config file watcher."""
+               metrics: Metrics, sync: Any = None) -> list[asyncio.Task[None]]:
+    """Timers (reminder:due), SCHEDULE events from the policies' cron entries, the config file watcher, and the
+    other workers' configuration notices (`sync`)."""
     from server.scheduler import CronScheduler
     from server.watcher import ConfigWatcher
 
@@ -242,15 +260,22 @@ def background(settings: Settings, service: Service, registry: Registry, store: 
 
         watcher = ConfigWatcher(registry, on_reload=reloaded)
         tasks.append(asyncio.create_task(watcher.run(), name="config-watcher"))
+    if sync is not None:
+        tasks.append(asyncio.create_task(sync.run(), name="config-sync"))
     return tasks
 
 
 async def _loops_ctx(app: web.Application) -> AsyncIterator[None]:
-    tasks = background(app[SETTINGS], app[SERVICE], app[REGISTRY], app[STORE], app[METRICS])
+    sync = config_sync(app[SETTINGS], app[SERVICE], app[REGISTRY], app[STORE], app[METRICS])
+    if sync is not None:
+        app[CONFIG_SYNC] = sync
+    tasks = background(app[SETTINGS], app[SERVICE], app[REGISTRY], app[STORE], app[METRICS], sync)
     yield
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    if sync is not None:
+        await sync.close()
 
 
 async def _timers(store: SQLiteStore, service: Service, metrics: Metrics, every: float) -> None:

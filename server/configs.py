@@ -23,7 +23,7 @@ from engine.errors import ConfigError
 from engine.loader import ORG_FILE
 from engine.registry import build
 from engine.rules import CompiledRules
-from server.app import CONFIG_LOCKS, METRICS, REGISTRY, STORE, report_org
+from server.app import CONFIG_LOCKS, CONFIG_SYNC, METRICS, REGISTRY, STORE, report_org
 from server.errors import ApiError
 from server.schemas import ConfigUpdate
 
@@ -146,5 +146,8 @@ async def update(app: web.Application, org: str, body: ConfigUpdate) -> dict[str
         if policy_path.exists():
             files[f"policies/{org}.yaml"] = policy_path.read_text(encoding="utf-8")
         await app[STORE].save_agent_config(org, active.revision, files)
+        sync = app.get(CONFIG_SYNC)
+        if sync is not None:  # workers on other machines load it from the store
+            await sync.publish(org, active.revision)  # type: ignore[attr-defined]
         return {"org": org, "revision": active.revision, "previous_revision": before.revision if before else None,
                 "warnings": [str(f) for f in findings if f.severity == "warning"]}

@@ -16,6 +16,7 @@ from server.app import (
     Settings,
     background,
     close_providers,
+    config_sync,
     load_registry,
     make_agent,
     make_outbox,
@@ -46,7 +47,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         service.outbox = make_outbox(settings, service, registry, store, metrics, lambda: session)
         await service.start(workers=True)
-        tasks = background(settings, service, registry, store, metrics)
+        sync = config_sync(settings, service, registry, store, metrics)
+        tasks = background(settings, service, registry, store, metrics, sync)
         log.info("worker %s deciding for: %s", service.owner, ", ".join(registry.orgs) or "no orgs")
         await stop.wait()
         for t in tasks:
@@ -57,5 +59,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         await close_providers(providers)
         if limits is not None:
             await limits.close()
+        if sync is not None:
+            await sync.close()
     finally:
         await store.close()

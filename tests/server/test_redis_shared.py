@@ -1,5 +1,6 @@
-"""Limits shared through Redis (issue 6): N worker processes together respect an org's `per_minute` exactly (over
-it: held, never dropped), share the LLM circuit breaker, and fall back to their own counts when Redis is away.
+"""Limits and configuration shared through Redis (issue 6): N worker processes together respect an org's
+`per_minute` exactly (over it: held, never dropped), share the LLM circuit breaker, fall back to their own counts
+when Redis is away, and load a configuration update made on another machine.
 
 Against the machine's real Redis (127.0.0.1:6379, or $REDIS_URL); in CI it must be there, elsewhere the tests skip
 when it is not."""
@@ -176,3 +177,55 @@ async def test_three_workers_execute_exactly_per_minute_and_hold_the_rest(tmp_pa
     assert all("rate limit of 60 decisions per minute reached" in r["reasoning"] for r in held)
     for log in logs:
         assert "Traceback" not in log.read_text(), log.read_text()
+
+
+# --------------------------------------------------------------------------- hot reload across machines
+
+@pytest.mark.timeout(120)
+async def test_a_config_update_reaches_a_worker_with_folders_of_its_own(tmp_path, prefix, serve):
+    import aiohttp
+
+    front_dir, worker_dir = tmp_path / "front", tmp_path / "worker"  # two "machines", one shared store
+    front_dir.mkdir()
+    worker_dir.mkdir()
+    f_rules, f_policies = _config(front_dir, per_minute=1000)
+    w_rules, w_policies = _config(worker_dir, per_minute=1000)
+    redis = ["--redis-url", REDIS_URL, "--redis-prefix", prefix]
+    front = serve("--no-workers", "--rulesets", str(f_rules), "--policies", str(f_policies), *redis)
+    front.start()
+    await front.ready()
+    log = tmp_path / "worker.log"
+    worker = _start([sys.executable, "-m", "server.cli", "worker", "--db", str(front.db), "--rulesets", str(w_rules),
+                     "--policies", str(w_policies), "--llm", "off", "--no-watch", "--no-schedules", "--lease", "5",
+                     *redis, "--log-format", "text"], log)
+    headers = {"Authorization": f"Bearer {front.key}"}
+    try:
+        async with aiohttp.ClientSession(headers=headers) as s:
+            async with s.get(f"{front.url}/api/agent/config") as r:
+                before = (await r.json())["revision"]
+            for _ in range(100):  # the worker is subscribed once its start-up line is out
+                if "deciding for" in log.read_text():
+                    break
+                await asyncio.sleep(0.1)
+            policy = (f_policies / "acme.yaml").read_text() + "\n# tuned from the dashboard\n"
+            async with s.post(f"{front.url}/api/agent/config", json={"policy": policy}) as r:
+                assert r.status == 200, await r.text()
+                revision = (await r.json())["revision"]
+            assert revision != before
+            for _ in range(100):
+                if (w_policies / "acme.yaml").read_text() == policy:
+                    break
+                await asyncio.sleep(0.1)
+            assert (w_policies / "acme.yaml").read_text() == policy  # written into the worker's own folder
+            event = {k: v for k, v in CORPUS[0].items() if k != "org"} | {"id": "after-reload"}
+            async with s.post(f"{front.url}/api/agent/process", params={"mode": "queue"}, json=event) as r:
+                assert r.status == 202, await r.text()
+        await drain(front.db, within=30)
+        with sqlite3.connect(front.db) as c:
+            record = json.loads(c.execute("SELECT record FROM decisions WHERE event_id = 'after-reload'").fetchone()[0])
+        assert record["revision"] == revision  # decided by the worker, with the announced revision
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(20) == 0
+        print(log.read_text())
+    assert f"revision {revision} active (announced by another worker)" in log.read_text()
