@@ -97,6 +97,29 @@ class InboxTables(SQLiteBase):
         rows.sort(key=lambda r: r["rowid"])
         return [Claimed(Event.model_validate_json(r["envelope"]), int(r["attempts"]), r["channel"]) for r in rows]
 
+    async def claim_event(self, org: str, event_id: str, owner: str, *,
+                          lease_seconds: float = 30.0) -> tuple[Claimed | None, str]:
+        """Lease one named event to `owner` (a queue job names the event it is for): `(claimed, "claimed")` when
+        it is waiting or its lease has run out (its holder died), else `(None, status)` with its status:
+        `processing` (leased by a live holder: try again later), `decided`, `dead`, or `missing`."""
+        now_dt = datetime.now(UTC)
+        now = _iso(now_dt)
+        until = _iso(now_dt + timedelta(seconds=lease_seconds))
+        async with self._write() as db:
+            rows = list(await db.execute_fetchall(
+                """UPDATE events SET status = 'processing', lease_owner = ?, lease_until = ?,
+                                     attempts = attempts + 1, updated_at = ?
+                   WHERE org = ? AND id = ?
+                     AND (status = 'accepted' OR (status = 'processing' AND lease_until < ?))
+                   RETURNING envelope, attempts, channel""",
+                (owner, until, now, org, event_id, now)))
+            if rows:
+                r = rows[0]
+                return Claimed(Event.model_validate_json(r["envelope"]), int(r["attempts"]), r["channel"]), "claimed"
+            found = list(await db.execute_fetchall("SELECT status FROM events WHERE org = ? AND id = ?",
+                                                   (org, event_id)))
+        return None, (found[0]["status"] if found else "missing")
+
     async def renew_leases(self, owner: str, keys: Sequence[tuple[str, str]], lease_seconds: float) -> int:
         """Extend `owner`'s leases on the given (org, id) events; how many it still held."""
         if not keys:

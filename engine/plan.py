@@ -184,7 +184,7 @@ def _booking(bundle: OrgBundle, route: Route, priority: int, event: dict[str, An
     if user is not None:
         local = now.astimezone(tz)
         day_start = local.replace(hour=0, minute=0, second=0, microsecond=0)
-        busy = calendar.busy(host, day_start, day_start + timedelta(days=400))
+        busy = calendar.busy(user.id, day_start, day_start + timedelta(days=400))
     duration = data.get("duration_minutes")
     outcome = plan_booking(
         requested_start=data.get("requested_start") if isinstance(data.get("requested_start"), str) else None,

@@ -200,6 +200,23 @@ async def test_claims_take_the_most_urgent_first_then_the_oldest(store):
     assert [c.event.id for c in await store.claim_events("w", limit=3)] == ["e0", "e1", "e2"]
 
 
+async def test_a_queue_job_claims_its_own_event_once(store, registry):
+    service = make_service(store, registry)
+    await store.accept_events([InboxItem(sales(i)) for i in range(3)])
+    claimed, status = await store.claim_event("acme", "e1", "w1", lease_seconds=30)
+    assert status == "claimed" and claimed is not None and claimed.event.id == "e1" and claimed.attempts == 1
+    assert await store.claim_event("acme", "e1", "w2") == (None, "processing")  # a live lease: later
+    assert await store.claim_event("acme", "nope", "w2") == (None, "missing")
+    await store.complete_event(await service.agent.process(sales(1)))
+    assert await store.claim_event("acme", "e1", "w2") == (None, "decided")
+    # a holder that died: its lease runs out and the event can be claimed again
+    assert (await store.claim_event("acme", "e2", "w1", lease_seconds=0.05))[1] == "claimed"
+    await asyncio.sleep(0.1)
+    again, status = await store.claim_event("acme", "e2", "w2")
+    assert status == "claimed" and again is not None and again.attempts == 2
+    assert [c.event.id for c in await store.claim_events("w3")] == ["e0"]  # the others are not waiting
+
+
 def test_providers_are_made_on_first_use_when_their_key_is_set(monkeypatch):
     from server.app import Providers
 
