@@ -97,6 +97,17 @@ class InboxTables(SQLiteBase):
         rows.sort(key=lambda r: r["rowid"])
         return [Claimed(Event.model_validate_json(r["envelope"]), int(r["attempts"]), r["channel"]) for r in rows]
 
+    async def waiting_events(self, *, received_before: datetime, limit: int = 500) -> list[tuple[Event, int]]:
+        """Events waiting to be decided (accepted, due), received before `received_before`, most urgent then
+        oldest first, with their priority: what a queue sweeper makes sure has a job."""
+        now = _now()
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                """SELECT envelope, priority FROM events
+                   WHERE status = 'accepted' AND (available_at IS NULL OR available_at <= ?) AND received_at < ?
+                   ORDER BY priority DESC, rowid LIMIT ?""", (now, _iso(received_before), limit))
+        return [(Event.model_validate_json(r["envelope"]), int(r["priority"])) for r in rows]
+
     async def claim_event(self, org: str, event_id: str, owner: str, *,
                           lease_seconds: float = 30.0) -> tuple[Claimed | None, str]:
         """Lease one named event to `owner` (a queue job names the event it is for): `(claimed, "claimed")` when

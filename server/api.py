@@ -16,6 +16,7 @@ from typing import Any, TypeVar, get_args
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from adapters.bullmq_queue import QueueUnavailable
 from adapters.replay import ReplayProvider, replay_decisions, replay_stage
 from engine.agent import Agent, UnknownOrg
 from engine.compare import Side, compare, prompt_chars
@@ -110,8 +111,13 @@ async def submit(request: web.Request, event: Event, *, mode: str, channel: str,
         mode = "sync" if priority >= 5 else "queue"
     else:
         priority = 3
-    acc = await service.accept(event, channel=channel, priority=priority, lease=(mode == "sync"),
-                               signature=signature)
+    try:
+        acc = await service.accept(event, channel=channel, priority=priority, lease=(mode == "sync"),
+                                   signature=signature)
+    except QueueUnavailable as exc:
+        raise ApiError(503, "unavailable", "the queue (Redis) is unavailable: the event is stored and will be "
+                       "decided once it is back; repeating this request with the same event id is safe",
+                       {"event_id": event.id, "cause": str(exc)}) from None
     if acc.status == "replayed":
         raise ApiError(409, "replayed_signature", "this exact signed request was already received; a new "
                        "delivery needs a new signature", {"event_id": None, "status": None, "decision_id": None})

@@ -58,6 +58,11 @@ class Settings:
     """Wall clock for webhook timestamps (tests move it)."""
     redis_url: str | None = None
     """Redis shared by the workers (`REDIS_URL`): rate limits and LLM circuit breakers count across processes."""
+    queue: Literal["auto", "inprocess", "bullmq"] = "auto"
+    """Where accepted events wait: the inbox claimed by this process's workers, or BullMQ (auto: BullMQ when a
+    Redis is configured)."""
+    publish_decisions: bool = False
+    """With BullMQ: also publish every new decision on `<prefix>-decisions` for the platform's Node workers."""
     redis_prefix: str = "astralis"
     """Prefix of this deployment's Redis keys (several deployments, or test runs, can share one Redis)."""
 
@@ -185,6 +190,21 @@ def open_limits(settings: Settings) -> Any:
     return RedisLimits(settings.redis_url, prefix=settings.redis_prefix)
 
 
+def make_queue(settings: Settings) -> Any:
+    """The BullMQ queue (`server.queue.BullMQBackend`) when the settings ask for one, else None."""
+    kind = settings.queue if settings.queue != "auto" else ("bullmq" if settings.redis_url else "inprocess")
+    if kind == "inprocess":
+        return None
+    if not settings.redis_url:
+        raise ValueError("--queue bullmq needs a Redis: --redis-url or REDIS_URL")
+    from server.queue import BullMQBackend
+
+    p = settings.processing
+    return BullMQBackend(settings.redis_url, prefix=settings.redis_prefix, concurrency=p.workers,
+                         attempts=p.max_attempts, backoff_seconds=p.retry_base_seconds,
+                         lock_ms=int(p.lease_seconds * 1000), publish_decisions=settings.publish_decisions)
+
+
 def make_agent(registry: Registry, providers: dict[str, Any], store: SQLiteStore, limits: Any) -> Agent:
     """The deciding agent of a service or worker process: actions to the outbox, live state from the store, and
     rate limits and circuit breakers in Redis when `limits` is set."""
@@ -199,11 +219,14 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     limits = open_limits(settings)
     agent = make_agent(registry, app[LLM], app[STORE], limits)
     service = Service(app[STORE], agent, app[METRICS], processing=settings.processing)
+    service.queue = make_queue(settings)
     service.outbox = make_outbox(settings, service, registry, app[STORE], app[METRICS], lambda: app[HTTP])
     app[SERVICE] = service
     await service.start(workers=settings.workers)
     yield
     await service.stop()
+    if service.queue is not None:
+        await service.queue.close()
     if limits is not None:
         await limits.close()
 

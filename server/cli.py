@@ -135,6 +135,7 @@ def _settings(args: argparse.Namespace, settings_cls: Any, processing_cls: Any) 
                         workers=args.workers > 0 and not getattr(args, "no_workers", False),
                         public_url=args.public_url or os.environ.get("ASTRALIS_PUBLIC_URL", ""),
                         redis_url=args.redis_url or os.environ.get("REDIS_URL") or None,
+                        queue=args.queue, publish_decisions=args.publish_decisions,
                         redis_prefix=args.redis_prefix or os.environ.get("ASTRALIS_REDIS_PREFIX") or "astralis",
                         processing=processing_cls(workers=max(1, args.workers), lease_seconds=args.lease,
                                                   max_attempts=args.max_attempts,
@@ -237,6 +238,11 @@ def parser() -> argparse.ArgumentParser:
                         "(for the callback URL sent to automations and calendar feed links; or $ASTRALIS_PUBLIC_URL)")
         sp.add_argument("--redis-url", help="Redis shared by every worker process (default: $REDIS_URL): the "
                         "orgs' rate limits and the LLM circuit breakers count across processes")
+        sp.add_argument("--queue", choices=["auto", "inprocess", "bullmq"], default="auto",
+                        help="where accepted events wait for a worker: the inbox claimed in-process, or BullMQ on "
+                        "the Redis (auto: BullMQ when --redis-url/REDIS_URL is set)")
+        sp.add_argument("--publish-decisions", action="store_true",
+                        help="with BullMQ: publish each new decision as a job on <prefix>-decisions for Node workers")
         sp.add_argument("--redis-prefix", help="prefix of this deployment's Redis keys (default: astralis or "
                         "$ASTRALIS_REDIS_PREFIX)")
         sp.add_argument("--log-level", default="INFO")

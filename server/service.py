@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
+from adapters.bullmq_queue import QueueUnavailable
 from adapters.sqlite_store import Accepted, Claimed, InboxItem, SQLiteStore
 from engine.agent import Agent, UnknownOrg
 from engine.models import Decision, Event, new_id
@@ -148,6 +149,9 @@ class Service:
         self._slots = asyncio.Semaphore(self.cfg.workers)
         self.outbox: OutboxRunner | None = None
         """Runs the actions of executed decisions (started with the workers)."""
+        self.queue: Any = None
+        """The BullMQ queue (`server.queue.BullMQBackend`) when the service runs on Redis; else events are
+        claimed from the inbox by this process's own dispatcher."""
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
@@ -159,7 +163,9 @@ class Service:
         if recovered:
             log.info("recovered %d unfinished events from a previous run", recovered)
         self._tasks.append(asyncio.create_task(self._keeper(), name="lease-keeper"))
-        if workers:
+        if workers and self.queue is not None:
+            await self.queue.start(self)
+        elif workers:
             self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatcher"))
             if self.outbox is not None:
                 action_owners = await self.store.action_owners()
@@ -169,6 +175,8 @@ class Service:
         """Stop claiming; let in-flight events finish for the grace period; give the rest back to the queue."""
         self._stopping = True
         self._wake.set()
+        if self.queue is not None:  # no new jobs; running ones finish within the grace period
+            await self.queue.stop(self.cfg.shutdown_grace_seconds)
         inflight = list(self._inflight.values())
         if inflight:
             _, pending = await asyncio.wait(inflight, timeout=self.cfg.shutdown_grace_seconds)
@@ -191,9 +199,11 @@ class Service:
     # ---- accepting ------------------------------------------------------------------------------------
 
     async def accept(self, event: Event, *, channel: str, priority: int = 3, lease: bool = False,
-                     signature: str | None = None) -> Accepted:
+                     signature: str | None = None, enqueue: bool = True) -> Accepted:
         """Durably accept one event (group commit). With `lease`, it is accepted already claimed by this
-        process for synchronous processing (crash: the lease expires and a worker takes it)."""
+        process for synchronous processing (crash: the lease expires and a worker takes it). With a BullMQ
+        queue, a waiting event (new, or a repeat still waiting) is then queued: `QueueUnavailable` when Redis is
+        away — the event is in the inbox all the same, and the sweeper queues it once Redis is back."""
         item = InboxItem(event, priority=priority, channel=channel,
                          lease_owner=self.owner if lease else None, lease_seconds=self.cfg.lease_seconds,
                          signature=signature)
@@ -204,11 +214,18 @@ class Service:
                 self._wake.set()
         else:
             self.metrics.event_duplicate(event.org, channel)
+        if self.queue is not None and enqueue and not lease and acc.status in ("accepted", "new"):
+            await self.queue.enqueue(event, priority)
         return acc
 
     async def emit(self, event: Event, *, channel: str = "internal") -> Accepted:
-        """An event the service itself causes (schedules, timers, the agent's own actions): queued like any."""
-        return await self.accept(event, channel=channel)
+        """An event the service itself causes (schedules, timers, the agent's own actions): queued like any.
+        With Redis away it waits in the inbox for the sweeper."""
+        try:
+            return await self.accept(event, channel=channel)
+        except QueueUnavailable as exc:
+            log.warning("event %s is in the inbox; queued once Redis is back: %s", event.id, exc)
+            return Accepted(event.org, event.id, True, "accepted", None)
 
     def wake(self) -> None:
         """Tell the workers that new events may be ready (e.g. timers fired)."""
@@ -229,6 +246,22 @@ class Service:
         finally:
             self._inflight.pop(key, None)
             self._sync.discard(key)
+
+    def claimed(self, event: Event, channel: str) -> Claimed:
+        """An event this process accepted already leased to itself (`accept(..., lease=True)`)."""
+        return Claimed(event, 1, channel)
+
+    async def decide_claimed(self, claimed: Claimed) -> Decision | None:
+        """Decide an event this process has leased (a queue job's), renewing its lease meanwhile; None if it
+        failed (recorded in the inbox: retried or dead-lettered)."""
+        key = (claimed.event.org, claimed.event.id)
+        task = asyncio.current_task()
+        assert task is not None
+        self._inflight[key] = task
+        try:
+            return await self._decide(claimed, mode="queue")
+        finally:
+            self._inflight.pop(key, None)
 
     async def _decide(self, claimed: Claimed, *, mode: str) -> Decision | None:
         event = claimed.event
@@ -259,6 +292,8 @@ class Service:
                 log.info("decided %s %s -> %s (%s, %.0f ms)", event.type, stored.intent, stored.status,
                          stored.decided_by, seconds * 1000)
                 await self.notify(actions=stored.status == "EXECUTED" and bool(stored.actions))
+                if self.queue is not None:
+                    await self.queue.published(stored)
             else:
                 log.info("event was already decided as %s; this decision is discarded", stored.id)
             return stored

@@ -21,6 +21,7 @@ from server.app import (
     make_agent,
     make_outbox,
     make_providers,
+    make_queue,
     open_limits,
 )
 from server.metrics import Metrics
@@ -44,6 +45,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         limits = open_limits(settings)
         service = Service(store, make_agent(registry, providers, store, limits), metrics,
                           processing=settings.processing)
+        service.queue = make_queue(settings)
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         service.outbox = make_outbox(settings, service, registry, store, metrics, lambda: session)
         await service.start(workers=True)
@@ -55,6 +57,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await service.stop()
+        if service.queue is not None:
+            await service.queue.close()
         await session.close()
         await close_providers(providers)
         if limits is not None:

@@ -1,0 +1,136 @@
+"""The service on BullMQ (issue 6): an API process that only accepts, worker processes that consume the queue,
+a worker SIGKILLed mid-run, Redis stopped and restarted mid-run.
+
+Runs a private `redis-server` on a free port (so that stopping it disturbs nothing else); in CI it must run,
+elsewhere the tests skip when `redis-server` is not installed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.server.test_crash import (
+    ROOT,
+    check_exactly_once,
+    deliver,
+    drain,
+    envelopes,
+    free_port,
+    inbox,
+    when_busy,
+)
+
+REDIS_SERVER = shutil.which("redis-server")
+if REDIS_SERVER is None:
+    if os.environ.get("CI") == "true":
+        raise RuntimeError("CI=true but redis-server is not installed: the BullMQ tests must run")
+    pytest.skip("redis-server is not installed", allow_module_level=True)
+
+
+class PrivateRedis:
+    """A redis-server of this test's own on a free port, keeping nothing on disk (as the machine's)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.dir = tmp
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        assert REDIS_SERVER is not None
+        self.proc = subprocess.Popen([REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(self.dir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def ready(self) -> None:
+        for _ in range(100):
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", self.port)
+                w.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    r = PrivateRedis(tmp_path)
+    r.start()
+    yield r
+    r.stop()
+
+
+def worker(db: Path, log: Path, redis_url: str, *extra: str) -> subprocess.Popen[bytes]:
+    """An `astralis worker` consuming the BullMQ queue of `redis_url`."""
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "server.cli", "worker", "--db", str(db), "--llm", "off",
+                                 "--no-watch", "--no-schedules", "--lease", "3", "--redis-url", redis_url, *extra],
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+
+async def _post(url: str, key: str, event: dict, mode: str) -> tuple[int, dict]:
+    async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s,
+                s.post(f"{url}/api/agent/process", params={"mode": mode}, json=event,
+                       headers={"Authorization": f"Bearer {key}"}) as r):
+        return r.status, await r.json()
+
+
+@pytest.mark.timeout(240)
+async def test_three_workers_a_kill_and_a_redis_restart_lose_nothing_and_decide_each_event_once(
+        serve, redis, tmp_path):
+    await redis.ready()
+    front = serve("--no-workers", "--redis-url", redis.url, "--rate-limit", "100000000")
+    front.start()
+    await front.ready()
+    logs = [tmp_path / f"worker-{i}.log" for i in range(3)]
+    workers = [worker(front.db, log, redis.url) for log in logs]
+    try:
+        events = envelopes("bq", 1000)
+        got = await deliver(front.url, front.key, events)
+        assert len(got.acked) == 1000 and not got.failed and not got.other
+        await when_busy(front.db, min_decided=150, within=60)
+        os.kill(workers[0].pid, signal.SIGKILL)  # dies holding jobs and leases: they are redelivered
+        workers[0].wait(10)
+
+        redis.stop()  # Redis goes away mid-run (it keeps nothing: every job is lost with it)
+        status, body = await _post(front.url, front.key, envelopes("down-q", 1)[0], "queue")
+        assert status == 503 and body["error"]["code"] == "unavailable", body
+        status, body = await _post(front.url, front.key, envelopes("down-sync", 1)[0], "sync")
+        assert status == 200 and body["event_id"] == "down-sync-000", body  # sync mode needs no queue
+        redis.start()
+        await redis.ready()
+        status, body = await _post(front.url, front.key, envelopes("back", 1)[0], "queue")
+        assert status == 202, body
+
+        await drain(front.db, within=150)  # the sweeper re-queues what the lost jobs carried
+        counts = check_exactly_once(front.db, got.acked | {"down-q-000", "down-sync-000", "back-000"})
+        assert counts
+        assert inbox(front.db)["decided"] == 1003  # the event answered 503 was stored, and is decided too
+    finally:
+        for w in workers[1:]:
+            if w.poll() is None:
+                w.send_signal(signal.SIGTERM)
+        for w in workers[1:]:
+            assert w.wait(30) == 0
+        for log in logs:
+            print(f"----- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
+    for log in logs[1:]:
+        assert "Traceback" not in log.read_text(errors="replace")
