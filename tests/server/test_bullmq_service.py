@@ -7,9 +7,11 @@ elsewhere the tests skip when `redis-server` is not installed."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.adapters.test_bullmq_node import _DECISION_WORKER, _PLATFORM_PRODUCER, node_modules, run_node
 from tests.server.test_crash import (
     ROOT,
     check_exactly_once,
@@ -28,6 +31,8 @@ from tests.server.test_crash import (
     inbox,
     when_busy,
 )
+
+__all__ = ["node_modules"]  # a fixture, used by name
 
 REDIS_SERVER = shutil.which("redis-server")
 if REDIS_SERVER is None:
@@ -134,3 +139,40 @@ async def test_three_workers_a_kill_and_a_redis_restart_lose_nothing_and_decide_
             print(f"----- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
     for log in logs[1:]:
         assert "Traceback" not in log.read_text(errors="replace")
+
+
+# --------------------------------------------------------------------------- the Node platform, both ways
+
+@pytest.mark.timeout(400)
+async def test_node_jobs_are_decided_by_a_python_worker_and_its_decisions_reach_a_node_worker(
+        redis, tmp_path, node_modules):
+    modules = node_modules  # the cached `npm install bullmq ioredis` (skips, or fails in CI, when unavailable)
+    await redis.ready()
+    db, log = tmp_path / "astralis.db", tmp_path / "worker.log"
+    proc = worker(db, log, redis.url, "--publish-decisions")
+    try:
+        job_ids = json.loads((await run_node(modules, _PLATFORM_PRODUCER, redis.url, "astralis-events"))[-1])
+        rows: list = []
+        for _ in range(300):
+            if db.exists():
+                with sqlite3.connect(db) as c:
+                    rows = [json.loads(r[0]) for r in c.execute("SELECT record FROM decisions ORDER BY event_id")]
+                if len(rows) == 3:
+                    break
+            await asyncio.sleep(0.1)
+        assert len(rows) == 3, log.read_text()
+        assert sorted(r["event_id"] for r in rows) == sorted(
+            [f"astralis-events:{job_ids[0]}", f"astralis-events:{job_ids[1]}", "intake-in_2"])
+        assert {r["input"]["source"] for r in rows} == {"WORKER"}
+        assert sorted(r["input"]["type"] for r in rows) == ["intake:created", "intake:created", "intake:updated"]
+        with sqlite3.connect(db) as c:  # in the inbox like any event, accepted by the worker that took the job
+            assert {r[0] for r in c.execute("SELECT channel FROM events")} == {"bullmq"}
+
+        lines = await run_node(modules, _DECISION_WORKER, redis.url, "astralis-decisions", "3")
+        consumed = sorted((json.loads(line) for line in lines), key=lambda r: r["id"])
+        assert consumed == sorted(({"job_id": r["id"], "name": "decision", "id": r["id"], "intent": r["intent"],
+                                    "event_id": r["event_id"]} for r in rows), key=lambda r: r["id"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        print(log.read_text(errors="replace")[-3000:])
