@@ -141,6 +141,22 @@ class EventQueue:
             raise QueueUnavailable(f"could not add event {event.id} to {self.name} at {self.redis_url}: {exc}") from exc
         return job_id
 
+    async def ensure(self, event: Event, *, priority: int, attempts: int, backoff_seconds: float) -> str:
+        """`add`, and if the event's job already exists but is finished (failed after its last attempt, or
+        completed while the event still waits to be decided), run it again: for an event that the inbox says is
+        still waiting, a finished job must not stand in the way of its decision."""
+        job_id = await self.add(event, priority=priority, attempts=attempts, backoff_seconds=backoff_seconds)
+        try:
+            state = await self._queue.getJobState(job_id)
+            if state in ("failed", "completed"):
+                job = await Job.fromId(self._queue, job_id)
+                if job is not None:
+                    await job.retry(state)
+                    log.info("job %s was %s while its event waits: run again", job_id, state)
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"could not check job {job_id} on {self.name}: {exc}") from exc
+        return job_id
+
     async def ping(self) -> None:
         """Raise `QueueUnavailable` unless Redis answers."""
         await _ping(self._client, self.redis_url)

@@ -14,7 +14,9 @@ the jobs (`EventConsumer`, `--workers` at a time): each job claims its event in 
 - a job added by the host platform's Node workers (any job name; source `WORKER`) is accepted into the inbox by
   the worker that takes it, then decided the same way;
 - nothing accepted waits on Redis: events that reached the inbox without a job (written while Redis was away,
-  a timer, a schedule, a pipeline move) are found by the sweeper (`waiting_events`) and queued.
+  a timer, a schedule, a pipeline move) are found by the sweeper (`waiting_events`) and queued; an event still
+  waiting whose job has finished (failed after its attempts while another worker held it, say) gets its job
+  run again (`EventQueue.ensure`).
 
 Decisions can also be published for Node workers (`DecisionPublisher`, queue `<prefix>-decisions`), best effort:
 a decision that could not be published is logged; the decision log and `/api/stream` remain the record.
@@ -135,7 +137,8 @@ class BullMQBackend:
                 cutoff = datetime.now(UTC) - timedelta(seconds=self.sweep_seconds)
                 waiting = await service.store.waiting_events(received_before=cutoff)
                 for event, priority in waiting:
-                    await self.enqueue(event, priority)
+                    await self.queue.ensure(event, priority=priority, attempts=self.attempts,
+                                            backoff_seconds=self.backoff_seconds)
             except QueueUnavailable as exc:
                 log.warning("queue sweep: %s", exc)
             except Exception:

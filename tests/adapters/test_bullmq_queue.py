@@ -235,6 +235,33 @@ async def test_a_failing_handler_is_retried_with_backoff_then_kept_failed(queues
     assert job.attemptsMade == 3
 
 
+async def test_ensure_runs_a_finished_job_again_for_an_event_that_still_waits(queues: Queues) -> None:
+    q = queues.queue()
+    await q.add(event("held"), priority=3, attempts=1, backoff_seconds=1)
+    calls: list[str] = []
+
+    async def handler(ev: Event, info: JobInfo) -> None:
+        calls.append(ev.id)
+        if len(calls) == 1:
+            raise RuntimeError("another worker holds it")
+
+    queues.consumer(handler)
+    await wait_until(lambda: _failed(q, 1), within=20)  # one attempt only: failed for good
+    await q.add(event("held"), priority=3, attempts=1, backoff_seconds=1)  # a plain add is a duplicate: no-op
+    await asyncio.sleep(1.5)
+    assert calls == ["evt_held"]
+    await q.ensure(event("held"), priority=3, attempts=1, backoff_seconds=1)  # the sweeper's way
+    await wait_until(lambda: _completed(q, 1), within=20)
+    assert calls == ["evt_held", "evt_held"]
+    # A completed job for an event still waiting (the sweeper only asks for those) is run again too.
+    await q.ensure(event("held"), priority=3, attempts=1, backoff_seconds=1)
+    await wait_until(lambda: len(calls) == 3, within=10)
+
+
+async def _completed(q: EventQueue, n: int) -> bool:
+    return (await q.counts())["completed"] == n
+
+
 async def _failed(q: EventQueue, n: int) -> bool:
     return (await q.counts())["failed"] == n
 
