@@ -22,4 +22,5 @@ bench:  # every benchmark runs; the target fails if any missed its targets
 	.venv/bin/python -m bench.rules || status=1; \
 	.venv/bin/python -m bench.http || status=1; \
 	.venv/bin/python -m bench.simulate || status=1; \
+	.venv/bin/python -m bench.scale || status=1; \
 	exit $$status

@@ -166,18 +166,21 @@ def _noun(table: str) -> str:
     return re.sub(r"[^a-z_]", "_", noun)[:55]  # an event type is at most 64 characters, ":inserted" included
 
 
+def db_trigger_event(org: str, body: DbTrigger) -> Event:
+    """The DB_TRIGGER event of a row change (`<table>:<inserted|updated|deleted>` unless the change names its
+    type); ValidationError when it makes no valid event."""
+    verb = {"INSERT": "inserted", "UPDATE": "updated", "DELETE": "deleted"}[body.operation]
+    data = {**body.row, "db": {"table": body.table, "operation": body.operation, "old_row": body.old_row}}
+    fields: dict[str, Any] = {"org": org, "source": Source.DB_TRIGGER, "type": body.type or f"{_noun(body.table)}:{verb}",
+                              "data": data, "occurred_at": body.occurred_at, "id": body.id}
+    return Event.model_validate({k: v for k, v in fields.items() if v is not None})
+
+
 async def db_trigger(request: web.Request) -> web.Response:
     """POST /api/agent/db-trigger: a row change from the host platform, as a DB_TRIGGER event (queued)."""
     body = await read_json(request, DbTrigger)
-    verb = {"INSERT": "inserted", "UPDATE": "updated", "DELETE": "deleted"}[body.operation]
-    data = {**body.row, "db": {"table": body.table, "operation": body.operation, "old_row": body.old_row}}
-    fields: dict[str, Any] = {"org": principal(request).org, "source": Source.DB_TRIGGER,
-                              "type": body.type or f"{_noun(body.table)}:{verb}", "data": data,
-                              "occurred_at": body.occurred_at}
-    if body.id:
-        fields["id"] = body.id
     try:
-        event = Event.model_validate({k: v for k, v in fields.items() if v is not None})
+        event = db_trigger_event(principal(request).org, body)
     except ValidationError as exc:
         raise invalid(exc, "event") from None
     return await submit(request, event, mode=_mode(request) if "mode" in request.query else "queue",

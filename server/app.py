@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from adapters.sqlite_store import SQLiteStore
+from adapters.stores import open_store
 from engine.agent import Agent
 from engine.llm import LLMStage
 from engine.loader import OrgBundle
@@ -93,7 +94,7 @@ def principal(request: web.Request) -> Principal:
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = await SQLiteStore.open(settings.db, synchronous=settings.synchronous)
+    store = await open_store(settings.db, synchronous=settings.synchronous)
     app[STORE] = store
     app[KEYS] = KeyCache(store.api_key_by_hash, ttl=settings.key_cache_seconds)
     yield
@@ -293,7 +294,14 @@ async def _loops_ctx(app: web.Application) -> AsyncIterator[None]:
     if sync is not None:
         app[CONFIG_SYNC] = sync
     tasks = background(app[SETTINGS], app[SERVICE], app[REGISTRY], app[STORE], app[METRICS], sync)
+    listening: list[Any] = []
+    if hasattr(app[STORE], "listen_db_triggers"):  # PostgreSQL: stream wake-ups and row changes by NOTIFY
+        from server.pg_events import subscribe
+
+        listening = await subscribe(app[STORE], app[SERVICE], app[REGISTRY])
     yield
+    for callback in listening:
+        await app[STORE].unlisten(callback)  # type: ignore[attr-defined]
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

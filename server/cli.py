@@ -111,7 +111,8 @@ def _compiled_or_exit(org_dir: Path, policies: Path) -> CompiledRules | None:
 # --------------------------------------------------------------------------- serve and keys
 
 def _db(args: argparse.Namespace) -> str:
-    return str(args.db or os.environ.get("ASTRALIS_DB", "astralis.db"))
+    """The store: `--db`, else $DATABASE_URL (e.g. postgresql://…), else $ASTRALIS_DB, else ./astralis.db."""
+    return str(args.db or os.environ.get("DATABASE_URL") or os.environ.get("ASTRALIS_DB", "astralis.db"))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -162,11 +163,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     """Create, list or revoke API keys (stored hashed; a new key is printed once)."""
-    from adapters.sqlite_store import SQLiteStore
+    from adapters.stores import open_store
     from server.auth import new_key
 
     async def go() -> int:
-        async with await SQLiteStore.open(_db(args)) as store:
+        async with await open_store(_db(args)) as store:
             if args.action == "create":
                 rulesets, _ = _dirs(args)
                 if not (rulesets / args.org / "org.yaml").exists() and not args.force:
@@ -219,7 +220,8 @@ def parser() -> argparse.ArgumentParser:
     register_simulate(sub)
 
     def deciding(sp: argparse.ArgumentParser, workers_help: str) -> None:
-        sp.add_argument("--db", help="SQLite file (default: ./astralis.db or $ASTRALIS_DB)")
+        sp.add_argument("--db", help="the store: a SQLite file, or postgresql://user@host/db (default: $DATABASE_URL, "
+                        "else $ASTRALIS_DB, else ./astralis.db)")
         dirs(sp)
         sp.add_argument("--llm", choices=["policy", "off"], default="policy",
                         help="policy (default): each org's policy provider when its API key is set; off: never")
@@ -273,7 +275,8 @@ def parser() -> argparse.ArgumentParser:
     kr = ksub.add_parser("revoke", help="revoke a key by its id (or the key itself)")
     kr.add_argument("key_id")
     for sp in (kc, kl, kr):
-        sp.add_argument("--db", help="SQLite file (default: ./astralis.db or $ASTRALIS_DB)")
+        sp.add_argument("--db", help="the store: a SQLite file, or postgresql://user@host/db (default: $DATABASE_URL, "
+                        "else $ASTRALIS_DB, else ./astralis.db)")
         dirs(sp)
     k.set_defaults(func=cmd_keys)
 

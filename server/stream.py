@@ -23,6 +23,9 @@ log = logging.getLogger("astralis.stream")
 
 POLL_SECONDS = 1.0
 """Other processes (and approvals made elsewhere) are noticed by polling at this interval."""
+NOTIFIED_POLL_SECONDS = 10.0
+"""With a store that announces its stream entries (PostgreSQL's NOTIFY, `server.pg_events`), readers wake on
+the notice, and poll only as a fallback (a dropped listener connection)."""
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -34,6 +37,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "bad_request", f"Last-Event-ID must be a stream sequence number, not {raw!r}",
                        {"field": "Last-Event-ID"})
     last = int(raw) if raw is not None else await store.stream_head(org)
+    poll = NOTIFIED_POLL_SECONDS if hasattr(store, "listen") else POLL_SECONDS
     limit = request.query.get("limit")  # for tests and tools: stop after N events
     remaining = int(limit) if limit and limit.isascii() and limit.isdigit() and int(limit) > 0 else None
     async with sse_response(request, ping_interval=15) as resp:
@@ -50,7 +54,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
                         if remaining == 0:
                             return resp
                 if not entries:
-                    await service.wait_for_change(POLL_SECONDS)
+                    await service.wait_for_change(poll)
     return resp
 
 

@@ -11,7 +11,7 @@ import signal
 
 import aiohttp
 
-from adapters.sqlite_store import SQLiteStore
+from adapters.stores import open_store
 from server.app import (
     Settings,
     background,
@@ -37,7 +37,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    store = await SQLiteStore.open(settings.db, synchronous=settings.synchronous)
+    store = await open_store(settings.db, synchronous=settings.synchronous)
     try:
         metrics = Metrics()
         registry = await load_registry(settings, metrics)

@@ -1,0 +1,159 @@
+"""The service on PostgreSQL (issue 6): `--db postgresql://…` (or DATABASE_URL) behind the same store port.
+An API process and worker processes share one database; a worker SIGKILLed mid-run loses nothing and decides
+nothing twice; the live stream reaches the API process's readers by LISTEN/NOTIFY, whichever process decided;
+and the host platform's own table announces row changes that become DB_TRIGGER events.
+
+Against the machine's real PostgreSQL (a fresh database per module, `tests/stores.py`); in CI it must be there,
+elsewhere these tests skip when it is not."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+
+from adapters.pg_store import DB_TRIGGER_FUNCTION
+from tests.server.test_crash import ROOT, deliver, envelopes
+from tests.stores import pg_database
+
+__all__ = ["pg_database"]  # a fixture, used by name
+
+
+def _key(url: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "server.cli", "keys", "create", "--org", "acme", "--db", url],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def _worker(url: str, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "server.cli", "worker", "--db", url, "--llm", "off",
+                                 "--no-watch", "--no-schedules", "--lease", "2", "--queue", "inprocess"],
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+
+async def _counts(url: str) -> dict[str, int]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT status, count(*) AS n FROM events GROUP BY status")
+        return {r["status"]: r["n"] for r in rows}
+    finally:
+        await conn.close()
+
+
+async def _drain(url: str, within: float) -> None:
+    t0 = time.monotonic()
+    while True:
+        counts = await _counts(url)
+        if counts and not counts.get("accepted") and not counts.get("processing"):
+            return
+        assert time.monotonic() - t0 < within, f"not drained after {within} s: {counts}"
+        await asyncio.sleep(0.1)
+
+
+async def _read_stream(url: str, key: str, got: list[tuple[str, float]], ready: asyncio.Event) -> None:
+    """Collect (decision id, arrival time) of each `decision.created` SSE event."""
+    async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as s,
+                s.get(f"{url}/api/stream", headers={"Authorization": f"Bearer {key}"}) as r):
+        event = ""
+        async for raw in r.content:
+            line = raw.decode().rstrip("\r\n")
+            if line.startswith("event: "):
+                event = line[7:]
+                if event == "ready":
+                    ready.set()
+            elif line.startswith("data: ") and event.startswith("decision."):
+                payload = json.loads(line[6:])
+                if payload.get("new"):
+                    got.append((payload["decision"]["id"], time.time()))
+
+
+@pytest.mark.timeout(180)
+async def test_front_and_workers_on_postgres_decide_each_event_once_and_stream_across_processes(
+        serve, pg_database, tmp_path):
+    url = pg_database
+    front = serve("--no-workers", "--db", url)
+    front.key = _key(url)
+    front.start()
+    await front.ready()
+    got: list[tuple[str, float]] = []
+    ready = asyncio.Event()
+    reader = asyncio.create_task(_read_stream(front.url, front.key, got, ready))
+    await asyncio.wait_for(ready.wait(), 10)
+    logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
+    workers = [_worker(url, log) for log in logs]
+    try:
+        delivery = await deliver(front.url, front.key, envelopes("pg", 200))
+        assert len(delivery.acked) == 200 and not delivery.failed and not delivery.other
+        for _ in range(300):
+            if (await _counts(url)).get("decided", 0) >= 40:
+                break
+            await asyncio.sleep(0.05)
+        os.kill(workers[0].pid, signal.SIGKILL)  # dies holding leases: the other takes them once they expire
+        workers[0].wait(10)
+        await _drain(url, within=90)
+        await asyncio.sleep(1.0)
+    finally:
+        reader.cancel()
+        for w in workers[1:]:
+            w.send_signal(signal.SIGTERM)
+            assert w.wait(30) == 0
+    conn = await asyncpg.connect(url)
+    try:
+        statuses = {r["status"]: r["n"] for r in await conn.fetch("SELECT status, count(*) AS n FROM events GROUP BY 1")}
+        per_event = await conn.fetch("SELECT event_id, count(*) AS n FROM decisions GROUP BY 1 HAVING count(*) <> 1")
+        decisions = {r["id"]: r["created_at"] for r in await conn.fetch("SELECT id, created_at FROM decisions")}
+        linked = await conn.fetchval("SELECT count(*) FROM events e JOIN decisions d ON d.id = e.decision_id")
+    finally:
+        await conn.close()
+    assert statuses == {"decided": 200} and per_event == [] and linked == 200 == len(decisions)
+    # Every decision, whichever worker process made it, reached the front's stream reader, promptly: the reader
+    # polls only every 10 s with PostgreSQL, so a median delay under a second is NOTIFY's doing.
+    streamed = {i: t for i, t in got if i in decisions}
+    assert set(streamed) == set(decisions)
+    delays = sorted(t - _epoch(decisions[i]) for i, t in streamed.items())
+    assert delays[len(delays) // 2] < 1.0, delays[len(delays) // 2]
+
+
+def _epoch(created_at: object) -> float:
+    return (created_at if isinstance(created_at, datetime) else datetime.fromisoformat(str(created_at))).timestamp()
+
+
+@pytest.mark.timeout(120)
+async def test_a_row_change_of_the_platform_table_becomes_a_db_trigger_event(serve, pg_database):
+    url = pg_database
+    front = serve("--workers", "2", "--db", url)
+    front.start()
+    await front.ready()
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(DB_TRIGGER_FUNCTION)
+        await conn.execute("CREATE TABLE intakes_platform (id int PRIMARY KEY, title text, email text)")
+        await conn.execute("CREATE TRIGGER to_astralis AFTER INSERT OR UPDATE OR DELETE ON intakes_platform "
+                           "FOR EACH ROW EXECUTE FUNCTION astralis_notify_row_change('acme')")
+        await conn.execute("INSERT INTO intakes_platform VALUES (1, 'Printer broken', 'jo@shop.example')")
+        row = None
+        for _ in range(200):
+            row = await conn.fetchrow("SELECT e.id, e.status, d.record FROM events e "
+                                      "LEFT JOIN decisions d ON d.id = e.decision_id WHERE e.channel = 'db_trigger'")
+            if row is not None and row["status"] == "decided":
+                break
+            await asyncio.sleep(0.05)
+        assert row is not None and row["status"] == "decided", row
+        record = json.loads(row["record"]) if isinstance(row["record"], str) else row["record"]
+        assert record["input"] == {"source": "DB_TRIGGER", "type": "intakes_platform:inserted"}
+        assert row["id"].startswith("pg-")
+        assert await conn.fetchval("SELECT count(*) FROM events WHERE channel = 'db_trigger'") == 1
+    finally:
+        await conn.close()
