@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from adapters.pg_store import PGStore
 from adapters.sqlite_store import SQLiteStore
@@ -25,11 +26,24 @@ def store_kind(url: str) -> StoreKind:
     raise ValueError(f"unsupported store URL scheme {scheme!r}: use a file path, sqlite:///path or postgresql://")
 
 
+def _schema_of(url: str) -> tuple[str, str | None]:
+    """A PostgreSQL URL without our own `schema` query parameter, and that parameter (None when absent)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "schema"), None)
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    return urlunsplit(parts._replace(query=rest)), schema
+
+
 async def open_store(url: str, **kw: Any) -> SQLiteStore | PGStore:
     """Open (and migrate) the store at `url`; keyword arguments go to that store's `open` (e.g. `synchronous`,
-    which both take)."""
+    which both take). A PostgreSQL URL may name the schema to keep the tables in (`…/db?schema=astralis`), so
+    that several deployments or test runs share one database."""
     if store_kind(url) == "postgres":
-        return await PGStore.open(url, **kw)
+        dsn, schema = _schema_of(url)
+        if schema is not None:
+            kw.setdefault("schema", schema)
+        return await PGStore.open(dsn, **kw)
     path = url
     if url.lower().startswith("sqlite://"):
         # As SQLAlchemy spells them: sqlite:///relative.db, sqlite:////abs/path.db, sqlite:// (in memory).

@@ -3,10 +3,11 @@ BullMQ, their speed-up, and the per-event cost of BullMQ against the in-process 
 
 Run from the repository root (`make bench` runs it)::
 
-    .venv/bin/python -m bench.scale                 # 3,000 events per run (~2 min)
+    .venv/bin/python -m bench.scale                 # 3,000 events per run, SQLite and PostgreSQL (~4 min)
     .venv/bin/python -m bench.scale --events 1000   # while developing
 
-Each run starts from a fresh SQLite database holding N acme events (tests/cases/acme/corpus.jsonl cycled, each
+Each run starts from a fresh store — a SQLite file, or a PostgreSQL database made for the run (`--store`,
+default both) — holding N acme events (tests/cases/acme/corpus.jsonl cycled, each
 with a fresh id) accepted into the inbox, and a private `redis-server` on a free port (nothing on disk). For the
 BullMQ runs the events are also queued as jobs (`adapters.bullmq_queue.EventQueue`, as `astralis serve` queues
 them) before the workers start. Then K `astralis worker` processes start together (`--llm off`; rate limits
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import socket
 import sqlite3
@@ -41,6 +43,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "tests" / "cases" / "acme" / "corpus.jsonl"
+PG_ADMIN = os.environ.get("ASTRALIS_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def _free_port() -> int:
@@ -58,13 +61,14 @@ def _config(tmp: Path) -> tuple[Path, Path]:
     return rulesets, policies
 
 
-async def _fill(db: Path, n: int, redis_url: str | None) -> None:
-    from adapters.sqlite_store import InboxItem, SQLiteStore
+async def _fill(db: str, n: int, redis_url: str | None) -> None:
+    from adapters.sqlite_store import InboxItem
+    from adapters.stores import open_store
     from engine.models import Event
 
     corpus = [json.loads(line) for line in CORPUS.read_text().splitlines() if line.strip()]
     events = [Event.model_validate({**corpus[i % len(corpus)], "id": f"sc-{i:06d}"}) for i in range(n)]
-    store = await SQLiteStore.open(db, synchronous="NORMAL")
+    store = await open_store(db, synchronous="NORMAL")
     try:
         for i in range(0, n, 1000):
             await store.accept_events([InboxItem(e) for e in events[i:i + 1000]])
@@ -81,24 +85,62 @@ async def _fill(db: Path, n: int, redis_url: str | None) -> None:
             await queue.close()
 
 
-def _drained(db: Path) -> bool:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
-        return c.execute("SELECT count(*) FROM events WHERE status IN ('accepted', 'processing')").fetchone()[0] == 0
+_WAITING = "SELECT count(*) FROM events WHERE status IN ('accepted', 'processing')"
+_SPAN = "SELECT count(*), min(created_at), max(created_at) FROM decisions"
 
 
-def _rate(db: Path) -> tuple[int, float]:
+def _query(db: str, sql: str) -> tuple[Any, ...]:
+    """One row of `sql` on either store (read-only for SQLite)."""
+    if db.startswith("postgresql://"):
+        import asyncpg
+
+        async def go() -> tuple[Any, ...]:
+            conn = await asyncpg.connect(db)
+            try:
+                return tuple(await conn.fetchrow(sql))
+            finally:
+                await conn.close()
+
+        return asyncio.run(go())
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
-        n, first, last = c.execute("SELECT count(*), min(created_at), max(created_at) FROM decisions").fetchone()
-    span = (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
+        return tuple(c.execute(sql).fetchone())
+
+
+def _drained(db: str) -> bool:
+    return _query(db, _WAITING)[0] == 0
+
+
+def _rate(db: str) -> tuple[int, float]:
+    n, first, last = _query(db, _SPAN)
+    first, last = (x if isinstance(x, datetime) else datetime.fromisoformat(x) for x in (first, last))
+    span = (last - first).total_seconds()
     return int(n), (n - 1) / span if span > 0 else float("nan")
 
 
-def run(kind: str, workers: int, n: int, tmp: Path) -> dict[str, Any]:
+def _pg_admin(sql: str) -> None:
+    import asyncpg
+
+    async def go() -> None:
+        conn = await asyncpg.connect(PG_ADMIN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def run(kind: str, workers: int, n: int, tmp: Path, store: str = "sqlite") -> dict[str, Any]:
     """One run: fill, start `workers` processes, wait for the drain, stop them; the figures."""
-    run_dir = tmp / f"{kind}-{workers}"
+    run_dir = tmp / f"{store}-{kind}-{workers}"
     run_dir.mkdir()
     rulesets, policies = _config(run_dir)
-    db = run_dir / "astralis.db"
+    db = str(run_dir / "astralis.db")
+    pg_name = None
+    if store == "postgres":
+        pg_name = f"astralis_scale_{run_dir.name.replace('-', '_')}_{int(time.time())}"
+        _pg_admin(f'CREATE DATABASE "{pg_name}"')
+        db = PG_ADMIN.rsplit("/", 1)[0] + f"/{pg_name}"
     redis = None
     redis_url = None
     if kind == "bullmq":
@@ -127,7 +169,8 @@ def run(kind: str, workers: int, n: int, tmp: Path) -> dict[str, Any]:
                 raise RuntimeError(f"{kind}-{workers}: a worker exited early; see {run_dir}")
             time.sleep(0.2)
         decided, rate = _rate(db)
-        return {"run": f"{kind}-{workers}", "workers": workers, "decided": decided, "events_per_s": rate}
+        return {"run": f"{kind}-{workers}", "store": store, "workers": workers, "decided": decided,
+                "events_per_s": rate}
     finally:
         for p in procs:
             p.terminate()
@@ -136,31 +179,43 @@ def run(kind: str, workers: int, n: int, tmp: Path) -> dict[str, Any]:
         if redis is not None:
             redis.kill()
             redis.wait(10)
+        if pg_name is not None:
+            _pg_admin(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run every configuration and print the table."""
     ap = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=3000, help="events per run (default 3,000)")
+    ap.add_argument("--store", choices=["sqlite", "postgres", "both"], default="both",
+                    help=f"the shared store of the runs (postgres: a fresh database per run at {PG_ADMIN})")
     args = ap.parse_args(argv)
     if shutil.which("redis-server") is None:
         print("bench.scale needs redis-server (Debian package redis-server)", file=sys.stderr)
         return 1
     tmp = Path(tempfile.mkdtemp(prefix="astralis-scale-"))
+    stores = ["sqlite", "postgres"] if args.store == "both" else [args.store]
+    rows = []
     try:
-        rows = [run("inprocess", 1, args.events, tmp)] + [run("bullmq", k, args.events, tmp) for k in (1, 2, 3)]
+        for store in stores:
+            rows += [run("inprocess", 1, args.events, tmp, store)]
+            rows += [run("bullmq", k, args.events, tmp, store) for k in (1, 2, 3)]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    by = {r["run"]: r for r in rows}
-    one = by["bullmq-1"]["events_per_s"]
     print(f"\n{args.events:,} acme events per run; decisions between the first and the last recorded\n")
-    print("| run | worker processes | decided | events/s | speed-up vs bullmq-1 |\n|---|---:|---:|---:|---:|")
-    for r in rows:
-        speed = f"{r['events_per_s'] / one:.2f}x" if r["run"].startswith("bullmq") else "—"
-        print(f"| {r['run']} | {r['workers']} | {r['decided']:,} | {r['events_per_s']:,.0f} | {speed} |")
-    overhead_ms = (1 / one - 1 / by["inprocess-1"]["events_per_s"]) * 1000
-    print(f"\nBullMQ per-event overhead against the in-process queue (1 worker): {overhead_ms:+.2f} ms "
-          f"({by['inprocess-1']['events_per_s']:,.0f} → {one:,.0f} events/s)")
+    print("| store | run | worker processes | decided | events/s | speed-up vs bullmq-1 |\n"
+          "|---|---|---:|---:|---:|---:|")
+    for store in stores:
+        by = {r["run"]: r for r in rows if r["store"] == store}
+        one = by["bullmq-1"]["events_per_s"]
+        for r in by.values():
+            speed = f"{r['events_per_s'] / one:.2f}x" if r["run"].startswith("bullmq") else "—"
+            print(f"| {store} | {r['run']} | {r['workers']} | {r['decided']:,} | {r['events_per_s']:,.0f} | {speed} |")
+    for store in stores:
+        by = {r["run"]: r for r in rows if r["store"] == store}
+        one, base = by["bullmq-1"]["events_per_s"], by["inprocess-1"]["events_per_s"]
+        print(f"\n{store}: BullMQ per-event overhead against the in-process queue (1 worker): "
+              f"{(1 / one - 1 / base) * 1000:+.2f} ms ({base:,.0f} → {one:,.0f} events/s)")
     return 0
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from adapters.calendar import CalendarManager
 from adapters.sqlite_calendar import Change
-from adapters.sqlite_store import SQLiteStore
+from adapters.stores import open_store
 from engine.config import Scheduling
 from engine.loader import OrgBundle, load_org
 from engine.ports import ActionFailed, ActionJob
@@ -32,8 +32,8 @@ def acme() -> OrgBundle:
 
 
 @pytest.fixture
-async def store(tmp_path: Path):
-    s = await SQLiteStore.open(tmp_path / "a.db")
+async def store(store_url: str):
+    s = await open_store(store_url)
     yield s
     await s.close()
 
@@ -43,7 +43,7 @@ def with_buffer(bundle: OrgBundle, minutes: int) -> OrgBundle:
     return dataclasses.replace(bundle, policy=bundle.policy.model_copy(update={"scheduling": scheduling}))
 
 
-def manager(store: SQLiteStore, bundle: OrgBundle) -> CalendarManager:
+def manager(store: Any, bundle: OrgBundle) -> CalendarManager:
     return CalendarManager(store, lambda org: bundle if org == "acme" else None, clock=lambda: NOW)
 
 
@@ -61,7 +61,7 @@ def create(start: datetime = SLOT, minutes: int = 30, host: str = "u-sam", key: 
 
 # ---- booking ------------------------------------------------------------------------------------------
 
-async def test_a_booking_is_written_with_its_attendee(store: SQLiteStore, acme: OrgBundle) -> None:
+async def test_a_booking_is_written_with_its_attendee(store: Any, acme: OrgBundle) -> None:
     result = await manager(store, acme).run(create())
     assert result["status"] == "booked" and result["host"] == "u-sam"
     assert result["start"] == SLOT.isoformat() and result["end"] == (SLOT + timedelta(minutes=30)).isoformat()
@@ -72,7 +72,7 @@ async def test_a_booking_is_written_with_its_attendee(store: SQLiteStore, acme: 
     assert await store.get_calendar_event("other", result["event_id"]) is None
 
 
-async def test_a_rerun_of_the_same_action_books_once(store: SQLiteStore, acme: OrgBundle) -> None:
+async def test_a_rerun_of_the_same_action_books_once(store: Any, acme: OrgBundle) -> None:
     cm = manager(store, acme)
     first = await cm.run(create())
     again = await cm.run(dataclasses.replace(create(), attempt=2))
@@ -80,7 +80,7 @@ async def test_a_rerun_of_the_same_action_books_once(store: SQLiteStore, acme: O
     assert len(await store.list_calendar_events("acme")) == 1
 
 
-async def test_a_taken_slot_is_moved_at_commit_time(store: SQLiteStore, acme: OrgBundle) -> None:
+async def test_a_taken_slot_is_moved_at_commit_time(store: Any, acme: OrgBundle) -> None:
     cm = manager(store, acme)
     await cm.run(create(key="dec_a:0"))
     moved = await cm.run(create(key="dec_b:0"))
@@ -92,7 +92,7 @@ async def test_a_taken_slot_is_moved_at_commit_time(store: SQLiteStore, acme: Or
     assert lee["status"] == "booked"
 
 
-async def test_buffers_keep_time_free_around_events(store: SQLiteStore, acme: OrgBundle) -> None:
+async def test_buffers_keep_time_free_around_events(store: Any, acme: OrgBundle) -> None:
     cm = manager(store, with_buffer(acme, 15))
     await cm.run(create(key="dec_a:0"))  # 14:00–14:30
     after = await cm.run(create(SLOT + timedelta(minutes=30), key="dec_b:0"))  # would touch it at 14:30
@@ -105,7 +105,7 @@ async def test_buffers_keep_time_free_around_events(store: SQLiteStore, acme: Or
     assert plain["status"] == "booked"
 
 
-async def test_no_free_slot_fails_permanently(store: SQLiteStore, acme: OrgBundle) -> None:
+async def test_no_free_slot_fails_permanently(store: Any, acme: OrgBundle) -> None:
     def never(busy: list[Any]) -> str:
         return "nothing fits"
 
@@ -128,7 +128,7 @@ async def test_no_free_slot_fails_permanently(store: SQLiteStore, acme: OrgBundl
     assert err.value.permanent and "no free slot" in str(err.value)
 
 
-async def test_twenty_concurrent_bookings_of_one_slot(store: SQLiteStore, acme: OrgBundle) -> None:
+async def test_twenty_concurrent_bookings_of_one_slot(store: Any, acme: OrgBundle) -> None:
     cm = manager(store, with_buffer(acme, 5))
     jobs = [create(key=f"dec_{i:02d}:0") for i in range(20)]
     outcomes = await asyncio.gather(*(cm.run(j) for j in jobs), return_exceptions=True)
@@ -146,7 +146,7 @@ async def test_twenty_concurrent_bookings_of_one_slot(store: SQLiteStore, acme: 
 
 # ---- reminders ----------------------------------------------------------------------------------------
 
-async def test_reminders_are_timers_that_follow_the_event(store: SQLiteStore, acme: OrgBundle) -> None:
+async def test_reminders_are_timers_that_follow_the_event(store: Any, acme: OrgBundle) -> None:
     cm = manager(store, acme)  # reminders 1440 and 60 minutes before
     booked = await cm.run(create())
     eid = booked["event_id"]
@@ -171,7 +171,7 @@ async def test_reminders_are_timers_that_follow_the_event(store: SQLiteStore, ac
     assert await store.fire_due_timers(new) == []  # fired exactly once
 
 
-async def test_past_reminders_are_skipped_and_cancel_removes_the_rest(store: SQLiteStore, acme: OrgBundle) -> None:
+async def test_past_reminders_are_skipped_and_cancel_removes_the_rest(store: Any, acme: OrgBundle) -> None:
     soon = datetime(2026, 12, 1, 15, 0, tzinfo=NY)  # today: the 24-hour reminder has passed
     cm = manager(store, acme)
     booked = await cm.run(create(soon))
@@ -187,7 +187,7 @@ async def test_past_reminders_are_skipped_and_cancel_removes_the_rest(store: SQL
 
 # ---- updates ------------------------------------------------------------------------------------------
 
-async def test_update_checks_the_hosts_other_events(store: SQLiteStore, acme: OrgBundle) -> None:
+async def test_update_checks_the_hosts_other_events(store: Any, acme: OrgBundle) -> None:
     cm = manager(store, acme)
     other = await cm.run(create(SLOT + timedelta(hours=1), key="dec_a:0"))  # 15:00–15:30
     mine = await cm.run(create(key="dec_b:0"))  # 14:00–14:30
@@ -204,7 +204,7 @@ async def test_update_checks_the_hosts_other_events(store: SQLiteStore, acme: Or
     assert other["event_id"] != mine["event_id"]
 
 
-async def test_a_replayed_update_after_a_later_one_changes_nothing(store: SQLiteStore, acme: OrgBundle) -> None:
+async def test_a_replayed_update_after_a_later_one_changes_nothing(store: Any, acme: OrgBundle) -> None:
     cm = manager(store, acme)
     booked = await cm.run(create())
     eid = booked["event_id"]
@@ -223,7 +223,7 @@ async def test_a_replayed_update_after_a_later_one_changes_nothing(store: SQLite
     assert event is not None and event.start == second and event.sequence == 2
 
 
-async def test_update_and_cancel_of_unknown_events_fail_permanently(store: SQLiteStore, acme: OrgBundle) -> None:
+async def test_update_and_cancel_of_unknown_events_fail_permanently(store: Any, acme: OrgBundle) -> None:
     cm = manager(store, acme)
     for kind in ("UPDATE_EVENT", "CANCEL_EVENT"):
         with pytest.raises(ActionFailed) as err:
@@ -232,7 +232,7 @@ async def test_update_and_cancel_of_unknown_events_fail_permanently(store: SQLit
         assert err.value.permanent and "cev_nope" in str(err.value)
 
 
-async def test_bad_params_and_unknown_orgs(store: SQLiteStore, acme: OrgBundle) -> None:
+async def test_bad_params_and_unknown_orgs(store: Any, acme: OrgBundle) -> None:
     cm = manager(store, acme)
     with pytest.raises(ActionFailed) as err:
         await cm.run(create(host="u-ghost"))
@@ -246,6 +246,6 @@ async def test_bad_params_and_unknown_orgs(store: SQLiteStore, acme: OrgBundle) 
     assert not err.value.permanent  # the org may be loaded later
 
 
-async def test_the_feed_secret_is_made_once(store: SQLiteStore) -> None:
+async def test_the_feed_secret_is_made_once(store: Any) -> None:
     first = await store.feed_secret()
     assert len(first) == 32 and await store.feed_secret() == first

@@ -19,7 +19,7 @@ from aiohttp import web
 from aiosmtpd.smtp import SMTP
 
 from adapters.notify import NotificationDispatcher, message_id, next_opening
-from adapters.sqlite_store import SQLiteStore
+from adapters.stores import open_store
 from engine.config import EmailSettings, Notifications, NotifyWebhook, Template
 from engine.loader import OrgBundle, load_org
 from engine.models import Action, Decision, Event
@@ -87,8 +87,8 @@ async def receiver(aiohttp_server: Any) -> tuple[Receiver, str]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    s = await SQLiteStore.open(tmp_path / "a.db")
+async def store(store_url: str) -> AsyncIterator[Any]:
+    s = await open_store(store_url)
     yield s
     await s.close()
 
@@ -113,7 +113,7 @@ def email_settings(port: int, **over: Any) -> EmailSettings:
                                          "timeout_seconds": 5, **over})
 
 
-def dispatcher(store: SQLiteStore, bundle: OrgBundle, session: aiohttp.ClientSession, *,
+def dispatcher(store: Any, bundle: OrgBundle, session: aiohttp.ClientSession, *,
                env: dict[str, str] | None = None, now: datetime = NOON_TUESDAY) -> NotificationDispatcher:
     return NotificationDispatcher(store, lambda org: bundle if org == "acme" else None, lambda: session,
                                   env=env if env is not None else {"NOTIFY_SECRET": SECRET}, clock=lambda: now)
@@ -123,7 +123,7 @@ SALES_EMAIL = {"from": "Jo Buyer <jo@shop.example>", "subject": "Pricing for the
                "text": "Hi, how much does the pro plan cost? We need 12 seats."}
 
 
-async def decide(store: SQLiteStore, actions: list[Action], *, created_at: datetime = NOON_TUESDAY,
+async def decide(store: Any, actions: list[Action], *, created_at: datetime = NOON_TUESDAY,
                  data: dict[str, Any] | None = None, decision_type: str = "ASSIGN_PIPELINE",
                  status: str = "EXECUTED", event_type: str = "email:received") -> Decision:
     """An event and its executed decision, stored the way the workers store them (actions go to the outbox)."""
@@ -139,7 +139,7 @@ async def decide(store: SQLiteStore, actions: list[Action], *, created_at: datet
     return decision
 
 
-async def claim(store: SQLiteStore) -> ActionJob:
+async def claim(store: Any) -> ActionJob:
     jobs = await store.claim_actions("test", limit=1)
     assert jobs, "nothing to claim"
     return jobs[0]

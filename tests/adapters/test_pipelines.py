@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from adapters.pipelines import PipelineAssigner, describe, intake_id
-from adapters.sqlite_store import SQLiteStore
+from adapters.stores import open_store
 from engine.config import Pipeline
 from engine.loader import OrgBundle, load_org
 from engine.ports import ActionFailed, ActionJob
@@ -37,9 +37,9 @@ def acme() -> OrgBundle:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    """A real SQLite store on a temporary file."""
-    s = await SQLiteStore.open(tmp_path / "a.db")
+async def store(store_url: str) -> AsyncIterator[Any]:
+    """A real store of each kind (`store_url`)."""
+    s = await open_store(store_url)
     yield s
     await s.close()
 

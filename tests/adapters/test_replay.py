@@ -79,6 +79,12 @@ async def post(client: Any, key: str, event: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    """A replay reads the service's SQLite file (`--from-db PATH`): the logs made here are SQLite ones."""
+    return str(tmp_path / "astralis.db")
+
+
+@pytest.fixture
 async def log(make_client: Callable[..., Any], config_dirs: tuple[Path, Path], tmp_path: Path,  # noqa: F811
               standin: Any, monkeypatch: pytest.MonkeyPatch) -> Log:
     """30 corpus events and a booking through the real app with the LLM on (the stand-in); then an intake

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from adapters.llm import make_provider
-from adapters.sqlite_store import SQLiteStore
+from adapters.stores import open_store
 from engine.agent import Agent, UnknownOrg
 from engine.gate import RateLimiter
 from engine.llm import LLMStage
@@ -56,8 +56,8 @@ class Executor:
 
 
 @pytest.fixture
-async def store(tmp_path):
-    s = await SQLiteStore.open(tmp_path / "astralis.db")
+async def store(store_url):
+    s = await open_store(store_url)
     yield s
     await s.close()
 

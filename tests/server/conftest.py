@@ -27,14 +27,14 @@ def config_dirs(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, config_dirs: tuple[Path, Path]) -> Callable[..., Settings]:
-    """Settings for a test app: temporary SQLite file, LLM off, no file watcher or cron, fast workers."""
+def make_settings(tmp_path: Path, config_dirs: tuple[Path, Path], store_url: str) -> Callable[..., Settings]:
+    """Settings for a test app on each store (`store_url`), LLM off, no file watcher or cron, fast workers."""
 
     def make(**overrides: Any) -> Settings:
         rulesets, policies = config_dirs
         processing = overrides.pop("processing", Processing(workers=4, lease_seconds=5, poll_seconds=0.05,
                                                             retry_base_seconds=0.05, shutdown_grace_seconds=2))
-        base: dict[str, Any] = {"db": str(tmp_path / "astralis.db"), "rulesets": rulesets, "policies": policies,
+        base: dict[str, Any] = {"db": store_url, "rulesets": rulesets, "policies": policies,
                                 "llm": "off", "watch": False, "schedules": False, "timers_poll_seconds": 0.05,
                                 "key_cache_seconds": 0.0, "processing": processing}
         base.update(overrides)
@@ -78,3 +78,11 @@ def serve(tmp_path: Path):
     from tests.server.test_crash import servers
 
     yield from servers(tmp_path)
+
+
+async def raw_rows(store: Any, sql: str) -> list[dict[str, Any]]:
+    """The rows of `sql` (no parameters) read straight from the tables of either store, as dicts."""
+    async with store._read() as db:
+        if hasattr(db, "execute_fetchall"):  # aiosqlite
+            return [dict(r) for r in await db.execute_fetchall(sql)]
+        return [dict(r) for r in await db.fetch(sql)]  # asyncpg

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from server.app import REGISTRY, SERVICE, STORE
-from tests.server.conftest import ROOT, auth
+from tests.server.conftest import ROOT, auth, raw_rows
 
 SALES = {"id": "evt-sales-1", "source": "EMAIL", "type": "email:received",
          "data": {"from": "Jo <jo@shop.example>", "subject": "Pricing for the pro plan",
@@ -80,9 +80,8 @@ async def test_keys_are_stored_hashed(make_client):
     client, key_for = await make_client()
     key = await key_for()
     store = client.app[STORE]
-    async with store._read() as db:
-        rows = list(await db.execute_fetchall("SELECT * FROM api_keys"))
-    dump = json.dumps([dict(r) for r in rows])
+    rows = await raw_rows(store, "SELECT * FROM api_keys")
+    dump = json.dumps(rows, default=str)
     assert key not in dump and key.split("_", 2)[2] not in dump
 
 

@@ -215,7 +215,7 @@ def test_progress_goes_to_stderr_and_leaves_stdout_alone(dirs):
 # --------------------------------------------------------------------------- replay from the service's log
 
 try:  # the service-made log of tests/adapters/test_replay.py (issue 5's replay helper)
-    from tests.adapters.test_replay import Log, fingerprint, log  # noqa: F401  (a fixture, used by name)
+    from tests.adapters.test_replay import Log, fingerprint, log, store_url  # noqa: F401  (fixtures, used by name)
     REPLAY_MISSING = ""
 except ImportError as exc:  # only while adapters/replay.py is being written
     REPLAY_MISSING = f"adapters/replay.py or its test log is not available: {exc}"

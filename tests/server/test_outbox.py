@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from adapters.sqlite_store import SQLiteStore
+from adapters.stores import open_store
 from engine.config import DecisionType, Execution, Intent
 from engine.models import Action, Decision, new_id
 from engine.registry import Registry
@@ -68,7 +68,7 @@ async def receiver(aiohttp_server: Any) -> Receiver:
 class Harness:
     """A store, the active configs and a runner over them."""
 
-    def __init__(self, store: SQLiteStore, registry: Registry, session: aiohttp.ClientSession) -> None:
+    def __init__(self, store: Any, registry: Registry, session: aiohttp.ClientSession) -> None:
         self.store = store
         self.registry = registry
         self.session = session
@@ -97,7 +97,7 @@ class Harness:
 
 
 @pytest.fixture
-async def harness(tmp_path: Path, receiver: Receiver, config_dirs: tuple[Path, Path]) -> AsyncIterator[Harness]:
+async def harness(store_url: str, receiver: Receiver, config_dirs: tuple[Path, Path]) -> AsyncIterator[Harness]:
     rulesets, policies = config_dirs
     acme = policies / "acme.yaml"
     acme.write_text(acme.read_text() + f"""
@@ -111,7 +111,7 @@ automations:
     registry = Registry(rulesets, policies)
     errors = registry.load_all()
     assert not any(errors.values()), errors
-    store = await SQLiteStore.open(tmp_path / "outbox.db")
+    store = await open_store(store_url)
     async with aiohttp.ClientSession() as session:
         h = Harness(store, registry, session)
         yield h

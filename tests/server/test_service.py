@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from adapters.sqlite_store import InboxItem, SQLiteStore
+from adapters.sqlite_store import InboxItem
+from adapters.stores import open_store
 from engine.agent import Agent
 from engine.llm import LLMStage
 from engine.models import Event
@@ -27,8 +28,8 @@ def sales(i: int) -> Event:
 
 
 @pytest.fixture
-async def store(tmp_path: Path):
-    s = await SQLiteStore.open(tmp_path / "s.db")
+async def store(store_url: str):
+    s = await open_store(store_url)
     yield s
     await s.close()
 
@@ -40,7 +41,7 @@ def registry() -> Registry:
     return r
 
 
-def make_service(store: SQLiteStore, registry: Registry, **processing: Any) -> Service:
+def make_service(store: Any, registry: Registry, **processing: Any) -> Service:
     agent = Agent(registry.get, LLMStage(None), executor=OutboxHandoff())
     cfg = Processing(**{"workers": 4, "lease_seconds": 5, "poll_seconds": 0.05, "retry_base_seconds": 0.01,
                         **processing})
@@ -186,6 +187,7 @@ async def test_internal_events_take_the_same_path(store, registry):
         await service.stop()
 
 
+@pytest.mark.sqlite_only
 async def test_claiming_reads_the_index_in_order_without_sorting_the_backlog(store):
     async with store._read() as db:
         plan = [r[3] for r in await db.execute_fetchall(

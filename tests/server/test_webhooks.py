@@ -18,7 +18,7 @@ import pytest
 from server.app import SERVICE, STORE
 from server.signing import HEADER, sign
 from server.webhooks import DELIVERY
-from tests.server.conftest import SECRET, auth
+from tests.server.conftest import SECRET, auth, raw_rows
 
 NOW = 1_900_000_000
 """The server's wall clock in these tests (`clock=`), so that timestamps at the tolerance edge are exact."""
@@ -87,9 +87,8 @@ async def decisions(client: Any, org: str = "acme") -> list[Any]:
 
 async def seen_signatures(client: Any) -> int:
     # The store has no public reader for the replay table (only remember_signature, which writes).
-    async with client.app[STORE]._read() as db:
-        rows = list(await db.execute_fetchall("SELECT count(*) FROM seen_signatures"))
-    return int(rows[0][0])
+    rows = await raw_rows(client.app[STORE], "SELECT count(*) AS n FROM seen_signatures")
+    return int(rows[0]["n"])
 
 
 async def assert_nothing_written(client: Any, org: str = "acme") -> None:
