@@ -35,6 +35,15 @@ def _schema_of(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=rest)), schema
 
 
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the store cannot be reached right now (a PostgreSQL server restarting or gone, a
+    dropped connection), as opposed to a bug or a bad request: the request can be repeated later."""
+    import asyncpg
+
+    return isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.InterfaceError,
+                            ConnectionError, OSError, TimeoutError))
+
+
 async def open_store(url: str, **kw: Any) -> SQLiteStore | PGStore:
     """Open (and migrate) the store at `url`; keyword arguments go to that store's `open` (e.g. `synchronous`,
     which both take). A PostgreSQL URL may name the schema to keep the tables in (`…/db?schema=astralis`), so

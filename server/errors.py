@@ -65,7 +65,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 413:
             message = f"request body too large: the limit is {request.app._client_max_size} bytes"
         raise ApiError(exc.status, code, message, None, headers=_keep_headers(exc)) from None
-    except Exception:
+    except Exception as exc:
+        from adapters.stores import unavailable
+
+        if unavailable(exc):
+            log.warning("store unavailable on %s %s: %s", request.method, request.path, exc)
+            raise ApiError(503, "unavailable", "the store is unavailable; repeat the request later (with the same "
+                           "event id, a repeat is never processed twice)", None, headers={"Retry-After": "2"}) from None
         log.exception("unhandled error on %s %s", request.method, request.path)
         raise ApiError(500, "internal", "internal error; the event, if accepted, is kept") from None
 

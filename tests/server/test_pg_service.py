@@ -9,11 +9,14 @@ elsewhere these tests skip when it is not."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -157,3 +160,100 @@ async def test_a_row_change_of_the_platform_table_becomes_a_db_trigger_event(ser
         assert await conn.fetchval("SELECT count(*) FROM events WHERE channel = 'db_trigger'") == 1
     finally:
         await conn.close()
+
+
+# --------------------------------------------------------------------------- PostgreSQL goes away and comes back
+
+PG_BIN = Path("/usr/lib/postgresql") / (sorted(p.name for p in Path("/usr/lib/postgresql").glob("*"))[-1:] or ["15"])[0] \
+    / "bin" if Path("/usr/lib/postgresql").is_dir() else Path("/nonexistent")
+
+
+class PrivateCluster:
+    """A PostgreSQL cluster of this test's own (initdb as the postgres user), so that stopping it disturbs
+    nothing else on the machine."""
+
+    def __init__(self, port: int) -> None:
+        # Outside pytest's tmp_path: its parents are root's alone, and the server runs as postgres.
+        self.dir = Path(tempfile.mkdtemp(prefix="astralis-pg-"))
+        self.dir.chmod(0o755)
+        self.port = port
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def _as_postgres(self, *argv: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=True, capture_output=True, timeout=60)
+
+    def init(self) -> None:
+        subprocess.run(["chown", "postgres", str(self.dir)], check=True)
+        self._as_postgres(str(PG_BIN / "initdb"), "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres")
+
+    def start(self) -> None:
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-w",
+                          "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1", "start")
+
+    def stop(self) -> None:
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
+
+
+@pytest.fixture
+def cluster():
+    if not (PG_BIN / "initdb").exists() or os.geteuid() != 0:
+        reason = "needs PostgreSQL's initdb and root (to run it as the postgres user)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true: {reason}")
+        pytest.skip(reason)
+    from tests.server.test_crash import free_port
+
+    c = PrivateCluster(free_port())
+    try:
+        c.init()
+        c.start()
+        yield c
+        with contextlib.suppress(subprocess.CalledProcessError):
+            c.stop()
+    finally:
+        shutil.rmtree(c.dir, ignore_errors=True)
+
+
+async def _post(url: str, key: str, event: dict, mode: str) -> tuple[int, dict]:
+    async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s,
+                s.post(f"{url}/api/agent/process", params={"mode": mode}, json=event,
+                       headers={"Authorization": f"Bearer {key}"}) as r):
+        return r.status, await r.json()
+
+
+@pytest.mark.timeout(180)
+async def test_postgres_going_away_answers_503_and_the_service_resumes_when_it_is_back(serve, cluster):
+    front = serve("--workers", "4", "--db", cluster.url)
+    front.key = _key(cluster.url)
+    front.start()
+    await front.ready()
+    before = await deliver(front.url, front.key, envelopes("up", 30))
+    assert len(before.acked) == 30
+    await _drain(cluster.url, within=30)
+
+    cluster.stop()
+    status, body = await _post(front.url, front.key, envelopes("down", 1)[0], "queue")
+    assert status == 503 and body["error"]["code"] == "unavailable", body  # nothing acknowledged
+    status, body = await _post(front.url, front.key, envelopes("down-sync", 1)[0], "sync")
+    assert status == 503, body
+    cluster.start()
+
+    # The sender repeats what was refused; the pool reconnects; everything is decided, once.
+    deadline = time.monotonic() + 30
+    for event in (envelopes("down", 1)[0], envelopes("down-sync", 1)[0]):
+        while True:
+            status, body = await _post(front.url, front.key, event, "queue")
+            if status == 202:
+                break
+            assert status == 503 and time.monotonic() < deadline, (status, body)
+            await asyncio.sleep(0.5)
+    after = await deliver(front.url, front.key, envelopes("back", 30))
+    assert len(after.acked) == 30 and not after.failed and not after.other
+    await _drain(cluster.url, within=60)
+    conn = await asyncpg.connect(cluster.url)
+    try:
+        statuses = {r["status"]: r["n"] for r in await conn.fetch("SELECT status, count(*) AS n FROM events GROUP BY 1")}
+        twice = await conn.fetch("SELECT event_id FROM decisions GROUP BY 1 HAVING count(*) <> 1")
+    finally:
+        await conn.close()
+    assert statuses == {"decided": 62} and twice == []
