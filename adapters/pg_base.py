@@ -17,17 +17,14 @@ Representation choices, all so that values read back equal the SQLite store's:
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import datetime
-from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
 import asyncpg
 
-from adapters.sqlite_base import MAX_PAGE, _iso, _now
+from adapters import store_common as common
+from adapters.store_common import Migration, StoreBase, _now
 from engine.models import Decision
 
 T = TypeVar("T")
@@ -35,13 +32,8 @@ T = TypeVar("T")
 MIGRATION_LOCK = 0x617374726C  # the advisory lock that serialises migrations across processes ("astrl")
 
 
-@dataclass(frozen=True)
-class PGMigration:
-    """One schema step: applied with its `schema_migrations` row in a single transaction."""
-
-    version: int
-    description: str
-    statements: tuple[str, ...]
+PGMigration = Migration
+"""One schema step: applied with its `schema_migrations` row in a single transaction."""
 
 
 ID = 'TEXT COLLATE "C"'
@@ -276,8 +268,8 @@ async def upsert_decision(db: asyncpg.Connection, decision: Decision) -> None:
     and when there is none yet, `INSERT … ON CONFLICT DO NOTHING` either creates it (the first insert, counted
     once) or waits for the process that did and then locks its row — so the counters never count a decision
     twice."""
-    executed = decision.status == "EXECUTED"
     now = _now()
+    values = common.decision_params(decision, now)
     row = await db.fetchrow("SELECT org, ever_executed FROM decisions WHERE id = $1 FOR UPDATE", decision.id)
     first_insert = False
     if row is None:
@@ -286,27 +278,20 @@ async def upsert_decision(db: asyncpg.Connection, decision: Decision) -> None:
                                       decided_by, created_at, updated_at, ever_executed, record)
                VALUES ($1, $2, $3, COALESCE($4, (SELECT e.source FROM events e WHERE e.org = $2 AND e.id = $3)),
                        $5, $6, $7, $8, $9, $10, $11, $12)
-               ON CONFLICT (id) DO NOTHING RETURNING true""",
-            decision.id, decision.org, decision.event_id, decision.input.get("source"), decision.status,
-            str(decision.intent), str(decision.decision_type), decision.decided_by, _iso(decision.created_at), now,
-            int(executed), decision.model_dump_json()) or False
+               ON CONFLICT (id) DO NOTHING RETURNING true""", *values) or False
         if not first_insert:
             row = await db.fetchrow("SELECT org, ever_executed FROM decisions WHERE id = $1 FOR UPDATE", decision.id)
     if row is not None:
-        if row["org"] != decision.org:
-            raise ValueError(f"decision {decision.id} belongs to another org")
+        common.check_decision_org(row["org"], decision)
         await db.execute(
             """UPDATE decisions SET
-                   event_id = $2,
-                   source = COALESCE($3, (SELECT e.source FROM events e WHERE e.org = $4 AND e.id = $2)),
+                   event_id = $3,
+                   source = COALESCE($4, (SELECT e.source FROM events e WHERE e.org = $2 AND e.id = $3)),
                    status = $5, intent = $6, decision_type = $7, decided_by = $8, created_at = $9, updated_at = $10,
                    ever_executed = greatest(ever_executed, $11), record = $12
-               WHERE id = $1""",
-            decision.id, decision.event_id, decision.input.get("source"), decision.org, decision.status,
-            str(decision.intent), str(decision.decision_type), decision.decided_by, _iso(decision.created_at), now,
-            int(executed), decision.model_dump_json())
-    first_success = executed and (first_insert or (row is not None and not row["ever_executed"]))
-    if first_insert or first_success:
+               WHERE id = $1""", *values)
+    success = common.first_success(decision, first_insert, row is None or row["ever_executed"])
+    if first_insert or success:
         await db.execute(
             """INSERT INTO agent_counters (org, total_decisions, successful_decisions, updated_at)
                VALUES ($1, $2, $3, $4)
@@ -314,40 +299,35 @@ async def upsert_decision(db: asyncpg.Connection, decision: Decision) -> None:
                    total_decisions = agent_counters.total_decisions + excluded.total_decisions,
                    successful_decisions = agent_counters.successful_decisions + excluded.successful_decisions,
                    updated_at = excluded.updated_at""",
-            decision.org, int(first_insert), int(first_success), now)
+            decision.org, int(first_insert), int(success), now)
 
 
 async def append_stream(db: asyncpg.Connection, decision: Decision, kind: str, *, new: bool, now: str) -> int:
     """Write a stream entry and NOTIFY `astralis_stream` with `<org>:<seq>`, both in the caller's transaction
     (listeners hear of it only once it is committed). Returns the entry's seq."""
-    # The decision is serialised once, by pydantic, and spliced in (as the SQLite store does).
-    payload = f'{{"kind": {json.dumps(kind)}, "new": {json.dumps(new)}, "decision": {decision.model_dump_json()}}}'
     seq: int = await db.fetchval(
         """WITH s AS (INSERT INTO stream (org, kind, decision_id, payload, created_at)
                       VALUES ($1, $2, $3, $4, $5) RETURNING seq)
            SELECT seq, pg_notify($6, $1 || ':' || seq) FROM s""",
-        decision.org, kind, decision.id, payload, now, STREAM_CHANNEL)
+        decision.org, kind, decision.id, common.stream_payload(decision, kind, new), now, STREAM_CHANNEL)
     return seq
 
 
-class PGBase:
+class PGBase(StoreBase):
     """A connection pool to one PostgreSQL database (optionally one schema of it), migrated to the current
     schema; transactions for subclasses."""
 
     def __init__(self, pool: asyncpg.Pool, url: str, connect_kw: dict[str, Any]) -> None:
         """Use `await PGStore.open(url)`; this only wraps an already configured pool."""
+        super().__init__()
         self._pool = pool
         self.url = url
         self._connect_kw = connect_kw
-        self._closed = False
         self._listener: asyncpg.Connection | None = None
         self._listener_lock = asyncio.Lock()
         self._callbacks: dict[str, list[tuple[Callable[..., Any], Callable[..., None]]]] = {}
         """channel → (the subscriber's callback, the listener registered for it on `_listener`)."""
         self._tasks: set[asyncio.Future[Any]] = set()
-        self._snapshots: dict[str, tuple[float, datetime, Any]] = {}
-        """org → (expires (monotonic), since, the read of its StaticState): planning state, read at most once a
-        second per org."""
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -361,8 +341,7 @@ class PGBase:
         crash of the server can lose the last commits but never corrupts anything; FULL (the default) waits
         for each commit to be flushed, because events are acknowledged and decisions handed out right after.
         """
-        if synchronous not in ("FULL", "NORMAL"):
-            raise ValueError("synchronous must be 'FULL' or 'NORMAL'")
+        common.check_synchronous(synchronous)
         settings = {"synchronous_commit": "on" if synchronous == "FULL" else "off", "timezone": "UTC"}
         if schema is not None:
             conn = await asyncpg.connect(url)
@@ -383,24 +362,12 @@ class PGBase:
             raise
         return store
 
-    async def close(self) -> None:
-        """Stop listening and close the pool (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
+    async def _release(self) -> None:
+        """Stop listening and close the pool."""
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
         await self._pool.close()
-
-    async def __aenter__(self) -> Self:
-        """`async with await PGStore.open(url) as store:` closes the store on exit."""
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        """Close the store."""
-        await self.close()
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[asyncpg.Connection]:
@@ -414,24 +381,18 @@ class PGBase:
         async with self._pool.acquire() as db, db.transaction():
             yield db
 
-    def _state_changed(self, org: str) -> None:
-        """This process changed `org`'s intakes or calendar: its next plan reads them afresh."""
-        self._snapshots.pop(org, None)
-
     async def _page(self, table: str, where: list[str], args: list[Any], *, limit: int, before: int | None,
                     row: Callable[[Any], T]) -> tuple[list[T], int | None]:
-        """A page of `table`'s rows matching every condition of `where`, newest first, and the cursor of the next
-        page (a rowid, passed back as `before`; None at the end)."""
+        """As `SQLiteBase._page`."""
         args = list(args)
         if before is not None:
             where = [*where, f"rowid < {arg(args, before)}"]
-        limit = max(1, min(limit, MAX_PAGE))
+        limit = common.page_limit(limit)
         async with self._read() as db:
             rows = await db.fetch(
                 f"SELECT * FROM {table} WHERE {' AND '.join(where)} ORDER BY rowid DESC LIMIT {arg(args, limit + 1)}",
                 *args)
-        page = rows[:limit]
-        return [row(r) for r in page], (page[-1]["rowid"] if len(rows) > limit else None)
+        return common.split_page(rows, limit, row)
 
     # ---- schema ----------------------------------------------------------------------------------
 
@@ -445,14 +406,8 @@ class PGBase:
                     "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
                     "description TEXT NOT NULL, applied_at TEXT NOT NULL)")
                 current = await db.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
-                if current > PG_SCHEMA_VERSION:
-                    raise RuntimeError(f"{_redacted(self.url)}: schema version {current} is newer than this code "
-                                       f"knows ({PG_SCHEMA_VERSION}); upgrade Astralis")
-                if current >= step.version:
+                if not common.step_pending(_redacted(self.url), current, step.version, PG_SCHEMA_VERSION):
                     continue
-                if current != step.version - 1:
-                    raise RuntimeError(f"{_redacted(self.url)}: schema version {current} has no path to "
-                                       f"{step.version}")
                 for statement in step.statements:
                     await db.execute(statement)
                 await db.execute(
@@ -460,7 +415,7 @@ class PGBase:
                     step.version, step.description, _now())
 
     async def schema_version(self) -> int:
-        """The schema version of the open database (== `SCHEMA_VERSION` once opened)."""
+        """As `SQLiteBase.schema_version`."""
         async with self._read() as db:
             return int(await db.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))
 

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from adapters import store_common as common
 from adapters.pg_base import PGBase, append_stream, arg, upsert_decision
-from adapters.sqlite_base import _iso, _now
-from adapters.sqlite_outbox import FAILURE_INDEX, action_row
+from adapters.store_common import OUTBOX_STATUSES, _iso, _now, _parse_iso, action_row, outbox_filters
 from engine.models import Decision
 from engine.ports import ActionJob
 
@@ -27,8 +27,7 @@ class PGOutboxTables(PGBase):
 
     async def claim_actions(self, owner: str, *, limit: int = 8, lease_seconds: float = 60.0,
                             now: datetime | None = None) -> list[ActionJob]:
-        """Lease up to `limit` actions that are due and whose earlier siblings are done; each claim counts
-        an attempt. Returns them with their decision and event."""
+        """As `OutboxTables.claim_actions`."""
         now_dt = now or datetime.now(UTC)
         stamp = _iso(now_dt)
         async with self._write() as db:
@@ -52,30 +51,21 @@ class PGOutboxTables(PGBase):
                 "SELECT d.id, d.record, e.envelope FROM decisions d "
                 "LEFT JOIN events e ON e.org = d.org AND e.id = d.event_id WHERE d.id = ANY($1::text[])",
                 sorted({r["decision_id"] for r in rows}))}
-        jobs = []
-        for r in sorted(rows, key=lambda r: (r["decision_id"], r["idx"])):
-            rec = records.get(r["decision_id"])
-            decision = Decision.model_validate_json(rec["record"]) if rec else None
-            event = json.loads(rec["envelope"]) if rec and rec["envelope"] else None
-            jobs.append(ActionJob(key=r["key"], org=r["org"], decision_id=r["decision_id"], index=r["idx"],
-                                  type=r["type"], params=json.loads(r["params"]), attempt=r["attempts"],
-                                  decision=decision, event=event))
-        return jobs
+        return common.action_jobs(rows, records)
 
     async def finish_action(self, key: str, owner: str, result: dict[str, Any], *, duration_ms: float) -> bool:
-        """Mark a leased action done with its result. False if this owner no longer holds it (its lease
-        expired and it was taken again): the outcome is then not recorded twice."""
+        """As `OutboxTables.finish_action`."""
         now = _now()
-        entry = {"attempt_at": now, "outcome": "done", "ms": round(duration_ms, 1)}
         async with self._write() as db:
             return await db.fetchval(
                 "UPDATE actions SET status = 'done', result = $1, error = NULL, finished_at = $2, duration_ms = $3, "
                 f"lease_owner = NULL, lease_until = NULL, updated_at = $2, {APPEND_LOG.format('$4')} "
                 "WHERE key = $5 AND lease_owner = $6 AND status = 'running' RETURNING true",
-                json.dumps(result, default=str), now, float(duration_ms), json.dumps(entry), key, owner) or False
+                json.dumps(result, default=str), now, float(duration_ms), common.done_attempt(now, duration_ms), key,
+                owner) or False
 
     async def defer_action(self, key: str, owner: str, until: datetime, reason: str) -> bool:
-        """Give a leased action back, to run at `until`, without counting the attempt."""
+        """As `OutboxTables.defer_action`."""
         async with self._write() as db:
             return await db.fetchval(
                 "UPDATE actions SET status = 'pending', attempts = attempts - 1, available_at = $1, "
@@ -85,29 +75,22 @@ class PGOutboxTables(PGBase):
 
     async def retry_action(self, key: str, owner: str, error: str, *, delay_seconds: float,
                            duration_ms: float) -> bool:
-        """Record a transient failure; the action is tried again after `delay_seconds`."""
+        """As `OutboxTables.retry_action`."""
         now_dt = datetime.now(UTC)
         now = _iso(now_dt)
-        entry = {"attempt_at": now, "outcome": "failed", "error": error[:500], "ms": round(duration_ms, 1),
-                 "retry_in_s": round(delay_seconds, 3)}
         async with self._write() as db:
             return await db.fetchval(
                 "UPDATE actions SET status = 'pending', error = $1, available_at = $2, duration_ms = $3, "
                 f"lease_owner = NULL, lease_until = NULL, updated_at = $4, {APPEND_LOG.format('$5')} "
                 "WHERE key = $6 AND lease_owner = $7 AND status = 'running' RETURNING true",
                 error[:2000], _iso(now_dt + timedelta(seconds=delay_seconds)), float(duration_ms), now,
-                json.dumps(entry), key, owner) or False
+                common.failed_attempt(now, error, duration_ms, delay_seconds), key, owner) or False
 
     async def kill_action(self, key: str, owner: str | None, error: str, *, duration_ms: float | None = None,
                           escalation: dict[str, Any] | None = None) -> Decision | None:
-        """Dead-letter an action (a permanent failure, or its last attempt failed): its decision's later
-        actions are cancelled, the decision becomes FAILED with the reason, and `escalation` (the params of an
-        ESCALATE action) is queued as the decision's failure notice. All in one transaction. Returns the
-        updated decision, or None when this owner no longer holds the action."""
+        """As `OutboxTables.kill_action`."""
         now_dt = datetime.now(UTC)
         now = _iso(now_dt)
-        entry = {"attempt_at": now, "outcome": "dead", "error": error[:500],
-                 "ms": round(duration_ms, 1) if duration_ms is not None else None}
         async with self._write() as db:
             a = await db.fetchrow(
                 "SELECT org, decision_id, idx, type, status, lease_owner FROM actions WHERE key = $1 FOR UPDATE", key)
@@ -117,35 +100,32 @@ class PGOutboxTables(PGBase):
                 "UPDATE actions SET status = 'dead', error = $1, finished_at = $2, "
                 "duration_ms = coalesce($3, duration_ms), lease_owner = NULL, lease_until = NULL, updated_at = $2, "
                 f"{APPEND_LOG.format('$4')} WHERE key = $5",
-                error[:2000], now, None if duration_ms is None else float(duration_ms), json.dumps(entry), key)
+                error[:2000], now, None if duration_ms is None else float(duration_ms),
+                common.dead_attempt(now, error, duration_ms), key)
             await db.execute(
                 "UPDATE actions SET status = 'cancelled', error = $1, updated_at = $2 "
                 "WHERE decision_id = $3 AND idx > $4 AND status = 'pending'",
-                f"not run: action {a['idx']} ({a['type']}) failed", now, a["decision_id"], a["idx"])
+                common.cancelled_reason(a), now, a["decision_id"], a["idx"])
             record = await db.fetchval("SELECT record FROM decisions WHERE id = $1 FOR UPDATE", a["decision_id"])
             if record is None:
                 return None
             decision = Decision.model_validate_json(record)
-            decision.trace.setdefault("execution_failures", []).append({"action": key, "error": error, "at": now})
-            if a["idx"] == FAILURE_INDEX:
+            if not common.record_action_failure(decision, a, key, error, now):
                 # The failure notice itself failed: the decision already says why; nothing more to escalate.
                 await upsert_decision(db, decision)
                 return decision
-            decision.status = "FAILED"
-            decision.error = f"action {a['idx']} ({a['type']}) failed: {error}"
             await upsert_decision(db, decision)
             if escalation is not None:
                 await db.execute(
                     "INSERT INTO actions (key, org, decision_id, idx, type, params, status, available_at, created_at, "
                     "updated_at) VALUES ($1, $2, $3, $4, 'ESCALATE', $5, 'pending', $6, $6, $6) "
                     "ON CONFLICT (key) DO NOTHING",
-                    f"{decision.id}:failure", decision.org, decision.id, FAILURE_INDEX,
-                    json.dumps(escalation, default=str), now)
+                    *common.failure_notice(decision, escalation), now)
             await append_stream(db, decision, "failed", new=False, now=now)
         return decision
 
     async def renew_action_leases(self, owner: str, keys: Sequence[str], lease_seconds: float) -> int:
-        """Extend this owner's leases on `keys` (actions still running here)."""
+        """As `OutboxTables.renew_action_leases`."""
         if not keys:
             return 0
         until = _iso(datetime.now(UTC) + timedelta(seconds=lease_seconds))
@@ -155,9 +135,7 @@ class PGOutboxTables(PGBase):
                 "AND key = ANY($3::text[]) RETURNING 1", until, owner, list(keys)))
 
     async def recover_actions(self, *, dead_owners: Sequence[str] = (), release_owner: str | None = None) -> int:
-        """Actions whose runner died (its lease expired, or its owner is known dead) or that `release_owner` gives
-        back go back to pending. The attempt they used stays counted: an action that crashes its runner every
-        time still reaches its maximum attempts."""
+        """As `OutboxTables.recover_actions`."""
         now = _now()
         owners = list(dead_owners) + ([release_owner] if release_owner else [])
         async with self._write() as db:
@@ -168,51 +146,45 @@ class PGOutboxTables(PGBase):
                 now, json.dumps({"attempt_at": now, "outcome": "interrupted"}), owners))
 
     async def action_owners(self) -> list[str]:
-        """Owners currently holding action leases."""
+        """As `OutboxTables.action_owners`."""
         async with self._read() as db:
             rows = await db.fetch(
                 "SELECT DISTINCT lease_owner FROM actions WHERE status = 'running' AND lease_owner IS NOT NULL")
         return [r[0] for r in rows]
 
     async def outbox_depth(self) -> dict[str, int]:
-        """How many actions are in each status (for /metrics and /healthz)."""
+        """As `OutboxTables.outbox_depth`."""
         async with self._read() as db:
             rows = await db.fetch("SELECT status, count(*) FROM actions GROUP BY status")
-        counts = {"pending": 0, "running": 0, "done": 0, "dead": 0, "cancelled": 0}
-        counts.update({r[0]: int(r[1]) for r in rows})
-        return counts
+        return common.status_counts(OUTBOX_STATUSES, rows)
 
     async def next_action_due(self) -> datetime | None:
-        """When the earliest pending action becomes due (None: nothing pending)."""
+        """As `OutboxTables.next_action_due`."""
         async with self._read() as db:
             value = await db.fetchval("SELECT min(available_at) FROM actions WHERE status = 'pending'")
-        return None if value is None else datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return None if value is None else _parse_iso(value)
 
     async def list_actions(self, org: str, decision_id: str) -> list[dict[str, Any]]:
-        """The outbox rows of one decision, in the order they run (a failure notice first)."""
+        """As `OutboxTables.list_actions`."""
         async with self._read() as db:
             rows = await db.fetch("SELECT * FROM actions WHERE org = $1 AND decision_id = $2 ORDER BY idx",
                                   org, decision_id)
         return [action_row(r) for r in rows]
 
     async def get_action(self, org: str, key: str) -> dict[str, Any] | None:
-        """One outbox row of `org`; None if absent."""
+        """As `OutboxTables.get_action`."""
         async with self._read() as db:
             row = await db.fetchrow("SELECT * FROM actions WHERE org = $1 AND key = $2", org, key)
         return action_row(row) if row is not None else None
 
     async def list_outbox(self, org: str, *, status: str | None = None, limit: int = 50,
                           before: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
-        """A page of `org`'s outbox actions, newest first (cursor: a rowid)."""
-        args: list[Any] = []
-        where = [f"org = {arg(args, org)}"]
-        if status:
-            where.append(f"status = {arg(args, status)}")
+        """As `OutboxTables.list_outbox`."""
+        where, args = outbox_filters(arg, org, status)
         return await self._page("actions", where, args, limit=limit, before=before, row=action_row)
 
     async def retry_dead_action(self, org: str, key: str, *, by: str) -> Decision | None:
-        """Give a dead-lettered action of `org` a fresh set of attempts: it and the actions cancelled after it
-        go back to pending and the decision back to EXECUTED. None if the action is not dead."""
+        """As `OutboxTables.retry_dead_action`."""
         now = _now()
         async with self._write() as db:
             a = await db.fetchrow(
@@ -229,9 +201,6 @@ class PGOutboxTables(PGBase):
                 "WHERE decision_id = $2 AND idx > $3 AND status = 'cancelled'", now, decision_id, idx)
             record = await db.fetchval("SELECT record FROM decisions WHERE id = $1 FOR UPDATE", decision_id)
             decision = Decision.model_validate_json(record)
-            if idx != FAILURE_INDEX and decision.status == "FAILED":
-                decision.status = "EXECUTED"
-                decision.error = None
-            decision.trace.setdefault("action_retries", []).append({"action": key, "by": by, "at": now})
+            common.reopen_decision(decision, idx, key, by, now)
             await upsert_decision(db, decision)
         return decision

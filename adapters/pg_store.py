@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 
+from adapters import store_common as common
 from adapters.pg_base import (  # noqa: F401  (re-exported: the store's public names)
     PG_MIGRATIONS,
     PG_SCHEMA_VERSION,
@@ -33,8 +34,7 @@ from adapters.pg_inbox import PGInboxTables
 from adapters.pg_intakes import PGIntakeTables, lock
 from adapters.pg_notifications import PGNotificationTables
 from adapters.pg_outbox import PGOutboxTables
-from adapters.sqlite_base import MAX_PAGE, _bound, _now, _parse_iso
-from adapters.sqlite_store import _decode_cursor, _encode_cursor
+from adapters.store_common import MAX_PAGE, AgentConfigs, _bound, _decode_cursor, _now
 from engine.models import Decision, Event
 
 DB_TRIGGER_CHANNEL = "astralis_db_trigger"
@@ -75,23 +75,21 @@ def _one_or_many(column: str, value: str | Sequence[str] | None, where: list[str
     """Add `column = $n` (one value) or `column = ANY($n)` (several) to a WHERE clause."""
     if value is None:
         return
-    values = [str(value)] if isinstance(value, str) else [str(v) for v in value]
-    if not values:
-        raise ValueError(f"{column}: empty filter")
+    values = common.filter_values(column, value)
     if len(values) == 1:
         where.append(f"{column} = {arg(args, values[0])}")
     else:
         where.append(f"{column} = ANY({arg(args, values)}::text[])")
 
 
-class PGStore(PGInboxTables, PGOutboxTables, PGIntakeTables, PGCalendarTables, PGNotificationTables):
+class PGStore(PGInboxTables, PGOutboxTables, PGIntakeTables, PGCalendarTables, PGNotificationTables, AgentConfigs):
     """Decisions, the event inbox, the outbox, intakes, calendars, notifications, agent configs and counters
     in one PostgreSQL database (or one schema of it), shared by any number of processes."""
 
     # ---- event inbox -----------------------------------------------------------------------------
 
     async def record_event(self, event: Event, *, status: str = "accepted") -> bool:
-        """Put `event` in the inbox; False (and nothing changed) if (org, id) is already there."""
+        """As `SQLiteStore.record_event`."""
         now = _now()
         async with self._write() as db:
             return await db.fetchval(
@@ -100,46 +98,37 @@ class PGStore(PGInboxTables, PGOutboxTables, PGIntakeTables, PGCalendarTables, P
                 event.org, event.id, str(event.source), event.type, event.model_dump_json(), status, now) or False
 
     async def get_event(self, org: str, event_id: str) -> dict[str, Any] | None:
-        """`{org, id, envelope, status, error, received_at, updated_at}` of an inbox event, or None."""
+        """As `SQLiteStore.get_event`."""
         async with self._read() as db:
             row = await db.fetchrow(
                 "SELECT org, id, envelope, status, error, received_at, updated_at FROM events "
                 "WHERE org = $1 AND id = $2", org, event_id)
-        if row is None:
-            return None
-        return {"org": row["org"], "id": row["id"], "envelope": json.loads(row["envelope"]),
-                "status": row["status"], "error": row["error"],
-                "received_at": _parse_iso(row["received_at"]), "updated_at": _parse_iso(row["updated_at"])}
+        return common.event_record(row) if row is not None else None
 
     async def set_event_status(self, org: str, event_id: str, status: str, error: str | None = None) -> None:
-        """Move an inbox event to `status` (with `error`, cleared when None); KeyError if unknown."""
+        """As `SQLiteStore.set_event_status`."""
         async with self._write() as db:
             found = await db.fetchval("UPDATE events SET status = $1, error = $2, updated_at = $3 "
                                       "WHERE org = $4 AND id = $5 RETURNING true", status, error, _now(), org, event_id)
         if not found:
-            raise KeyError(f"no event {event_id!r} for org {org!r}")
+            raise common.unknown_event(org, event_id)
 
     # ---- decisions -------------------------------------------------------------------------------
 
     async def save_decision(self, decision: Decision) -> None:
-        """Insert or update `decision` by id, and the org's counters, in one transaction.
-
-        `total_decisions` grows on first insert only; `successful_decisions` the first time the decision
-        is saved as EXECUTED. Dry-run decisions are refused (ValueError): the simulator has no side effects.
-        """
-        if decision.dry_run:
-            raise ValueError(f"decision {decision.id} is a dry run; dry runs are never stored")
+        """As `SQLiteStore.save_decision`."""
+        common.refuse_dry_runs([decision])
         async with self._write() as db:
             await upsert_decision(db, decision)
 
     async def get_decision(self, org: str, decision_id: str) -> Decision | None:
-        """The decision `decision_id` of `org`; None if absent or another org's."""
+        """As `SQLiteStore.get_decision`."""
         async with self._read() as db:
             record = await db.fetchval("SELECT record FROM decisions WHERE id = $1 AND org = $2", decision_id, org)
         return Decision.model_validate_json(record) if record is not None else None
 
     async def decision_for_event(self, org: str, event_id: str) -> Decision | None:
-        """The latest stored decision for an event of `org` (dry runs are never stored), or None."""
+        """As `SQLiteStore.decision_for_event`."""
         async with self._read() as db:
             record = await db.fetchval(
                 "SELECT record FROM decisions WHERE event_id = $1 AND org = $2 "
@@ -147,7 +136,7 @@ class PGStore(PGInboxTables, PGOutboxTables, PGIntakeTables, PGCalendarTables, P
         return Decision.model_validate_json(record) if record is not None else None
 
     async def decisions_for_events(self, org: str, event_ids: Sequence[str]) -> dict[str, Decision]:
-        """The latest stored decision of each of `org`'s events that has one, by event id (one query)."""
+        """As `SQLiteStore.decisions_for_events`."""
         if not event_ids:
             return {}
         async with self._read() as db:
@@ -168,16 +157,9 @@ class PGStore(PGInboxTables, PGOutboxTables, PGIntakeTables, PGCalendarTables, P
         limit: int = 50,
         cursor: str | None = None,
     ) -> tuple[list[Decision], str | None]:
-        """A page of `org`'s decisions, newest first, and the cursor of the next page (None at the end).
-
-        Filters take one value or several (any of). `since` is inclusive, `until` exclusive (both need a
-        timezone). Ties on `created_at` are ordered by id, ascending. `limit` is capped at 500. Pass the
-        same filters with the returned cursor to continue; ValueError on a malformed cursor. Cursors are the
-        SQLite store's: a cursor from one store continues on the other.
-        """
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        limit = min(limit, MAX_PAGE)
+        """As `SQLiteStore.list_decisions`. Cursors are the SQLite store's: a cursor from one store continues on
+        the other."""
+        limit = common.decisions_limit(limit)
         args: list[Any] = []
         where = [f"org = {arg(args, org)}"]
         _one_or_many("status", status, where, args)
@@ -196,21 +178,14 @@ class PGStore(PGInboxTables, PGOutboxTables, PGIntakeTables, PGCalendarTables, P
                f"ORDER BY created_at DESC, id ASC LIMIT {arg(args, limit + 1)}")
         async with self._read() as db:
             rows = await db.fetch(sql, *args)
-        page = rows[:limit]
-        decisions = [Decision.model_validate_json(r["record"]) for r in page]
-        next_cursor = _encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
-        return decisions, next_cursor
+        return common.decisions_page(rows, limit)
 
     # ---- agent configs and counters ------------------------------------------------------------------
 
     async def save_agent_config(self, org: str, revision: str, files: dict[str, str]) -> None:
-        """Record `org`'s agent configuration `revision` (file name → text) as its latest.
-
-        Every save is kept as history; saving what is already the latest (same revision and files) is a
-        no-op, saving an older revision again makes it the latest (a rollback). Saves of one org are
-        serialised (advisory lock), so two processes saving the same configuration record it once.
-        """
-        payload = json.dumps(files, sort_keys=True, ensure_ascii=False)
+        """As `SQLiteStore.save_agent_config`. Saves of one org are serialised (advisory lock), so two processes
+        saving the same configuration record it once."""
+        payload = common.config_payload(files)
         async with self._write() as db:
             await lock(db, "agent_config", org)
             row = await db.fetchrow(
@@ -220,28 +195,20 @@ class PGStore(PGInboxTables, PGOutboxTables, PGIntakeTables, PGCalendarTables, P
             await db.execute("INSERT INTO agent_configs (org, revision, files, created_at) VALUES ($1, $2, $3, $4)",
                              org, revision, payload, _now())
 
-    async def agent_config(self, org: str) -> dict[str, Any] | None:
-        """`org`'s latest configuration `{org, revision, files, created_at}`, or None."""
-        history = await self.agent_config_history(org, limit=1)
-        return history[0] if history else None
-
     async def agent_config_history(self, org: str, *, limit: int = 50) -> list[dict[str, Any]]:
-        """`org`'s configurations, latest first, in the shape of `agent_config`."""
+        """As `SQLiteStore.agent_config_history`."""
         async with self._read() as db:
             rows = await db.fetch(
                 "SELECT org, revision, files, created_at FROM agent_configs WHERE org = $1 "
                 "ORDER BY seq DESC LIMIT $2", org, max(1, min(limit, MAX_PAGE)))
-        return [{"org": r["org"], "revision": r["revision"], "files": json.loads(r["files"]),
-                 "created_at": _parse_iso(r["created_at"])} for r in rows]
+        return [common.config_row(r) for r in rows]
 
     async def counters(self, org: str) -> dict[str, int]:
-        """`{"total_decisions", "successful_decisions"}` of `org` (zeros when it has none)."""
+        """As `SQLiteStore.counters`."""
         async with self._read() as db:
             row = await db.fetchrow(
                 "SELECT total_decisions, successful_decisions FROM agent_counters WHERE org = $1", org)
-        if row is None:
-            return {"total_decisions": 0, "successful_decisions": 0}
-        return {"total_decisions": int(row[0]), "successful_decisions": int(row[1])}
+        return common.counters_row(row)
 
     # ---- LISTEN / NOTIFY -------------------------------------------------------------------------------
 

@@ -14,30 +14,30 @@ import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
 import aiosqlite
 
+from adapters.store_common import (  # noqa: F401  (re-exported: the SQLite store's names since the start)
+    MAX_PAGE,
+    Migration,
+    StoreBase,
+    _bound,
+    _iso,
+    _now,
+    _parse_iso,
+    check_decision_org,
+    check_synchronous,
+    decision_params,
+    first_success,
+    page_limit,
+    split_page,
+    step_pending,
+)
 from engine.models import Decision
 
 T = TypeVar("T")
-
-MAX_PAGE = 500
-"""Upper bound of `list_decisions(limit=...)`."""
-
-
-@dataclass(frozen=True)
-class Migration:
-    """One schema step: applied with its `schema_version` row in a single transaction."""
-
-    version: int
-    description: str
-    statements: tuple[str, ...]
-
 
 # Append only: never edit a step that has shipped; add a new one. Statements run one by one inside the
 # step's transaction (no executescript, which would commit on its own).
@@ -266,19 +266,6 @@ MIGRATIONS: tuple[Migration, ...] = (
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
-def _iso(dt: datetime) -> str:
-    """Fixed-width UTC ISO-8601 (sorts as text). A naive datetime is taken to be UTC already."""
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    dt = dt.astimezone(UTC)
-    return f"{dt.year:04d}-" + dt.strftime("%m-%dT%H:%M:%S.%fZ")  # %Y does not zero-pad years before 1000
-
-
-def _parse_iso(text: str) -> datetime:
-    """Inverse of `_iso` (also reads SQLite's millisecond `strftime('%f')` form)."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
 def _prepare_path(name: str) -> str:
     """`name` with `~` expanded, after creating its parent directories."""
     path = Path(name).expanduser()
@@ -286,34 +273,21 @@ def _prepare_path(name: str) -> str:
     return str(path)
 
 
-def _now() -> str:
-    return _iso(datetime.now(UTC))
-
-
-def _bound(dt: datetime, name: str) -> str:
-    if dt.tzinfo is None:
-        raise ValueError(f"{name} needs a UTC offset (a timezone-aware datetime)")
-    return _iso(dt)
-
-
-
 async def _upsert_decision(db: aiosqlite.Connection, decision: Decision) -> None:
     """Insert or update `decision` and the org's counters, inside the caller's transaction."""
-    record = decision.model_dump_json()
-    executed = decision.status == "EXECUTED"
     now = _now()
     rows = list(await db.execute_fetchall(
         "SELECT org, ever_executed FROM decisions WHERE id = ?", (decision.id,)))
-    if rows and rows[0]["org"] != decision.org:
-        raise ValueError(f"decision {decision.id} belongs to another org")
+    if rows:
+        check_decision_org(rows[0]["org"], decision)
     first_insert = not rows
-    first_success = executed and (first_insert or not rows[0]["ever_executed"])
+    success = first_success(decision, first_insert, rows[0]["ever_executed"] if rows else None)
     await db.execute(
         """INSERT INTO decisions (id, org, event_id, source, status, intent, decision_type,
                                   decided_by, created_at, updated_at, ever_executed, record)
-           VALUES (?, ?, ?,
-                   COALESCE(?, (SELECT e.source FROM events e WHERE e.org = ? AND e.id = ?)),
-                   ?, ?, ?, ?, ?, ?, ?, ?)
+           VALUES (?1, ?2, ?3,
+                   COALESCE(?4, (SELECT e.source FROM events e WHERE e.org = ?2 AND e.id = ?3)),
+                   ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
            ON CONFLICT (id) DO UPDATE SET
                event_id = excluded.event_id, source = excluded.source, status = excluded.status,
                intent = excluded.intent, decision_type = excluded.decision_type,
@@ -321,11 +295,8 @@ async def _upsert_decision(db: aiosqlite.Connection, decision: Decision) -> None
                updated_at = excluded.updated_at,
                ever_executed = max(decisions.ever_executed, excluded.ever_executed),
                record = excluded.record""",
-        (decision.id, decision.org, decision.event_id,
-         decision.input.get("source"), decision.org, decision.event_id,
-         decision.status, str(decision.intent), str(decision.decision_type), decision.decided_by,
-         _iso(decision.created_at), now, int(executed), record))
-    if first_insert or first_success:
+        decision_params(decision, now))
+    if first_insert or success:
         await db.execute(
             """INSERT INTO agent_counters (org, total_decisions, successful_decisions, updated_at)
                VALUES (?, ?, ?, ?)
@@ -333,21 +304,18 @@ async def _upsert_decision(db: aiosqlite.Connection, decision: Decision) -> None
                    total_decisions = total_decisions + excluded.total_decisions,
                    successful_decisions = successful_decisions + excluded.successful_decisions,
                    updated_at = excluded.updated_at""",
-            (decision.org, int(first_insert), int(first_success), now))
+            (decision.org, int(first_insert), int(success), now))
 
 
-class SQLiteBase:
+class SQLiteBase(StoreBase):
     """The connection to one SQLite file (WAL), migrated to the current schema; transactions for subclasses."""
 
     def __init__(self, db: aiosqlite.Connection, path: str) -> None:
         """Use `await SQLiteStore.open(path)`; this only wraps an already configured connection."""
+        super().__init__()
         self._db = db
         self.path = path
         self._lock = asyncio.Lock()
-        self._closed = False
-        self._snapshots: dict[str, tuple[float, datetime, Any]] = {}
-        """org → (expires (monotonic), since, the read of its StaticState): planning state, read at most once a
-        second per org."""
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -362,8 +330,7 @@ class SQLiteBase:
         # loss or an OS crash. We acknowledge events to senders and hand decisions out as contracts right
         # after committing, so a commit must survive a power cut; FULL costs one WAL fsync per commit, which
         # is small next to an LLM call. Pass synchronous="NORMAL" where that trade-off is wrong (bulk loads).
-        if synchronous not in ("FULL", "NORMAL"):
-            raise ValueError("synchronous must be 'FULL' or 'NORMAL'")
+        check_synchronous(synchronous)
         name = str(path)
         if name != ":memory:":
             name = await asyncio.to_thread(_prepare_path, name)
@@ -381,22 +348,10 @@ class SQLiteBase:
             raise
         return store
 
-    async def close(self) -> None:
-        """Close the connection (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
+    async def _release(self) -> None:
+        """Close the connection."""
         async with self._lock:
             await self._db.close()
-
-    async def __aenter__(self) -> Self:
-        """`async with await SQLiteStore.open(p) as store:` closes the store on exit."""
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        """Close the store."""
-        await self.close()
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -420,10 +375,6 @@ class SQLiteBase:
                     await self._db.execute("ROLLBACK")
                 raise
 
-    def _state_changed(self, org: str) -> None:
-        """This process changed `org`'s intakes or calendar: its next plan reads them afresh."""
-        self._snapshots.pop(org, None)
-
     async def _page(self, table: str, where: list[str], args: list[Any], *, limit: int, before: int | None,
                     row: Callable[[Any], T]) -> tuple[list[T], int | None]:
         """A page of `table`'s rows matching every condition of `where`, newest first, and the cursor of the next
@@ -431,13 +382,12 @@ class SQLiteBase:
         if before is not None:
             where = [*where, "rowid < ?"]
             args = [*args, before]
-        limit = max(1, min(limit, MAX_PAGE))
+        limit = page_limit(limit)
         async with self._read() as db:
             rows = list(await db.execute_fetchall(
                 f"SELECT rowid, * FROM {table} WHERE {' AND '.join(where)} ORDER BY rowid DESC LIMIT ?",
                 [*args, limit + 1]))
-        page = rows[:limit]
-        return [row(r) for r in page], (page[-1]["rowid"] if len(rows) > limit else None)
+        return split_page(rows, limit, row)
 
     async def _migrate(self) -> None:
         """Apply the missing steps of `MIGRATIONS`, each in its own transaction."""
@@ -449,14 +399,8 @@ class SQLiteBase:
             async with self._write() as db:
                 # Re-read inside the write lock: another process may have migrated meanwhile.
                 rows = await db.execute_fetchall("SELECT coalesce(max(version), 0) FROM schema_version")
-                current = next(iter(rows))[0]
-                if current > SCHEMA_VERSION:
-                    raise RuntimeError(f"{self.path}: schema version {current} is newer than this code "
-                                       f"knows ({SCHEMA_VERSION}); upgrade Astralis")
-                if current >= step.version:
+                if not step_pending(self.path, next(iter(rows))[0], step.version, SCHEMA_VERSION):
                     continue
-                if current != step.version - 1:
-                    raise RuntimeError(f"{self.path}: schema version {current} has no path to {step.version}")
                 for statement in step.statements:
                     await db.execute(statement)
                 await db.execute(

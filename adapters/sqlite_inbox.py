@@ -5,17 +5,57 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import aiosqlite
 
-from adapters.sqlite_base import SQLiteBase, _bound, _iso, _now, _parse_iso, _upsert_decision
+from adapters.sqlite_base import SQLiteBase, _bound, _iso, _now, _upsert_decision
+from adapters.store_common import (  # noqa: F401  (re-exported: the inbox's names since the start)
+    ANALYTICS_COLUMNS,
+    AWAITING,
+    INBOX_STATUSES,
+    SIGNATURE_MEMORY_SECONDS,
+    Accepted,
+    Claimed,
+    DecisionFlows,
+    InboxItem,
+    _kind,
+    _percentiles,
+    accept_values,
+    accepted_new,
+    action_values,
+    analytics_report,
+    api_key_row,
+    claimed,
+    event_filters,
+    event_row,
+    failed_status,
+    qmark,
+    refuse_dry_runs,
+    review_decision,
+    status_counts,
+    stream_payload,
+)
 from engine.models import Decision, Event
 
 
-class InboxTables(SQLiteBase):
+async def _insert_actions(db: aiosqlite.Connection, decision: Decision, now: str) -> None:
+    """The decision's actions into the outbox; an action already there (same key) is left alone."""
+    if not decision.actions:
+        return
+    await db.executemany(
+        "INSERT INTO actions (key, org, decision_id, idx, type, params, status, available_at, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?7, ?7, ?7) ON CONFLICT (key) DO NOTHING",
+        [(*values, now) for values in action_values(decision)])
+
+
+async def _append_stream(db: aiosqlite.Connection, decision: Decision, kind: str, *, new: bool, now: str) -> None:
+    await db.execute("INSERT INTO stream (org, kind, decision_id, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+                     (decision.org, kind, decision.id, stream_payload(decision, kind, new), now))
+
+
+class InboxTables(DecisionFlows, SQLiteBase):
     """Inbox, outbox, stream, approvals, keys, timers and analytics (mixed into `SQLiteStore`)."""
 
     # ---- durable inbox ---------------------------------------------------------------------------------
@@ -51,11 +91,7 @@ class InboxTables(SQLiteBase):
                     bulk.append((i, it))
             # One statement for the whole batch (a round trip to SQLite's thread per row would cost more than
             # the insert): the rows travel as one JSON array, RETURNING names those that were new.
-            rows = [[it.event.org, it.event.id, str(it.event.source), it.event.type, it.event.model_dump_json(),
-                     "processing" if it.lease_owner else "accepted", it.priority, it.channel,
-                     1 if it.lease_owner else 0, it.lease_owner,
-                     _iso(now_dt + timedelta(seconds=it.lease_seconds)) if it.lease_owner else None]
-                    for _, it in bulk]
+            rows = [accept_values(it, now_dt) for _, it in bulk]
             inserted: set[tuple[str, str]] = set()
             if rows:
                 returned = await db.execute_fetchall(
@@ -73,7 +109,7 @@ class InboxTables(SQLiteBase):
                 key = (it.event.org, it.event.id)
                 if key in inserted:
                     inserted.discard(key)  # a second copy later in the batch is a duplicate of this one
-                    out[i] = Accepted(key[0], key[1], True, "processing" if it.lease_owner else "accepted", None)
+                    out[i] = accepted_new(it)
                     continue
                 found = list(await db.execute_fetchall(
                     "SELECT status, decision_id FROM events WHERE org = ? AND id = ?", key))
@@ -95,7 +131,7 @@ class InboxTables(SQLiteBase):
                    RETURNING org, id, envelope, attempts, channel, rowid""",
                 (owner, until, now, now, limit)))
         rows.sort(key=lambda r: r["rowid"])
-        return [Claimed(Event.model_validate_json(r["envelope"]), int(r["attempts"]), r["channel"]) for r in rows]
+        return [claimed(r) for r in rows]
 
     async def waiting_events(self, *, received_before: datetime, limit: int = 500) -> list[tuple[Event, int]]:
         """Events waiting to be decided (accepted, due), received before `received_before`, most urgent then
@@ -125,8 +161,7 @@ class InboxTables(SQLiteBase):
                    RETURNING envelope, attempts, channel""",
                 (owner, until, now, org, event_id, now)))
             if rows:
-                r = rows[0]
-                return Claimed(Event.model_validate_json(r["envelope"]), int(r["attempts"]), r["channel"]), "claimed"
+                return claimed(rows[0]), "claimed"
             found = list(await db.execute_fetchall("SELECT status FROM events WHERE org = ? AND id = ?",
                                                    (org, event_id)))
         return None, (found[0]["status"] if found else "missing")
@@ -202,40 +237,6 @@ class InboxTables(SQLiteBase):
                 "SELECT DISTINCT lease_owner FROM events WHERE status = 'processing' AND lease_owner IS NOT NULL")
         return [r[0] for r in rows]
 
-    async def complete_event(self, decision: Decision) -> tuple[Decision, bool]:
-        """Record the decision of an inbox event, its outbox actions and its stream entry, and mark the event
-        decided — all in one transaction. Exactly one decision per event: when the event is already decided
-        (another worker got there first after a lease expired), nothing is written and the stored decision
-        is returned with False."""
-        return (await self.complete_events([decision]))[0]
-
-    async def complete_events(self, decisions: Sequence[Decision]) -> list[tuple[Decision, bool]]:
-        """`complete_event` for several decisions in ONE transaction (the workers' group commit)."""
-        for d in decisions:
-            if d.dry_run:
-                raise ValueError(f"decision {d.id} is a dry run; dry runs are never stored")
-        now = _now()
-        out: list[tuple[Decision, bool]] = []
-        async with self._write() as db:
-            for decision in decisions:
-                rows = list(await db.execute_fetchall(
-                    "SELECT e.status, e.decision_id, d.record FROM events e LEFT JOIN decisions d "
-                    "ON d.id = e.decision_id WHERE e.org = ? AND e.id = ?", (decision.org, decision.event_id)))
-                if rows and rows[0]["status"] == "decided" and rows[0]["record"]:
-                    out.append((Decision.model_validate_json(rows[0]["record"]), False))
-                    continue
-                await _upsert_decision(db, decision)
-                if decision.status == "EXECUTED":
-                    await _insert_actions(db, decision, now)
-                if rows:
-                    await db.execute(
-                        "UPDATE events SET status = 'decided', decision_id = ?, error = NULL, lease_owner = NULL, "
-                        "lease_until = NULL, updated_at = ? WHERE org = ? AND id = ?",
-                        (decision.id, now, decision.org, decision.event_id))
-                await _append_stream(db, decision, _kind(decision), new=True, now=now)
-                out.append((decision, True))
-        return out
-
     async def fail_event(self, org: str, event_id: str, owner: str, error: str, *, max_attempts: int,
                          retry_in: float) -> str:
         """Record a failed attempt: back to the queue after `retry_in` seconds, or to the dead-letter state
@@ -244,9 +245,9 @@ class InboxTables(SQLiteBase):
         async with self._write() as db:
             rows = list(await db.execute_fetchall(
                 "SELECT attempts, status, lease_owner FROM events WHERE org = ? AND id = ?", (org, event_id)))
-            if not rows or rows[0]["status"] != "processing" or rows[0]["lease_owner"] != owner:
-                return rows[0]["status"] if rows else "missing"
-            status = "dead" if rows[0]["attempts"] >= max_attempts else "accepted"
+            held, status = failed_status(rows[0] if rows else None, owner, max_attempts)
+            if not held:
+                return status
             await db.execute(
                 "UPDATE events SET status = ?, error = ?, lease_owner = NULL, lease_until = NULL, "
                 "available_at = ?, updated_at = ? WHERE org = ? AND id = ?",
@@ -268,66 +269,45 @@ class InboxTables(SQLiteBase):
                           until: datetime | None = None) -> tuple[list[dict[str, Any]], int | None]:
         """A page of `org`'s inbox, newest first (`before` is the cursor: a rowid), received in [since, until)
         when given; and the next cursor."""
-        where, args = ["org = ?"], [org]
-        if status:
-            where.append("status = ?")
-            args.append(status)
-        if since is not None:
-            where.append("received_at >= ?")
-            args.append(_bound(since, "since"))
-        if until is not None:
-            where.append("received_at < ?")
-            args.append(_bound(until, "until"))
-        return await self._page("events", where, args, limit=limit, before=before, row=_event_row)
+        where, args = event_filters(qmark, org, status, since, until)
+        return await self._page("events", where, args, limit=limit, before=before, row=event_row)
 
     async def event_info(self, org: str, event_id: str) -> dict[str, Any] | None:
         """One inbox event of `org` with its status, attempts, error and decision id; None if absent."""
         async with self._read() as db:
             rows = list(await db.execute_fetchall(
                 "SELECT rowid, * FROM events WHERE org = ? AND id = ?", (org, event_id)))
-        return _event_row(rows[0]) if rows else None
+        return event_row(rows[0]) if rows else None
 
     async def inbox_depth(self) -> dict[str, int]:
         """How many inbox events are in each status (for /metrics and /healthz)."""
         async with self._read() as db:
             rows = await db.execute_fetchall("SELECT status, count(*) FROM events GROUP BY status")
-        counts = {"accepted": 0, "processing": 0, "decided": 0, "dead": 0}
-        counts.update({r[0]: int(r[1]) for r in rows})
-        return counts
+        return status_counts(INBOX_STATUSES, rows)
 
-    # ---- approvals -------------------------------------------------------------------------------------
+    # ---- decisions of inbox events, approvals: `DecisionFlows`' SQL ---------------------------------------
 
-    async def resolve_decision(self, org: str, decision_id: str, verdict: Literal["approve", "reject"],
-                               by: str, note: str | None) -> tuple[Decision | None, str]:
-        """Approve (status EXECUTED, actions into the outbox) or reject (REJECTED, nothing runs) a decision
-        awaiting approval, in one transaction. Returns (decision, outcome): outcome is "done", "repeat" (the
-        same verdict was already given: nothing changes), "conflict" (not awaiting approval) or "missing"."""
-        async with self._write() as db:
-            rows = list(await db.execute_fetchall(
-                "SELECT record FROM decisions WHERE id = ? AND org = ?", (decision_id, org)))
-            if not rows:
-                return None, "missing"
-            decision = Decision.model_validate_json(rows[0]["record"])
-            review = decision.trace.get("review") or {}
-            if review.get("verdict") == verdict:
-                return decision, "repeat"
-            if decision.status not in AWAITING:
-                return decision, "conflict"
-            now_dt = datetime.now(UTC)
-            now = _iso(now_dt)
-            decision.trace["review"] = {"verdict": verdict, "by": by, "note": note, "at": now_dt.isoformat(),
-                                        "previous_status": decision.status}
-            if verdict == "approve":
-                decision.status = "EXECUTED"
-                decision.executed_at = now_dt
-                await _upsert_decision(db, decision)
-                await _insert_actions(db, decision, now)
-                await _append_stream(db, decision, "approved", new=False, now=now)
-            else:
-                decision.status = "REJECTED"
-                await _upsert_decision(db, decision)
-                await _append_stream(db, decision, "rejected", new=False, now=now)
-        return decision, "done"
+    async def _dec_inbox_state(self, db: aiosqlite.Connection, org: str, event_id: str) -> tuple[bool, str | None]:
+        rows = list(await db.execute_fetchall(
+            "SELECT e.status, e.decision_id, d.record FROM events e LEFT JOIN decisions d "
+            "ON d.id = e.decision_id WHERE e.org = ? AND e.id = ?", (org, event_id)))
+        decided = rows[0]["record"] if rows and rows[0]["status"] == "decided" and rows[0]["record"] else None
+        return bool(rows), decided
+
+    async def _dec_mark_decided(self, db: aiosqlite.Connection, decision: Decision, now: str) -> None:
+        await db.execute(
+            "UPDATE events SET status = 'decided', decision_id = ?, error = NULL, lease_owner = NULL, "
+            "lease_until = NULL, updated_at = ? WHERE org = ? AND id = ?",
+            (decision.id, now, decision.org, decision.event_id))
+
+    async def _dec_review_record(self, db: aiosqlite.Connection, org: str, decision_id: str) -> str | None:
+        rows = list(await db.execute_fetchall(
+            "SELECT record FROM decisions WHERE id = ? AND org = ?", (decision_id, org)))
+        return rows[0]["record"] if rows else None
+
+    _dec_save = staticmethod(_upsert_decision)
+    _dec_actions = staticmethod(_insert_actions)
+    _dec_stream = staticmethod(_append_stream)
 
     # ---- live stream -----------------------------------------------------------------------------------
 
@@ -366,7 +346,7 @@ class InboxTables(SQLiteBase):
         async with self._read() as db:
             rows = list(await db.execute_fetchall(
                 "SELECT id, org, name FROM api_keys WHERE hash = ? AND revoked_at IS NULL", (key_hash,)))
-        return {"id": rows[0]["id"], "org": rows[0]["org"], "name": rows[0]["name"]} if rows else None
+        return api_key_row(rows[0] if rows else None)
 
     async def revoke_api_key(self, key_id: str) -> bool:
         """Revoke a key by id; False if there is no such active key."""
@@ -430,7 +410,7 @@ class InboxTables(SQLiteBase):
         lo, hi = _bound(since, "since"), _bound(until, "until")
         counts: dict[str, dict[str, int]] = {}
         async with self._read() as db:
-            for column in ("status", "intent", "decision_type", "source", "decided_by"):
+            for column in ANALYTICS_COLUMNS:
                 rows = await db.execute_fetchall(
                     f"SELECT {column}, count(*) FROM decisions WHERE org = ? AND created_at >= ? AND created_at < ? "
                     f"GROUP BY {column} ORDER BY {column}", (org, lo, hi))
@@ -441,7 +421,6 @@ class InboxTables(SQLiteBase):
                           coalesce(sum(json_extract(record, '$.llm.input_tokens')), 0),
                           coalesce(sum(json_extract(record, '$.llm.output_tokens')), 0)
                    FROM decisions WHERE org = ? AND created_at >= ? AND created_at < ?""", (org, lo, hi)))
-            total, llm_calls, tokens_in, tokens_out = (int(v or 0) for v in rows[0])
             latencies = [float(r[0]) for r in await db.execute_fetchall(
                 "SELECT json_extract(record, '$.execution_ms') FROM decisions "
                 "WHERE org = ? AND created_at >= ? AND created_at < ? ORDER BY 1 LIMIT 200000", (org, lo, hi))
@@ -455,103 +434,5 @@ class InboxTables(SQLiteBase):
                 "json_extract(record, '$.trace.review.verdict') FROM decisions "
                 "WHERE org = ? AND created_at >= ? AND created_at < ? "
                 "AND json_extract(record, '$.trace.review') IS NOT NULL", (org, lo, hi)))
-        turnaround = sorted((_parse_iso(r[1]) - _parse_iso(r[0])).total_seconds() for r in reviews)
-        return {
-            "org": org, "since": since.isoformat(), "until": until.isoformat(), "total": total,
-            "by_status": counts["status"], "by_intent": counts["intent"],
-            "by_decision_type": counts["decision_type"], "by_source": counts["source"],
-            "by_decided_by": counts["decided_by"],
-            "llm": {"calls": llm_calls, "call_rate": round(llm_calls / total, 4) if total else 0.0,
-                    "input_tokens": tokens_in, "output_tokens": tokens_out,
-                    "latency_ms": _percentiles(llm_latencies)},
-            "latency_ms": _percentiles(latencies),
-            "approvals": {"reviewed": len(reviews),
-                          "approved": sum(1 for r in reviews if r[2] == "approve"),
-                          "rejected": sum(1 for r in reviews if r[2] == "reject"),
-                          "awaiting": counts["status"].get("REQUIRES_APPROVAL", 0) + counts["status"].get("PENDING", 0),
-                          "turnaround_seconds": _percentiles(turnaround)},
-        }
-
-
-AWAITING = ("REQUIRES_APPROVAL", "PENDING")
-"""Statuses of a decision held for a person: needs approval, or held by a rate limit."""
-
-
-@dataclass(frozen=True)
-class InboxItem:
-    """An event to accept into the inbox, with its queue priority, channel and (sync mode) lease owner."""
-
-    event: Event
-    priority: int = 3
-    channel: str = "api"
-    lease_owner: str | None = None
-    lease_seconds: float = 60.0
-    signature: str | None = None
-    """Digest of a webhook's signed content: a second request with the same one is a replay."""
-
-
-SIGNATURE_MEMORY_SECONDS = 900
-"""How long webhook signatures are remembered: longer than twice the ±300 s timestamp tolerance."""
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """What the inbox did with one event: `new` False means a duplicate (status/decision of the original)."""
-
-    org: str
-    id: str
-    new: bool
-    status: str
-    decision_id: str | None
-
-
-@dataclass(frozen=True)
-class Claimed:
-    """An event leased to a worker, with how many times it has been claimed (this claim included)."""
-
-    event: Event
-    attempts: int
-    channel: str | None
-
-
-def _kind(decision: Decision) -> str:
-    return {"EXECUTED": "executed", "REQUIRES_APPROVAL": "awaiting_approval", "PENDING": "awaiting_approval",
-            "FAILED": "failed", "REJECTED": "rejected"}[decision.status]
-
-
-async def _insert_actions(db: aiosqlite.Connection, decision: Decision, now: str) -> None:
-    """The decision's actions into the outbox; an action already there (same key) is left alone."""
-    if not decision.actions:
-        return
-    await db.executemany(
-        "INSERT INTO actions (key, org, decision_id, idx, type, params, status, available_at, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?) ON CONFLICT (key) DO NOTHING",
-        [(a.idempotency_key or f"{decision.id}:{i}", decision.org, decision.id, i, str(a.type),
-          json.dumps(a.params, default=str), now, now, now) for i, a in enumerate(decision.actions)])
-
-
-async def _append_stream(db: aiosqlite.Connection, decision: Decision, kind: str, *, new: bool, now: str) -> None:
-    # The decision is serialised once, by pydantic, and spliced in (not dumped to a dict and encoded again).
-    payload = f'{{"kind": {json.dumps(kind)}, "new": {json.dumps(new)}, "decision": {decision.model_dump_json()}}}'
-    await db.execute("INSERT INTO stream (org, kind, decision_id, payload, created_at) VALUES (?, ?, ?, ?, ?)",
-                     (decision.org, kind, decision.id, payload, now))
-
-
-def _event_row(r: Any) -> dict[str, Any]:
-    return {"id": r["id"], "org": r["org"], "source": r["source"], "type": r["type"], "status": r["status"],
-            "channel": r["channel"], "priority": r["priority"], "attempts": r["attempts"], "error": r["error"],
-            "decision_id": r["decision_id"], "received_at": r["received_at"], "updated_at": r["updated_at"],
-            "envelope": json.loads(r["envelope"])}
-
-
-def _percentiles(values: list[float]) -> dict[str, float | None]:
-    """p50/p90/p99 (nearest rank) of sorted `values`; None when there are none."""
-    if not values:
-        return {"p50": None, "p90": None, "p99": None, "max": None}
-    n = len(values)
-
-    def rank(p: float) -> float:
-        return round(values[min(n - 1, max(0, int(p * n + 0.999999) - 1))], 3)
-
-    return {"p50": rank(0.5), "p90": rank(0.9), "p99": rank(0.99), "max": round(values[-1], 3)}
-
+        return analytics_report(org, since, until, counts=counts, totals=rows[0], latencies=latencies,
+                                llm_latencies=llm_latencies, reviews=reviews)

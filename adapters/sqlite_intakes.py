@@ -3,55 +3,28 @@
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import json
-import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
-from adapters.sqlite_base import SQLiteBase, _iso, _now, _parse_iso
+from adapters.sqlite_base import SQLiteBase, _iso, _now
+from adapters.store_common import qmark
+from adapters.store_planning import (
+    Intake,
+    SnapshotCache,
+    _intake,
+    assigned_before,
+    assignment_entry,
+    intake_filters,
+    new_intake_values,
+    plan_move,
+    reassignment_values,
+    snapshot_state,
+)
 from engine.models import Event
-from engine.ports import Busy, StaticState
+from engine.ports import StaticState
 
 
-@dataclass
-class Intake:
-    """A work item in a pipeline."""
-
-    org: str
-    id: str
-    title: str
-    pipeline: str
-    stage: str
-    assignee: str | None
-    priority: int
-    closed: bool
-    contact: dict[str, Any] = field(default_factory=dict)
-    decision_id: str | None = None
-    event_id: str | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    created_at: str = ""
-    updated_at: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        """As the API shows it."""
-        return {"id": self.id, "org": self.org, "title": self.title, "contact": self.contact,
-                "pipeline": self.pipeline, "stage": self.stage, "assignee": self.assignee,
-                "priority": self.priority, "closed": self.closed, "decision_id": self.decision_id,
-                "event_id": self.event_id, "history": self.history, "created_at": self.created_at,
-                "updated_at": self.updated_at}
-
-
-def _intake(r: Any) -> Intake:
-    return Intake(org=r["org"], id=r["id"], title=r["title"], pipeline=r["pipeline"], stage=r["stage"],
-                  assignee=r["assignee"], priority=r["priority"], closed=bool(r["closed"]),
-                  contact=json.loads(r["contact"]), decision_id=r["decision_id"], event_id=r["event_id"],
-                  history=json.loads(r["history"]), created_at=r["created_at"], updated_at=r["updated_at"])
-
-
-class IntakeTables(SQLiteBase):
+class IntakeTables(SnapshotCache, SQLiteBase):
     """Intakes (mixed into `SQLiteStore`)."""
 
     async def assign_intake(self, intake: Intake, *, action_key: str) -> tuple[Intake, bool]:
@@ -64,11 +37,10 @@ class IntakeTables(SQLiteBase):
             done = list(await db.execute_fetchall("SELECT * FROM intakes WHERE action_key = ?", (action_key,)))
             if done:
                 return _intake(done[0]), False
-            entry = {"at": now, "by": intake.decision_id, "what": "assigned", "action": action_key,
-                     "pipeline": intake.pipeline, "stage": intake.stage, "assignee": intake.assignee}
+            entry = assignment_entry(intake, action_key, now)
             existing = list(await db.execute_fetchall(
                 "SELECT * FROM intakes WHERE org = ? AND id = ?", (intake.org, intake.id)))
-            if existing and any(h.get("action") == action_key for h in json.loads(existing[0]["history"])):
+            if existing and assigned_before(existing[0]["history"], action_key):
                 # Applied before, and the intake was re-routed by a later action since: nothing to do again.
                 return _intake(existing[0]), False
             if existing:
@@ -76,17 +48,13 @@ class IntakeTables(SQLiteBase):
                 await db.execute(
                     "UPDATE intakes SET pipeline = ?, stage = ?, assignee = ?, assigned_at = ?, priority = ?, closed = ?, "
                     "decision_id = ?, action_key = ?, history = ?, updated_at = ? WHERE org = ? AND id = ?",
-                    (intake.pipeline, intake.stage, intake.assignee, now if intake.assignee else None,
-                     intake.priority, int(intake.closed), intake.decision_id, action_key, json.dumps(history), now,
-                     intake.org, intake.id))
+                    (*reassignment_values(intake, action_key, history, now), intake.org, intake.id))
             else:
                 await db.execute(
                     "INSERT INTO intakes (org, id, title, contact, pipeline, stage, assignee, assigned_at, priority, "
                     "closed, decision_id, event_id, action_key, history, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (intake.org, intake.id, intake.title[:300], json.dumps(intake.contact), intake.pipeline,
-                     intake.stage, intake.assignee, now if intake.assignee else None, intake.priority,
-                     int(intake.closed), intake.decision_id, intake.event_id, action_key, json.dumps([entry]), now, now))
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?15, ?15)",
+                    (*new_intake_values(intake, action_key, entry, now), now))
             rows = list(await db.execute_fetchall(
                 "SELECT * FROM intakes WHERE org = ? AND id = ?", (intake.org, intake.id)))
         self._state_changed(intake.org)
@@ -102,14 +70,7 @@ class IntakeTables(SQLiteBase):
                            assignee: str | None = None, closed: bool | None = None, limit: int = 50,
                            before: int | None = None) -> tuple[list[Intake], int | None]:
         """A page of `org`'s intakes, newest first (cursor: a rowid), filtered."""
-        where, args = ["org = ?"], [org]
-        for column, value in (("pipeline", pipeline), ("stage", stage), ("assignee", assignee)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if closed is not None:
-            where.append("closed = ?")
-            args.append(int(closed))
+        where, args = intake_filters(qmark, org, pipeline, stage, assignee, closed)
         return await self._page("intakes", where, args, limit=limit, before=before, row=_intake)
 
     async def move_intake(self, org: str, intake_id: str, *, stage: str, closed: bool, assignee: str | None,
@@ -124,24 +85,17 @@ class IntakeTables(SQLiteBase):
             if not rows:
                 return None
             before = _intake(rows[0])
-            new_assignee = before.assignee if keep_assignee else assignee
-            if before.stage == stage and new_assignee == before.assignee:
+            move = plan_move(before, stage=stage, closed=closed, assignee=assignee, keep_assignee=keep_assignee,
+                             by=by, note=note, now_dt=now_dt)
+            if move is None:
                 return before, None
-            entry = {"at": now, "by": by, "what": "moved", "from_stage": before.stage, "stage": stage,
-                     "from_assignee": before.assignee, "assignee": new_assignee, "note": note}
-            history = [*before.history, entry]
             await db.execute(
                 "UPDATE intakes SET stage = ?, closed = ?, assignee = ?, "
                 "assigned_at = CASE WHEN ? THEN assigned_at ELSE ? END, history = ?, updated_at = ? "
                 "WHERE org = ? AND id = ?",
-                (stage, int(closed), new_assignee, int(new_assignee == before.assignee), now,
-                 json.dumps(history), now, org, intake_id))
-            name = intake_id if len(intake_id) <= 160 else hashlib.sha256(intake_id.encode()).hexdigest()[:24]
-            event = Event(id=f"stage_{name}_{len(history)}", org=org, source="API", type="pipeline:stage_changed",
-                          occurred_at=now_dt, data={
-                              "intakeId": intake_id, "title": before.title, "pipeline": before.pipeline,
-                              "from_stage": before.stage, "stage": stage, "from_assignee": before.assignee,
-                              "assignee": new_assignee, "by": by, "note": note, "closed": closed})
+                (stage, int(closed), move.assignee, int(move.same_assignee), now, json.dumps(move.history), now, org,
+                 intake_id))
+            event = move.event
             await db.execute(
                 "INSERT INTO events (org, id, source, type, envelope, status, error, received_at, updated_at, "
                 "priority, channel) VALUES (?, ?, ?, ?, ?, 'accepted', NULL, ?, ?, 3, 'internal') "
@@ -159,32 +113,6 @@ class IntakeTables(SQLiteBase):
                 (org,))
         return {(r[0], r[1]): int(r[2]) for r in rows}
 
-    SNAPSHOT_SECONDS = 1.0
-    """How long a planning snapshot is reused: this process's own changes drop it at once; other processes'
-    changes are seen within this time (the calendar's commit-time check is what prevents double bookings)."""
-
-    async def snapshot(self, org: str, now: datetime) -> StaticState:
-        """The org's state for planning (`engine.ports.StateSource`): open intakes per assignee, when each was
-        last assigned one, and every confirmed calendar event that has not ended before the day of `now` (or of
-        today, if `now` is later).
-
-        One read serves every plan of the org for `SNAPSHOT_SECONDS`, and concurrent plans that find no fresh
-        copy wait for the same read (single flight): under load, reads queue behind the store's lock, and one
-        read per request would stall every request behind them."""
-        since = min(now, datetime.now(UTC)).astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        cached = self._snapshots.get(org)
-        if cached is not None and cached[0] > time.monotonic() and cached[1] <= since:
-            state: StaticState = await asyncio.shield(cached[2])
-            return state
-        task = asyncio.ensure_future(self._read_snapshot(org, since))
-        self._snapshots[org] = (time.monotonic() + self.SNAPSHOT_SECONDS, since, task)
-        try:
-            return await asyncio.shield(task)
-        except BaseException:
-            if self._snapshots.get(org, (0, 0, None))[2] is task:
-                del self._snapshots[org]
-            raise
-
     async def _read_snapshot(self, org: str, since: datetime) -> StaticState:
         async with self._read() as db:
             loads = list(await db.execute_fetchall(
@@ -194,9 +122,4 @@ class IntakeTables(SQLiteBase):
                 "SELECT id, host, title, start_at, end_at, attendees FROM calendar_events "
                 "WHERE org = ? AND status = 'confirmed' AND end_at >= ? ORDER BY start_at",
                 (org, _iso(since))))
-        calendar = [Busy(host=r["host"], start=_parse_iso(r["start_at"]), end=_parse_iso(r["end_at"]), title=r["title"],
-                         id=r["id"], attendees=tuple(a.get("email", "") if isinstance(a, dict) else str(a)
-                                                     for a in json.loads(r["attendees"])))
-                    for r in events]
-        return StaticState(calendar=calendar, loads={r[0]: int(r[1] or 0) for r in loads},
-                           last_assigned={r[0]: _parse_iso(r[2]) for r in loads if r[2]})
+        return snapshot_state(loads, events)

@@ -11,14 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from adapters.sqlite_base import SQLiteBase, _now
-
-
-def notification_row(r: Any) -> dict[str, Any]:
-    """A notification as the API shows it."""
-    return {"id": r["id"], "org": r["org"], "user_id": r["user_id"], "template": r["template"],
-            "subject": r["subject"], "body": r["body"], "priority": r["priority"], "decision_id": r["decision_id"],
-            "action_key": r["action_key"], "created_at": r["created_at"], "read_at": r["read_at"],
-            "read": r["read_at"] is not None}
+from adapters.store_common import notification_filters, notification_row, notification_values, qmark
 
 
 class NotificationTables(SQLiteBase):
@@ -35,8 +28,7 @@ class NotificationTables(SQLiteBase):
                 await db.execute(
                     "INSERT INTO notifications (org, id, user_id, template, subject, body, priority, decision_id, "
                     "action_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (row["org"], row["id"], row["user_id"], row["template"], row["subject"], row["body"],
-                     int(row.get("priority", 3)), row.get("decision_id"), action_key, now))
+                    notification_values(row, action_key, now))
             stored = await db.execute_fetchall(
                 "SELECT * FROM notifications WHERE action_key = ? ORDER BY rowid", (action_key,))
         return [notification_row(r) for r in stored]
@@ -45,9 +37,7 @@ class NotificationTables(SQLiteBase):
                                  before: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
         """A page of a user's notifications, newest first, and the cursor of the next page (None at the end).
         The cursor is a rowid: pass it back as `before`."""
-        where, args = ["org = ?", "user_id = ?"], [org, user_id]
-        if unread_only:
-            where.append("read_at IS NULL")
+        where, args = notification_filters(qmark, org, user_id, unread_only)
         return await self._page("notifications", where, args, limit=limit, before=before, row=notification_row)
 
     async def get_notification(self, org: str, notification_id: str) -> dict[str, Any] | None:

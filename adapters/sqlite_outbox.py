@@ -14,11 +14,26 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from adapters.sqlite_base import SQLiteBase, _iso, _now, _upsert_decision
+from adapters.sqlite_base import SQLiteBase, _iso, _now, _parse_iso, _upsert_decision
+from adapters.sqlite_inbox import _append_stream
+from adapters.store_common import (  # noqa: F401  (re-exported: the outbox's names since the start)
+    FAILURE_INDEX,
+    OUTBOX_STATUSES,
+    action_jobs,
+    action_row,
+    cancelled_reason,
+    dead_attempt,
+    done_attempt,
+    failed_attempt,
+    failure_notice,
+    outbox_filters,
+    qmark,
+    record_action_failure,
+    reopen_decision,
+    status_counts,
+)
 from engine.models import Decision
 from engine.ports import ActionJob
-
-FAILURE_INDEX = -1  # the failure notice runs before (i.e. regardless of) the decision's own actions
 
 
 class OutboxTables(SQLiteBase):
@@ -55,28 +70,19 @@ class OutboxTables(SQLiteBase):
             records = {r["id"]: r for r in await db.execute_fetchall(
                 f"SELECT d.id, d.record, e.envelope FROM decisions d "
                 f"LEFT JOIN events e ON e.org = d.org AND e.id = d.event_id WHERE d.id IN ({marks})", ids)}
-        jobs = []
-        for r in sorted(rows, key=lambda r: (r["decision_id"], r["idx"])):
-            rec = records.get(r["decision_id"])
-            decision = Decision.model_validate_json(rec["record"]) if rec else None
-            event = json.loads(rec["envelope"]) if rec and rec["envelope"] else None
-            jobs.append(ActionJob(key=r["key"], org=r["org"], decision_id=r["decision_id"], index=r["idx"],
-                                  type=r["type"], params=json.loads(r["params"]), attempt=r["attempts"],
-                                  decision=decision, event=event))
-        return jobs
+        return action_jobs(rows, records)
 
     async def finish_action(self, key: str, owner: str, result: dict[str, Any], *, duration_ms: float) -> bool:
         """Mark a leased action done with its result. False if this owner no longer holds it (its lease
         expired and it was taken again): the outcome is then not recorded twice."""
         now = _now()
-        entry = {"attempt_at": now, "outcome": "done", "ms": round(duration_ms, 1)}
         async with self._write() as db:
             cur = await db.execute(
                 "UPDATE actions SET status = 'done', result = ?, error = NULL, finished_at = ?, duration_ms = ?, "
                 "lease_owner = NULL, lease_until = NULL, updated_at = ?, "
                 "attempt_log = json_insert(attempt_log, '$[#]', json(?)) "
                 "WHERE key = ? AND lease_owner = ? AND status = 'running'",
-                (json.dumps(result, default=str), now, duration_ms, now, json.dumps(entry), key, owner))
+                (json.dumps(result, default=str), now, duration_ms, now, done_attempt(now, duration_ms), key, owner))
             ok = cur.rowcount == 1
             await cur.close()
         return ok
@@ -100,8 +106,6 @@ class OutboxTables(SQLiteBase):
         """Record a transient failure; the action is tried again after `delay_seconds`."""
         now_dt = datetime.now(UTC)
         now = _iso(now_dt)
-        entry = {"attempt_at": now, "outcome": "failed", "error": error[:500], "ms": round(duration_ms, 1),
-                 "retry_in_s": round(delay_seconds, 3)}
         async with self._write() as db:
             cur = await db.execute(
                 "UPDATE actions SET status = 'pending', error = ?, available_at = ?, duration_ms = ?, "
@@ -109,7 +113,7 @@ class OutboxTables(SQLiteBase):
                 "attempt_log = json_insert(attempt_log, '$[#]', json(?)) "
                 "WHERE key = ? AND lease_owner = ? AND status = 'running'",
                 (error[:2000], _iso(now_dt + timedelta(seconds=delay_seconds)), duration_ms, now,
-                 json.dumps(entry), key, owner))
+                 failed_attempt(now, error, duration_ms, delay_seconds), key, owner))
             ok = cur.rowcount == 1
             await cur.close()
         return ok
@@ -122,8 +126,6 @@ class OutboxTables(SQLiteBase):
         updated decision, or None when this owner no longer holds the action."""
         now_dt = datetime.now(UTC)
         now = _iso(now_dt)
-        entry = {"attempt_at": now, "outcome": "dead", "error": error[:500],
-                 "ms": round(duration_ms, 1) if duration_ms is not None else None}
         async with self._write() as db:
             rows = list(await db.execute_fetchall(
                 "SELECT org, decision_id, idx, type, status, lease_owner FROM actions WHERE key = ?", (key,)))
@@ -134,33 +136,27 @@ class OutboxTables(SQLiteBase):
                 "UPDATE actions SET status = 'dead', error = ?, finished_at = ?, duration_ms = coalesce(?, duration_ms), "
                 "lease_owner = NULL, lease_until = NULL, updated_at = ?, "
                 "attempt_log = json_insert(attempt_log, '$[#]', json(?)) WHERE key = ?",
-                (error[:2000], now, duration_ms, now, json.dumps(entry), key))
+                (error[:2000], now, duration_ms, now, dead_attempt(now, error, duration_ms), key))
             await db.execute(
                 "UPDATE actions SET status = 'cancelled', error = ?, updated_at = ? "
                 "WHERE decision_id = ? AND idx > ? AND status = 'pending'",
-                (f"not run: action {a['idx']} ({a['type']}) failed", now, a["decision_id"], a["idx"]))
+                (cancelled_reason(a), now, a["decision_id"], a["idx"]))
             recs = list(await db.execute_fetchall("SELECT record FROM decisions WHERE id = ?", (a["decision_id"],)))
             if not recs:
                 return None
             decision = Decision.model_validate_json(recs[0]["record"])
-            if a["idx"] == FAILURE_INDEX:
+            if not record_action_failure(decision, a, key, error, now):
                 # The failure notice itself failed: the decision already says why; nothing more to escalate.
-                decision.trace.setdefault("execution_failures", []).append({"action": key, "error": error, "at": now})
                 await _upsert_decision(db, decision)
                 return decision
-            decision.status = "FAILED"
-            decision.error = f"action {a['idx']} ({a['type']}) failed: {error}"
-            decision.trace.setdefault("execution_failures", []).append({"action": key, "error": error, "at": now})
             await _upsert_decision(db, decision)
             if escalation is not None:
                 await db.execute(
                     "INSERT INTO actions (key, org, decision_id, idx, type, params, status, available_at, created_at, "
-                    "updated_at) VALUES (?, ?, ?, ?, 'ESCALATE', ?, 'pending', ?, ?, ?) ON CONFLICT (key) DO NOTHING",
-                    (f"{decision.id}:failure", decision.org, decision.id, FAILURE_INDEX,
-                     json.dumps(escalation, default=str), now, now, now))
-            payload = f'{{"kind": "failed", "new": false, "decision": {decision.model_dump_json()}}}'
-            await db.execute("INSERT INTO stream (org, kind, decision_id, payload, created_at) VALUES (?, ?, ?, ?, ?)",
-                             (decision.org, "failed", decision.id, payload, now))
+                    "updated_at) VALUES (?, ?, ?, ?, 'ESCALATE', ?, 'pending', ?6, ?6, ?6) "
+                    "ON CONFLICT (key) DO NOTHING",
+                    (*failure_notice(decision, escalation), now))
+            await _append_stream(db, decision, "failed", new=False, now=now)
         return decision
 
     async def renew_action_leases(self, owner: str, keys: Sequence[str], lease_seconds: float) -> int:
@@ -205,9 +201,7 @@ class OutboxTables(SQLiteBase):
         """How many actions are in each status (for /metrics and /healthz)."""
         async with self._read() as db:
             rows = await db.execute_fetchall("SELECT status, count(*) FROM actions GROUP BY status")
-        counts = {"pending": 0, "running": 0, "done": 0, "dead": 0, "cancelled": 0}
-        counts.update({r[0]: int(r[1]) for r in rows})
-        return counts
+        return status_counts(OUTBOX_STATUSES, rows)
 
     async def next_action_due(self) -> datetime | None:
         """When the earliest pending action becomes due (None: nothing pending)."""
@@ -215,7 +209,7 @@ class OutboxTables(SQLiteBase):
             rows = list(await db.execute_fetchall(
                 "SELECT min(available_at) FROM actions WHERE status = 'pending'"))
         value = rows[0][0] if rows else None
-        return None if value is None else datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return None if value is None else _parse_iso(value)
 
     async def list_actions(self, org: str, decision_id: str) -> list[dict[str, Any]]:
         """The outbox rows of one decision, in the order they run (a failure notice first)."""
@@ -233,10 +227,7 @@ class OutboxTables(SQLiteBase):
     async def list_outbox(self, org: str, *, status: str | None = None, limit: int = 50,
                           before: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
         """A page of `org`'s outbox actions, newest first (cursor: a rowid)."""
-        where, args = ["org = ?"], [org]
-        if status:
-            where.append("status = ?")
-            args.append(status)
+        where, args = outbox_filters(qmark, org, status)
         return await self._page("actions", where, args, limit=limit, before=before, row=action_row)
 
     async def retry_dead_action(self, org: str, key: str, *, by: str) -> Decision | None:
@@ -257,18 +248,7 @@ class OutboxTables(SQLiteBase):
                 "WHERE decision_id = ? AND idx > ? AND status = 'cancelled'", (now, decision_id, idx))
             recs = list(await db.execute_fetchall("SELECT record FROM decisions WHERE id = ?", (decision_id,)))
             decision = Decision.model_validate_json(recs[0]["record"])
-            if idx != FAILURE_INDEX and decision.status == "FAILED":
-                decision.status = "EXECUTED"
-                decision.error = None
-            decision.trace.setdefault("action_retries", []).append({"action": key, "by": by, "at": now})
+            reopen_decision(decision, idx, key, by, now)
             await _upsert_decision(db, decision)
         return decision
 
-
-def action_row(r: Any) -> dict[str, Any]:
-    """An outbox row as the API shows it."""
-    return {"key": r["key"], "decision_id": r["decision_id"], "index": r["idx"], "type": r["type"],
-            "params": json.loads(r["params"]), "status": r["status"], "attempts": r["attempts"], "error": r["error"],
-            "available_at": r["available_at"], "started_at": r["started_at"], "finished_at": r["finished_at"],
-            "duration_ms": r["duration_ms"], "result": json.loads(r["result"]) if r["result"] else None,
-            "attempt_log": json.loads(r["attempt_log"]), "created_at": r["created_at"], "updated_at": r["updated_at"]}

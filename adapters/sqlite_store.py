@@ -12,8 +12,6 @@ so that text order is time order. Nothing secret is stored here.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Sequence
 from datetime import datetime
@@ -35,33 +33,28 @@ from adapters.sqlite_inbox import AWAITING, Accepted, Claimed, InboxItem, InboxT
 from adapters.sqlite_intakes import IntakeTables
 from adapters.sqlite_notifications import NotificationTables
 from adapters.sqlite_outbox import OutboxTables
+from adapters.store_common import (  # noqa: F401  (re-exported: the cursor's codec)
+    AgentConfigs,
+    _decode_cursor,
+    _encode_cursor,
+    config_payload,
+    config_row,
+    counters_row,
+    decisions_limit,
+    decisions_page,
+    event_record,
+    filter_values,
+    refuse_dry_runs,
+    unknown_event,
+)
 from engine.models import Decision, Event
-
-
-def _encode_cursor(created_at: str, decision_id: str) -> str:
-    raw = json.dumps({"c": created_at, "i": decision_id}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[str, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        data = json.loads(raw)
-        created_at, decision_id = data["c"], data["i"]
-    except (binascii.Error, ValueError, TypeError, KeyError) as err:
-        raise ValueError("invalid cursor") from err
-    if not isinstance(created_at, str) or not isinstance(decision_id, str):
-        raise ValueError("invalid cursor")
-    return created_at, decision_id
 
 
 def _one_or_many(column: str, value: str | Sequence[str] | None, where: list[str], args: list[Any]) -> None:
     """Add `column = ?` (one value) or `column IN (...)` (several) to a WHERE clause."""
     if value is None:
         return
-    values = [str(value)] if isinstance(value, str) else [str(v) for v in value]
-    if not values:
-        raise ValueError(f"{column}: empty filter")
+    values = filter_values(column, value)
     if len(values) == 1:
         where.append(f"{column} = ?")
     else:
@@ -69,9 +62,7 @@ def _one_or_many(column: str, value: str | Sequence[str] | None, where: list[str
     args.extend(values)
 
 
-
-
-class SQLiteStore(InboxTables, OutboxTables, IntakeTables, CalendarTables, NotificationTables):
+class SQLiteStore(InboxTables, OutboxTables, IntakeTables, CalendarTables, NotificationTables, AgentConfigs):
     """Decisions, the event inbox, the outbox, intakes, calendars, notifications, agent configs and counters
     in one SQLite file (WAL)."""
 
@@ -96,12 +87,7 @@ class SQLiteStore(InboxTables, OutboxTables, IntakeTables, CalendarTables, Notif
             rows = list(await db.execute_fetchall(
                 "SELECT org, id, envelope, status, error, received_at, updated_at FROM events "
                 "WHERE org = ? AND id = ?", (org, event_id)))
-        if not rows:
-            return None
-        row = rows[0]
-        return {"org": row["org"], "id": row["id"], "envelope": json.loads(row["envelope"]),
-                "status": row["status"], "error": row["error"],
-                "received_at": _parse_iso(row["received_at"]), "updated_at": _parse_iso(row["updated_at"])}
+        return event_record(rows[0]) if rows else None
 
     async def set_event_status(self, org: str, event_id: str, status: str, error: str | None = None) -> None:
         """Move an inbox event to `status` (with `error`, cleared when None); KeyError if unknown."""
@@ -111,7 +97,7 @@ class SQLiteStore(InboxTables, OutboxTables, IntakeTables, CalendarTables, Notif
             found = cur.rowcount == 1
             await cur.close()
         if not found:
-            raise KeyError(f"no event {event_id!r} for org {org!r}")
+            raise unknown_event(org, event_id)
 
     # ---- decisions -------------------------------------------------------------------------------
 
@@ -121,8 +107,7 @@ class SQLiteStore(InboxTables, OutboxTables, IntakeTables, CalendarTables, Notif
         `total_decisions` grows on first insert only; `successful_decisions` the first time the decision
         is saved as EXECUTED. Dry-run decisions are refused (ValueError): the simulator has no side effects.
         """
-        if decision.dry_run:
-            raise ValueError(f"decision {decision.id} is a dry run; dry runs are never stored")
+        refuse_dry_runs([decision])
         async with self._write() as db:
             await _upsert_decision(db, decision)
 
@@ -169,9 +154,7 @@ class SQLiteStore(InboxTables, OutboxTables, IntakeTables, CalendarTables, Notif
         timezone). Ties on `created_at` are ordered by id, ascending. `limit` is capped at 500. Pass the
         same filters with the returned cursor to continue; ValueError on a malformed cursor.
         """
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        limit = min(limit, MAX_PAGE)
+        limit = decisions_limit(limit)
         where, args = ["org = ?"], [org]
         _one_or_many("status", status, where, args)
         _one_or_many("intent", intent, where, args)
@@ -191,10 +174,7 @@ class SQLiteStore(InboxTables, OutboxTables, IntakeTables, CalendarTables, Notif
                "ORDER BY created_at DESC, id ASC LIMIT ?")
         async with self._read() as db:
             rows = list(await db.execute_fetchall(sql, [*args, limit + 1]))
-        page = rows[:limit]
-        decisions = [Decision.model_validate_json(r["record"]) for r in page]
-        next_cursor = _encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
-        return decisions, next_cursor
+        return decisions_page(rows, limit)
 
     # ---- agent configs and counters ------------------------------------------------------------------
 
@@ -204,7 +184,7 @@ class SQLiteStore(InboxTables, OutboxTables, IntakeTables, CalendarTables, Notif
         Every save is kept as history; saving what is already the latest (same revision and files) is a
         no-op, saving an older revision again makes it the latest (a rollback).
         """
-        payload = json.dumps(files, sort_keys=True, ensure_ascii=False)
+        payload = config_payload(files)
         async with self._write() as db:
             rows = list(await db.execute_fetchall(
                 "SELECT revision, files FROM agent_configs WHERE org = ? ORDER BY seq DESC LIMIT 1", (org,)))
@@ -214,26 +194,18 @@ class SQLiteStore(InboxTables, OutboxTables, IntakeTables, CalendarTables, Notif
                 "INSERT INTO agent_configs (org, revision, files, created_at) VALUES (?, ?, ?, ?)",
                 (org, revision, payload, _now()))
 
-    async def agent_config(self, org: str) -> dict[str, Any] | None:
-        """`org`'s latest configuration `{org, revision, files, created_at}`, or None."""
-        history = await self.agent_config_history(org, limit=1)
-        return history[0] if history else None
-
     async def agent_config_history(self, org: str, *, limit: int = 50) -> list[dict[str, Any]]:
         """`org`'s configurations, latest first, in the shape of `agent_config`."""
         async with self._read() as db:
             rows = await db.execute_fetchall(
                 "SELECT org, revision, files, created_at FROM agent_configs WHERE org = ? "
                 "ORDER BY seq DESC LIMIT ?", (org, max(1, min(limit, MAX_PAGE))))
-        return [{"org": r["org"], "revision": r["revision"], "files": json.loads(r["files"]),
-                 "created_at": _parse_iso(r["created_at"])} for r in rows]
+        return [config_row(r) for r in rows]
 
     async def counters(self, org: str) -> dict[str, int]:
         """`{"total_decisions", "successful_decisions"}` of `org` (zeros when it has none)."""
         async with self._read() as db:
             rows = list(await db.execute_fetchall(
                 "SELECT total_decisions, successful_decisions FROM agent_counters WHERE org = ?", (org,)))
-        if not rows:
-            return {"total_decisions": 0, "successful_decisions": 0}
-        return {"total_decisions": int(rows[0][0]), "successful_decisions": int(rows[0][1])}
+        return counters_row(rows[0] if rows else None)
 

@@ -159,3 +159,16 @@ def event(**overrides: Any) -> Event:
                               "type": "form:submitted", "data": {"name": "Zoë", "budget": 1200}}
     fields.update(overrides)
     return Event(**fields)
+
+
+async def all_pages(store: SQLiteStore | PGStore, org: str, limit: int, **filters: Any) -> list[Decision]:
+    """Follow the cursor to the end, checking that no page is longer than `limit`."""
+    out: list[Decision] = []
+    cursor: str | None = None
+    while True:
+        page, cursor = await store.list_decisions(org, limit=limit, cursor=cursor, **filters)
+        assert len(page) <= limit
+        out.extend(page)
+        if cursor is None:
+            return out
+        assert page, "a cursor is only returned after a non-empty page"

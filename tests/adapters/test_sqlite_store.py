@@ -1,12 +1,13 @@
 """The SQLite store: WAL, migrations, the event inbox, lossless decisions, org scoping, paging, counters."""
 
+# ruff: noqa: F811  (the `make_decision` fixture is imported from tests/stores.py, then named as an argument)
+
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -15,42 +16,8 @@ import pytest
 
 from adapters.sqlite_store import MAX_PAGE, SCHEMA_VERSION, SQLiteStore
 from engine.config import DecisionType, Intent, Source
-from engine.models import Action, Decision, Event, LLMTrace
-
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-MakeDecision = Callable[..., Decision]
-
-
-@pytest.fixture
-def make_decision() -> MakeDecision:
-    """Build a valid Decision; keyword arguments override any field. Ids are unique per test."""
-    counter = itertools.count(1)
-
-    def make(**overrides: Any) -> Decision:
-        n = next(counter)
-        fields: dict[str, Any] = {
-            "id": f"dec_{n:04d}",
-            "event_id": f"evt_{n:04d}",
-            "org": "acme",
-            "input": {"source": "EMAIL", "type": "email:received", "subject": f"hello {n}"},
-            "intent": Intent.SALES_INQUIRY,
-            "priority": 2,
-            "decision_type": DecisionType.ASSIGN_PIPELINE,
-            "confidence": 0.9,
-            "decided_by": "rules",
-            "matched_rules": ["sales-basic"],
-            "reasoning": "matched rule sales-basic",
-            "actions": [Action(type=DecisionType.ASSIGN_PIPELINE, params={"pipeline": "sales"},
-                               idempotency_key=f"dec_{n:04d}:0")],
-            "status": "PENDING",
-            "created_at": T0 + timedelta(minutes=n),
-            "revision": "r1",
-        }
-        fields.update(overrides)
-        return Decision(**fields)
-
-    return make
+from engine.models import Action, LLMTrace
+from tests.stores import T0, MakeDecision, all_pages, event, make_decision  # noqa: F401
 
 
 @pytest.fixture(params=["file", "memory"])
@@ -62,27 +29,6 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield s
     finally:
         await s.close()
-
-
-def event(**overrides: Any) -> Event:
-    """An inbound event of org acme."""
-    fields: dict[str, Any] = {"id": "evt_1", "org": "acme", "source": Source.WEBHOOK,
-                              "type": "form:submitted", "data": {"name": "Zoë", "budget": 1200}}
-    fields.update(overrides)
-    return Event(**fields)
-
-
-async def all_pages(store: SQLiteStore, org: str, limit: int, **filters: Any) -> list[Decision]:
-    """Follow the cursor to the end, checking that no page is longer than `limit`."""
-    out: list[Decision] = []
-    cursor: str | None = None
-    while True:
-        page, cursor = await store.list_decisions(org, limit=limit, cursor=cursor, **filters)
-        assert len(page) <= limit
-        out.extend(page)
-        if cursor is None:
-            return out
-        assert page, "a cursor is only returned after a non-empty page"
 
 
 # ---- opening, pragmas, migrations ------------------------------------------------------------------

@@ -19,22 +19,9 @@ from adapters.sqlite_intakes import Intake
 from adapters.sqlite_store import MAX_PAGE, SCHEMA_VERSION, SQLiteStore
 from engine.config import DecisionType, Intent, Source
 from engine.models import Action, Decision, LLMTrace
-from tests.stores import T0, MakeDecision, any_store, event, make_decision, pg_database  # noqa: F401
+from tests.stores import T0, MakeDecision, all_pages, any_store, event, make_decision, pg_database  # noqa: F401
 
 Store = SQLiteStore | PGStore
-
-
-async def all_pages(store: Store, org: str, limit: int, **filters: Any) -> list[Decision]:
-    """Follow the cursor to the end, checking that no page is longer than `limit`."""
-    out: list[Decision] = []
-    cursor: str | None = None
-    while True:
-        page, cursor = await store.list_decisions(org, limit=limit, cursor=cursor, **filters)
-        assert len(page) <= limit
-        out.extend(page)
-        if cursor is None:
-            return out
-        assert page, "a cursor is only returned after a non-empty page"
 
 
 def items(*ids: str, priority: int = 3, **kw: Any) -> list[InboxItem]:
