@@ -210,6 +210,20 @@ class PGStore(PGInboxTables, PGOutboxTables, PGIntakeTables, PGCalendarTables, P
                 "SELECT total_decisions, successful_decisions FROM agent_counters WHERE org = $1", org)
         return common.counters_row(row)
 
+    # ---- settings ------------------------------------------------------------------------------------
+
+    async def get_setting(self, key: str) -> str | None:
+        """As `SQLiteStore.get_setting`."""
+        async with self._read() as db:
+            value = await db.fetchval("SELECT value FROM settings WHERE key = $1", key)
+        return None if value is None else str(value)
+
+    async def set_setting(self, key: str, value: str) -> None:
+        """As `SQLiteStore.set_setting`."""
+        async with self._write() as db:
+            await db.execute("INSERT INTO settings (key, value) VALUES ($1, $2) "
+                             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", key, value)
+
     # ---- LISTEN / NOTIFY -------------------------------------------------------------------------------
 
     async def listen(self, callback: Callable[[str, int], Any]) -> None:

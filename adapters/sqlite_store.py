@@ -209,3 +209,17 @@ class SQLiteStore(InboxTables, OutboxTables, IntakeTables, CalendarTables, Notif
                 "SELECT total_decisions, successful_decisions FROM agent_counters WHERE org = ?", (org,)))
         return counters_row(rows[0] if rows else None)
 
+    # ---- settings ------------------------------------------------------------------------------------
+
+    async def get_setting(self, key: str) -> str | None:
+        """A server-side setting (e.g. a publisher's cursor), or None."""
+        async with self._read() as db:
+            rows = list(await db.execute_fetchall("SELECT value FROM settings WHERE key = ?", (key,)))
+        return rows[0]["value"] if rows else None
+
+    async def set_setting(self, key: str, value: str) -> None:
+        """Set a server-side setting."""
+        async with self._write() as db:
+            await db.execute("INSERT INTO settings (key, value) VALUES (?, ?) "
+                             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+

@@ -63,7 +63,7 @@ class Settings:
     """Where accepted events wait: the inbox claimed by this process's workers, or BullMQ (auto: BullMQ when a
     Redis is configured)."""
     publish_decisions: bool = False
-    """With BullMQ: also publish every new decision on `<prefix>-decisions` for the platform's Node workers."""
+    """Publish every new decision on `<prefix>-decisions` (BullMQ on the Redis) for the platform's Node workers."""
     redis_prefix: str = "astralis"
     """Prefix of this deployment's Redis keys (several deployments, or test runs, can share one Redis)."""
 
@@ -203,7 +203,7 @@ def make_queue(settings: Settings) -> Any:
     p = settings.processing
     return BullMQBackend(settings.redis_url, prefix=settings.redis_prefix, concurrency=p.workers,
                          attempts=p.max_attempts, backoff_seconds=p.retry_base_seconds,
-                         lock_ms=int(p.lease_seconds * 1000), publish_decisions=settings.publish_decisions)
+                         lock_ms=int(p.lease_seconds * 1000))
 
 
 def make_agent(registry: Registry, providers: dict[str, Any], store: SQLiteStore, limits: Any) -> Agent:
@@ -286,6 +286,13 @@ def background(settings: Settings, service: Service, registry: Registry, store: 
         tasks.append(asyncio.create_task(watcher.run(), name="config-watcher"))
     if sync is not None:
         tasks.append(asyncio.create_task(sync.run(), name="config-sync"))
+    if settings.publish_decisions and settings.workers:
+        if not settings.redis_url:
+            raise ValueError("--publish-decisions needs a Redis: --redis-url or REDIS_URL")
+        from server.queue import DecisionFeed
+
+        feed = DecisionFeed(settings.redis_url, store, lambda: registry.orgs, prefix=settings.redis_prefix)
+        tasks.append(asyncio.create_task(feed.run(), name="decision-feed"))
     return tasks
 
 

@@ -244,7 +244,8 @@ def parser() -> argparse.ArgumentParser:
                         help="where accepted events wait for a worker: the inbox claimed in-process, or BullMQ on "
                         "the Redis (auto: BullMQ when --redis-url/REDIS_URL is set)")
         sp.add_argument("--publish-decisions", action="store_true",
-                        help="with BullMQ: publish each new decision as a job on <prefix>-decisions for Node workers")
+                        help="publish each new decision as a BullMQ job on <prefix>-decisions for Node workers "
+                        "(needs --redis-url)")
         sp.add_argument("--redis-prefix", help="prefix of this deployment's Redis keys (default: astralis or "
                         "$ASTRALIS_REDIS_PREFIX)")
         sp.add_argument("--log-level", default="INFO")

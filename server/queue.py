@@ -18,8 +18,10 @@ the jobs (`EventConsumer`, `--workers` at a time): each job claims its event in 
   waiting whose job has finished (failed after its attempts while another worker held it, say) gets its job
   run again (`EventQueue.ensure`).
 
-Decisions can also be published for Node workers (`DecisionPublisher`, queue `<prefix>-decisions`), best effort:
-a decision that could not be published is logged; the decision log and `/api/stream` remain the record.
+Decisions can also be published for Node workers (`DecisionFeed`: queue `<prefix>-decisions`). The feed follows
+each org's stream (the store's record of new decisions) from a cursor kept in the store, so a decision made
+while Redis was away is published once it is back; every deciding process runs it, and the decision id as job
+id keeps each decision one job.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from adapters.bullmq_queue import DecisionPublisher, EventConsumer, EventQueue, JobInfo, QueueUnavailable
-from engine.models import Decision, Event
+from engine.models import Event
 
 if TYPE_CHECKING:
     from server.service import Service
@@ -50,8 +52,7 @@ class BullMQBackend:
     sweep the inbox for events without a job, and publish decisions."""
 
     def __init__(self, redis_url: str, *, prefix: str = "astralis", concurrency: int = 16, attempts: int = 5,
-                 backoff_seconds: float = 1.0, lock_ms: int = 30_000, sweep_seconds: float = 2.0,
-                 publish_decisions: bool = False) -> None:
+                 backoff_seconds: float = 1.0, lock_ms: int = 30_000, sweep_seconds: float = 2.0) -> None:
         self.redis_url = redis_url
         self.events_name = f"{prefix}-events"
         self.queue = EventQueue(redis_url, name=self.events_name)
@@ -60,7 +61,6 @@ class BullMQBackend:
         self.backoff_seconds = backoff_seconds
         self.lock_ms = lock_ms
         self.sweep_seconds = sweep_seconds
-        self.publisher = DecisionPublisher(redis_url, name=f"{prefix}-decisions") if publish_decisions else None
         self.consumer: EventConsumer | None = None
         self._service: Service | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -90,17 +90,6 @@ class BullMQBackend:
     async def close(self) -> None:
         """Close the connections (after `stop`)."""
         await self.queue.close()
-        if self.publisher is not None:
-            await self.publisher.close()
-
-    async def published(self, decision: Decision) -> None:
-        """Publish a newly recorded decision for the Node workers (when enabled); a failure is logged."""
-        if self.publisher is None:
-            return
-        try:
-            await self.publisher.publish(decision.model_dump(mode="json"))
-        except QueueUnavailable as exc:
-            log.warning("decision %s not published: %s", decision.id, exc)
 
     async def _on_job(self, event: Event, job: JobInfo) -> None:
         service = self._service
@@ -147,3 +136,58 @@ class BullMQBackend:
     async def depth(self) -> dict[str, Any]:
         """Jobs per state (for health and metrics)."""
         return await self.queue.counts()
+
+
+class DecisionFeed:
+    """Publishes every new decision on `<prefix>-decisions` (job `"decision"`, the record as data, the decision id
+    as job id), following each org's stream from a cursor in the store (`settings`), at least once and — the job
+    id deduplicates — as one job per decision. Starts from the stream's head the first time (what was decided
+    before the feed was turned on is not published)."""
+
+    def __init__(self, redis_url: str, store: Any, orgs: Any, *, prefix: str = "astralis",
+                 every_seconds: float = 0.5) -> None:
+        self.publisher = DecisionPublisher(redis_url, name=f"{prefix}-decisions")
+        self.store = store
+        self.orgs = orgs
+        self.every_seconds = every_seconds
+        self._key = f"decision_feed:{prefix}:"
+        self._down = False
+
+    async def run(self) -> None:
+        """Publish until cancelled."""
+        try:
+            while True:
+                for org in list(self.orgs()):
+                    try:
+                        await self._org(org)
+                    except QueueUnavailable as exc:
+                        if not self._down:
+                            log.warning("decisions not published while Redis is away (they will be): %s", exc)
+                        self._down = True
+                        break
+                    except Exception:
+                        log.exception("publishing the decisions of %s failed; retrying", org)
+                else:
+                    if self._down:
+                        log.info("Redis is back: publishing decisions again")
+                    self._down = False
+                await asyncio.sleep(self.every_seconds)
+        finally:
+            await self.publisher.close()
+
+    async def _org(self, org: str) -> None:
+        key = self._key + org
+        cursor = await self.store.get_setting(key)
+        if cursor is None:
+            await self.store.set_setting(key, str(await self.store.stream_head(org)))
+            return
+        last = int(cursor)
+        while True:
+            entries = await self.store.stream_after(org, last, limit=200)
+            if not entries:
+                return
+            for seq, _kind, payload in entries:
+                if payload.get("new"):
+                    await self.publisher.publish(payload["decision"])
+                last = seq
+            await self.store.set_setting(key, str(last))

@@ -292,8 +292,6 @@ class Service:
                 log.info("decided %s %s -> %s (%s, %.0f ms)", event.type, stored.intent, stored.status,
                          stored.decided_by, seconds * 1000)
                 await self.notify(actions=stored.status == "EXECUTED" and bool(stored.actions))
-                if self.queue is not None:
-                    await self.queue.published(stored)
             else:
                 log.info("event was already decided as %s; this decision is discarded", stored.id)
             return stored

@@ -177,3 +177,61 @@ async def test_node_jobs_are_decided_by_a_python_worker_and_its_decisions_reach_
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         print(log.read_text(errors="replace")[-3000:])
+
+
+# --------------------------------------------------------------------------- the decision feed survives an outage
+
+@pytest.mark.timeout(180)
+async def test_decisions_made_while_redis_is_away_are_published_when_it_is_back(redis, tmp_path):
+    from bullmq import Queue
+
+    from adapters.sqlite_store import InboxItem, SQLiteStore
+    from engine.models import Event
+
+    await redis.ready()
+    db, log = tmp_path / "astralis.db", tmp_path / "worker.log"
+    store = await SQLiteStore.open(db)
+    proc = worker(db, log, redis.url, "--queue", "inprocess", "--publish-decisions")
+
+    async def accept(prefix: str) -> set[str]:
+        items = [InboxItem(Event.model_validate({**e, "org": "acme"})) for e in envelopes(prefix, 10)]
+        await store.accept_events(items)
+        for _ in range(600):
+            rows = await store.decisions_for_events("acme", [i.event.id for i in items])
+            if len(rows) == 10:
+                return {d.id for d in rows.values()}
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"not decided: {log.read_text()}")
+
+    async def published() -> set[str]:
+        q = Queue("astralis-decisions", {"connection": redis.url})
+        try:
+            jobs = await q.getJobs(["waiting", "prioritized", "active", "completed", "failed", "delayed"])
+            return {j.id for j in jobs}
+        finally:
+            await q.close()
+
+    try:
+        await asyncio.sleep(2.0)  # the feed takes the stream's head as its starting point
+        first = await accept("before")
+        for _ in range(100):
+            if await published() >= first:
+                break
+            await asyncio.sleep(0.1)
+        assert await published() == first
+
+        redis.stop()  # away (and, keeping nothing, it comes back empty)
+        during = await accept("during")  # the in-process queue decides without Redis
+        await asyncio.sleep(1.0)
+        redis.start()
+        await redis.ready()
+        for _ in range(300):
+            if await published() >= during:
+                break
+            await asyncio.sleep(0.1)
+        assert await published() == during  # each decision of the outage, once; nothing older again
+    finally:
+        await store.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        print(log.read_text(errors="replace")[-3000:])
