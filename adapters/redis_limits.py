@@ -173,8 +173,12 @@ class RedisLimits:
     """One Redis connection pool for the shared limits of a process: `rate_limiter` for the agent and
     `breaker` as the LLM stage's breaker factory."""
 
-    def __init__(self, url: str, *, prefix: str = "astralis") -> None:
-        self.client = aioredis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
+    def __init__(self, url: str, *, prefix: str = "astralis", max_connections: int = 16) -> None:
+        # A bounded pool that waits for a free connection: a burst of decisions shares a few connections instead
+        # of opening one each (hundreds of connects at once time out, and every check would fall back to local).
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=5.0,
+                                                        socket_connect_timeout=5.0, socket_timeout=5.0)
+        self.client = aioredis.Redis(connection_pool=pool)
         self.prefix = prefix
         self.rate_limiter = RedisRateLimiter(self.client, prefix=prefix)
         self._scripts = (self.client.register_script(_ALLOW), self.client.register_script(_FAILURE))
@@ -186,3 +190,4 @@ class RedisLimits:
     async def close(self) -> None:
         """Close the connection pool."""
         await self.client.aclose()
+        await self.client.connection_pool.disconnect()
