@@ -98,8 +98,13 @@ def decision_job_id(decision_id: str) -> str:
 
 
 def _client(redis_url: str) -> aioredis.Redis:
-    """A Redis client that gives up on connecting after a few seconds (BullMQ's own retries for ~minutes)."""
-    return aioredis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=_CONNECT_TIMEOUT_S)
+    """A Redis client that gives up on connecting after a few seconds (BullMQ's own retries for ~minutes), on a
+    bounded pool that waits for a free connection: a burst of requests shares a few connections instead of
+    opening one each (hundreds of connects at once time out)."""
+    pool = aioredis.BlockingConnectionPool.from_url(redis_url, decode_responses=True, max_connections=16,
+                                                    timeout=_CONNECT_TIMEOUT_S,
+                                                    socket_connect_timeout=_CONNECT_TIMEOUT_S)
+    return aioredis.Redis(connection_pool=pool)
 
 
 async def _ping(client: aioredis.Redis, redis_url: str) -> None:
@@ -173,6 +178,7 @@ class EventQueue:
     async def close(self) -> None:
         """Close the connection."""
         await self._queue.close()
+        await self._client.connection_pool.disconnect()  # the client does not own a pool it was given
 
 
 def _field_errors(exc: ValidationError) -> str:
@@ -312,3 +318,4 @@ class DecisionPublisher:
     async def close(self) -> None:
         """Close the connection."""
         await self._queue.close()
+        await self._client.connection_pool.disconnect()  # the client does not own a pool it was given
