@@ -218,6 +218,12 @@ class PGStore(PGInboxTables, PGOutboxTables, PGIntakeTables, PGCalendarTables, P
             value = await db.fetchval("SELECT value FROM settings WHERE key = $1", key)
         return None if value is None else str(value)
 
+    async def create_setting(self, key: str, value: str) -> None:
+        """As `SQLiteStore.create_setting`."""
+        async with self._write() as db:
+            await db.execute("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                             key, value)
+
     async def set_setting(self, key: str, value: str) -> None:
         """As `SQLiteStore.set_setting`."""
         async with self._write() as db:

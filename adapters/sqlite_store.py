@@ -217,6 +217,12 @@ class SQLiteStore(InboxTables, OutboxTables, IntakeTables, CalendarTables, Notif
             rows = list(await db.execute_fetchall("SELECT value FROM settings WHERE key = ?", (key,)))
         return rows[0]["value"] if rows else None
 
+    async def create_setting(self, key: str, value: str) -> None:
+        """Set a server-side setting unless it is set already (of several processes, the first one wins)."""
+        async with self._write() as db:
+            await db.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                             (key, value))
+
     async def set_setting(self, key: str, value: str) -> None:
         """Set a server-side setting."""
         async with self._write() as db:

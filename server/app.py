@@ -339,9 +339,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     key = bearer(request)
     if key is None:
-        raise ApiError(401, "unauthorized", "missing API key: send Authorization: Bearer <key>",
-                       headers={"WWW-Authenticate": "Bearer"})
-    p = await request.app[KEYS].principal(key)
+        # The dashboard's pages call the API with their session cookie (server/dashboard); a state-changing call
+        # must carry the dashboard's header too, which another site's page cannot send.
+        from server.dashboard import CSRF_HEADER, session_principal
+
+        session = await session_principal(request)
+        if session is None:
+            raise ApiError(401, "unauthorized", "missing API key: send Authorization: Bearer <key>",
+                           headers={"WWW-Authenticate": "Bearer"})
+        if request.method not in ("GET", "HEAD", "OPTIONS") and request.headers.get(CSRF_HEADER) != "1":
+            raise ApiError(403, "forbidden", f"a dashboard session's {request.method} needs the header "
+                           f"{CSRF_HEADER}: 1")
+        p: Principal | None = session
+    else:
+        p = await request.app[KEYS].principal(key)
     if p is None:
         raise ApiError(401, "unauthorized", "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     wait = request.app[LIMITER].take(p.key_id)
@@ -356,7 +367,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 def create_app(settings: Settings | None = None) -> web.Application:
     """The service as an aiohttp application (resources open on startup, close on cleanup)."""
-    from server import api, api_calendar, api_intakes, api_notifications, openapi, stream, webhooks
+    from server import api, api_calendar, api_intakes, api_notifications, dashboard, openapi, stream, webhooks
 
     settings = settings or Settings()
     metrics = Metrics()
@@ -375,6 +386,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     webhooks.setup(app)
     stream.setup(app)
     openapi.setup(app)
+    dashboard.setup(app)
     return app
 
 

@@ -67,7 +67,10 @@ class KeyCache:
 
     async def principal(self, key: str) -> Principal | None:
         """The principal of an active key, or None. Concurrent requests with the same key share one lookup."""
-        h = hash_key(key)
+        return await self.principal_by_hash(hash_key(key))
+
+    async def principal_by_hash(self, h: str) -> Principal | None:
+        """As `principal`, from the key's stored hash (a dashboard session carries the hash, never the key)."""
         hit = self._entries.get(h)
         if hit is not None and hit[0] > self._clock():
             return hit[1]
