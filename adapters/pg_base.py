@@ -248,6 +248,9 @@ PG_MIGRATIONS: tuple[PGMigration, ...] = (
                at          {ID} NOT NULL
            )""",
     )),
+    PGMigration(7, "who changed an agent configuration", (
+        "ALTER TABLE agent_configs ADD COLUMN changed_by TEXT",
+    )),
 )
 PG_SCHEMA_VERSION = PG_MIGRATIONS[-1].version
 

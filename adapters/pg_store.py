@@ -182,7 +182,8 @@ class PGStore(PGInboxTables, PGOutboxTables, PGIntakeTables, PGCalendarTables, P
 
     # ---- agent configs and counters ------------------------------------------------------------------
 
-    async def save_agent_config(self, org: str, revision: str, files: dict[str, str]) -> None:
+    async def save_agent_config(self, org: str, revision: str, files: dict[str, str], *,
+                                by: str | None = None) -> None:
         """As `SQLiteStore.save_agent_config`. Saves of one org are serialised (advisory lock), so two processes
         saving the same configuration record it once."""
         payload = common.config_payload(files)
@@ -192,14 +193,14 @@ class PGStore(PGInboxTables, PGOutboxTables, PGIntakeTables, PGCalendarTables, P
                 "SELECT revision, files::text AS files FROM agent_configs WHERE org = $1 ORDER BY seq DESC LIMIT 1", org)
             if row is not None and row["revision"] == revision and row["files"] == payload:
                 return
-            await db.execute("INSERT INTO agent_configs (org, revision, files, created_at) VALUES ($1, $2, $3, $4)",
-                             org, revision, payload, _now())
+            await db.execute("INSERT INTO agent_configs (org, revision, files, created_at, changed_by) "
+                             "VALUES ($1, $2, $3, $4, $5)", org, revision, payload, _now(), by)
 
     async def agent_config_history(self, org: str, *, limit: int = 50) -> list[dict[str, Any]]:
         """As `SQLiteStore.agent_config_history`."""
         async with self._read() as db:
             rows = await db.fetch(
-                "SELECT org, revision, files, created_at FROM agent_configs WHERE org = $1 "
+                "SELECT org, revision, files, created_at, changed_by FROM agent_configs WHERE org = $1 "
                 "ORDER BY seq DESC LIMIT $2", org, max(1, min(limit, MAX_PAGE)))
         return [common.config_row(r) for r in rows]
 

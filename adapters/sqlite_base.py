@@ -262,6 +262,9 @@ MIGRATIONS: tuple[Migration, ...] = (
                at          TEXT NOT NULL
            )""",
     )),
+    Migration(7, "who changed an agent configuration", (
+        "ALTER TABLE agent_configs ADD COLUMN changed_by TEXT",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

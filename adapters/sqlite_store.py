@@ -178,8 +178,9 @@ class SQLiteStore(InboxTables, OutboxTables, IntakeTables, CalendarTables, Notif
 
     # ---- agent configs and counters ------------------------------------------------------------------
 
-    async def save_agent_config(self, org: str, revision: str, files: dict[str, str]) -> None:
-        """Record `org`'s agent configuration `revision` (file name → text) as its latest.
+    async def save_agent_config(self, org: str, revision: str, files: dict[str, str], *,
+                                by: str | None = None) -> None:
+        """Record `org`'s agent configuration `revision` (file name → text) as its latest, changed `by` whom.
 
         Every save is kept as history; saving what is already the latest (same revision and files) is a
         no-op, saving an older revision again makes it the latest (a rollback).
@@ -191,14 +192,14 @@ class SQLiteStore(InboxTables, OutboxTables, IntakeTables, CalendarTables, Notif
             if rows and rows[0]["revision"] == revision and rows[0]["files"] == payload:
                 return
             await db.execute(
-                "INSERT INTO agent_configs (org, revision, files, created_at) VALUES (?, ?, ?, ?)",
-                (org, revision, payload, _now()))
+                "INSERT INTO agent_configs (org, revision, files, created_at, changed_by) VALUES (?, ?, ?, ?, ?)",
+                (org, revision, payload, _now(), by))
 
     async def agent_config_history(self, org: str, *, limit: int = 50) -> list[dict[str, Any]]:
         """`org`'s configurations, latest first, in the shape of `agent_config`."""
         async with self._read() as db:
             rows = await db.execute_fetchall(
-                "SELECT org, revision, files, created_at FROM agent_configs WHERE org = ? "
+                "SELECT org, revision, files, created_at, changed_by FROM agent_configs WHERE org = ? "
                 "ORDER BY seq DESC LIMIT ?", (org, max(1, min(limit, MAX_PAGE))))
         return [config_row(r) for r in rows]
 

@@ -259,9 +259,9 @@ def config_payload(files: Mapping[str, str]) -> str:
 
 
 def config_row(r: Any) -> dict[str, Any]:
-    """An agent configuration `{org, revision, files, created_at}` from its row."""
+    """An agent configuration `{org, revision, files, created_at, by}` from its row."""
     return {"org": r["org"], "revision": r["revision"], "files": json.loads(r["files"]),
-            "created_at": _parse_iso(r["created_at"])}
+            "created_at": _parse_iso(r["created_at"]), "by": r["changed_by"]}
 
 
 def counters_row(row: Any) -> dict[str, int]:

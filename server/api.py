@@ -27,7 +27,16 @@ from engine.simulator import summarize
 from server import configs
 from server.app import METRICS, REGISTRY, SERVICE, SETTINGS, STORE, principal
 from server.errors import ApiError, invalid
-from server.schemas import AcceptedOut, ConfigUpdate, DbTrigger, EventIn, Rejection, Review, SimulateRequest
+from server.schemas import (
+    AcceptedOut,
+    ConfigUpdate,
+    DbTrigger,
+    EventIn,
+    Rejection,
+    Review,
+    Rollback,
+    SimulateRequest,
+)
 
 M = TypeVar("M", bound=BaseModel)
 MODES = ("auto", "sync", "queue", "dry_run")
@@ -328,9 +337,30 @@ async def get_config(request: web.Request) -> web.Response:
 
 
 async def update_config(request: web.Request) -> web.Response:
-    """POST /api/agent/config: validated exactly like `astralis validate`; a bad update changes nothing (422)."""
+    """POST /api/agent/config: validated exactly like `astralis validate`; a bad update changes nothing (422).
+    The change is recorded with the API key's name."""
     body = await read_json(request, ConfigUpdate)
-    return to_json(await configs.update(request.app, principal(request).org, body))
+    p = principal(request)
+    return to_json(await configs.update(request.app, p.org, body, by=p.name))
+
+
+async def validate_config(request: web.Request) -> web.Response:
+    """POST /api/agent/config/validate: the errors and warnings of proposed files, each with its file and line;
+    nothing is applied."""
+    body = await read_json(request, ConfigUpdate)
+    return to_json(await configs.validate(request.app, principal(request).org, body))
+
+
+async def config_history(request: web.Request) -> web.Response:
+    """GET /api/agent/config/history: saved revisions, latest first, with who changed them and the diffs."""
+    return to_json(await configs.history(request.app, principal(request).org))
+
+
+async def rollback_config(request: web.Request) -> web.Response:
+    """POST /api/agent/config/rollback `{"revision"}`: that saved revision's files, applied like an update."""
+    body = await read_json(request, Rollback)
+    p = principal(request)
+    return to_json(await configs.rollback(request.app, p.org, body.revision, by=f"{p.name} (rollback)"))
 
 
 # ---- simulate -------------------------------------------------------------------------------------------
@@ -478,6 +508,9 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/api/agent/decisions/{id}/reject", reject)
     app.router.add_get("/api/agent/analytics", analytics)
     app.router.add_get("/api/agent/config", get_config)
+    app.router.add_post("/api/agent/config/validate", validate_config)
+    app.router.add_get("/api/agent/config/history", config_history)
+    app.router.add_post("/api/agent/config/rollback", rollback_config)
     app.router.add_post("/api/agent/config", update_config)
     app.router.add_post("/api/agent/simulate", simulate)
     app.router.add_get("/api/agent/events", list_events)

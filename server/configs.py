@@ -10,6 +10,7 @@ Shared policies (default.yaml, or any policy another org extends) cannot be chan
 from __future__ import annotations
 
 import asyncio
+import difflib
 import os
 import re
 import shutil
@@ -125,8 +126,9 @@ async def proposed(app: web.Application, org: str, body: ConfigUpdate) -> Compil
     return compiled
 
 
-async def update(app: web.Application, org: str, body: ConfigUpdate) -> dict[str, Any]:
-    """Validate and apply an update; the org's new active revision, or 422 with every error."""
+async def update(app: web.Application, org: str, body: ConfigUpdate, *, by: str | None = None) -> dict[str, Any]:
+    """Validate and apply an update; the org's new active revision (recorded as changed `by` whom), or 422
+    with every error."""
     registry = app[REGISTRY]
     locks: dict[str, asyncio.Lock] = app[CONFIG_LOCKS]
     async with locks.setdefault(org, asyncio.Lock()):
@@ -145,9 +147,87 @@ async def update(app: web.Application, org: str, body: ConfigUpdate) -> dict[str
         policy_path = registry.policies_dir / f"{org}.yaml"
         if policy_path.exists():
             files[f"policies/{org}.yaml"] = policy_path.read_text(encoding="utf-8")
-        await app[STORE].save_agent_config(org, active.revision, files)
+        await app[STORE].save_agent_config(org, active.revision, files, by=by)
         sync = app.get(CONFIG_SYNC)
         if sync is not None:  # workers on other machines load it from the store
             await sync.publish(org, active.revision)  # type: ignore[attr-defined]
         return {"org": org, "revision": active.revision, "previous_revision": before.revision if before else None,
                 "warnings": [str(f) for f in findings if f.severity == "warning"]}
+
+
+# ---- the editor: validation as you type, history with diffs, rollback -----------------------------------
+
+def _located(err: ConfigError, scratch: Path, org: str) -> dict[str, Any]:
+    """An error of the scratch copy as the editor shows it: the file as the update names it (`rules.yaml`,
+    `policies/<org>.yaml`), the line, the code and the message, and the text `astralis validate` prints."""
+    path = Path(err.path)
+    try:
+        rel = path.relative_to(scratch / "rulesets" / org)
+        name = str(rel)
+    except ValueError:
+        try:
+            name = f"policies/{path.relative_to(scratch / 'policies')}"
+        except ValueError:
+            name = err.path
+    return {"file": name, "line": err.line, "code": err.code, "message": err.message,
+            "severity": err.severity, "text": f"{name}:{err.line}: {err.code}: {err.message}"}
+
+
+def _check(rulesets: Path, policies: Path, org: str, body: ConfigUpdate) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="astralis-config-") as tmp:
+        scratch = Path(tmp)
+        org_dir, scratch_policies = _stage(rulesets, policies, org, body, scratch)
+        compiled, findings = build(org_dir, scratch_policies, load_engine=False)
+        found = [_located(f, scratch, org) for f in findings]
+    errors = [f for f in found if f["severity"] == "error"]
+    return {"valid": not errors and compiled is not None, "errors": errors,
+            "warnings": [f for f in found if f["severity"] == "warning"],
+            "revision": compiled.revision if compiled is not None and not errors else None}
+
+
+async def validate(app: web.Application, org: str, body: ConfigUpdate) -> dict[str, Any]:
+    """Check proposed files exactly as `astralis validate` would (nothing is applied): every error and warning
+    with its file and line, for an editor to show where it is."""
+    registry = app[REGISTRY]
+    if not (registry.rulesets_dir / org / ORG_FILE).exists():
+        raise ApiError(404, "not_found", f"org '{org}' has no configuration folder")
+    _check_names(org, body)
+    return await asyncio.to_thread(_check, registry.rulesets_dir, registry.policies_dir, org, body)
+
+
+def _diff(before: dict[str, str], after: dict[str, str]) -> str:
+    out: list[str] = []
+    for name in sorted(before.keys() | after.keys()):
+        a, b = before.get(name, ""), after.get(name, "")
+        if a != b:
+            out.extend(difflib.unified_diff(a.splitlines(keepends=True), b.splitlines(keepends=True),
+                                            fromfile=f"a/{name}", tofile=f"b/{name}"))
+    return "".join(out)
+
+
+async def history(app: web.Application, org: str, *, limit: int = 50) -> dict[str, Any]:
+    """The org's saved configurations, latest first: revision, when, by whom, and the diff from the one before."""
+    rows = await app[STORE].agent_config_history(org, limit=limit + 1)
+    active = app[REGISTRY].get(org)
+    out = []
+    for i, row in enumerate(rows[:limit]):
+        previous = rows[i + 1]["files"] if i + 1 < len(rows) else {}
+        out.append({"revision": row["revision"], "created_at": row["created_at"].isoformat(), "by": row["by"],
+                    "active": active is not None and active.revision == row["revision"],
+                    "diff": _diff(previous, row["files"])})
+    return {"org": org, "active_revision": active.revision if active else None, "history": out}
+
+
+async def rollback(app: web.Application, org: str, revision: str, *, by: str | None = None) -> dict[str, Any]:
+    """Make a saved revision the active one again: its files, validated and applied like any update."""
+    rows = await app[STORE].agent_config_history(org, limit=500)
+    saved = next((r for r in rows if r["revision"] == revision), None)
+    if saved is None:
+        raise ApiError(404, "not_found", f"org '{org}' has no saved revision {revision!r}", {"field": "revision"})
+    files: dict[str, str] = saved["files"]
+    registry = app[REGISTRY]
+    current = await asyncio.to_thread(_files, registry.rulesets_dir / org)
+    body = ConfigUpdate(files={k: v for k, v in files.items() if not k.startswith("policies/")},
+                        policy=files.get(f"policies/{org}.yaml"),
+                        delete=[name for name in current if name not in files and name != ORG_FILE])
+    return await update(app, org, body, by=by or f"rollback to {revision}")

@@ -31,6 +31,7 @@ from server.schemas import (
     EventIn,
     Rejection,
     Review,
+    Rollback,
     SimulateRequest,
 )
 from server.signing import HEADER
@@ -124,6 +125,12 @@ _HAND_WRITTEN: dict[str, dict[str, Any]] = {
         "org": _STR, "revision": _STR, "previous_revision": _nullable(_STR),
         "warnings": {"type": "array", "items": _STR},
     }, description="An update applied: the org's new active revision."),
+    "ConfigFinding": _obj({
+        "file": {"type": "string", "description": "As the update names it: `rules.yaml`, or `policies/<org>.yaml`."},
+        "line": {"type": "integer", "minimum": 0, "description": "1-based; 0 for the whole file."},
+        "code": _STR, "message": _STR, "severity": {"type": "string", "enum": ["error", "warning"]},
+        "text": {"type": "string", "description": "As `astralis validate` prints it: `file:line: code: message`."},
+    }, description="One problem of a proposed configuration, located for an editor."),
     "SimulationSummary": _obj({
         "events": _INT, "by_intent": _COUNTS, "by_decision_type": _COUNTS, "by_status": _COUNTS,
         "by_decided_by": _COUNTS, "ambiguous_rate": {"type": "number"}, "llm_consulted_rate": {"type": "number"},
@@ -154,7 +161,7 @@ _HAND_WRITTEN: dict[str, dict[str, Any]] = {
 
 _MODELS: tuple[tuple[type[BaseModel], Literal["validation", "serialization"]], ...] = (
     (EventIn, "validation"), (DbTrigger, "validation"), (Review, "validation"), (Rejection, "validation"),
-    (ConfigUpdate, "validation"), (SimulateRequest, "validation"),
+    (ConfigUpdate, "validation"), (SimulateRequest, "validation"), (Rollback, "validation"),
     (Decision, "serialization"), (AcceptedOut, "serialization"), (DecisionPage, "serialization"),
 )
 
@@ -387,6 +394,28 @@ def _paths() -> dict[str, Any]:
                            422: _error("An invalid body (invalid) or configuration (invalid_config: `details` "
                                        "lists every error as `path:line: code: message`).")}),
     }
+    p["/api/agent/config/validate"] = {"post": _op(
+        "Check proposed configuration files", "config",
+        {200: _ok(_obj({"valid": {"type": "boolean"}, "revision": _nullable(_STR),
+                        "errors": {"type": "array", "items": _ref("ConfigFinding")},
+                        "warnings": {"type": "array", "items": _ref("ConfigFinding")}},
+                       description="What `astralis validate` would say of the proposed files; nothing is applied."),
+                  "The findings, each with its file and line (for an editor).")},
+        errors=(400, 404, 413, 415), body=_body("ConfigUpdate"),
+        extra={422: _error("An invalid body: a file name that is not a YAML file of the org's folder (invalid).")})}
+    p["/api/agent/config/history"] = {"get": _op(
+        "The configuration's saved revisions", "config",
+        {200: _ok(_obj({"org": _STR, "active_revision": _nullable(_STR),
+                        "history": {"type": "array", "items": _obj({
+                            "revision": _STR, "created_at": _STR, "by": _nullable(_STR), "active": {"type": "boolean"},
+                            "diff": {"type": "string", "description": "Unified diff from the revision before."}})}}),
+                  "Latest first, with who changed each and the diff from the one before.")})}
+    p["/api/agent/config/rollback"] = {"post": _op(
+        "Make a saved revision active again", "config",
+        {200: _ok(_ref("ConfigApplied"), "Its files, validated and applied like an update.")},
+        errors=(400, 404, 413, 415), body=_body("Rollback"),
+        extra={409: _error("The files changed on disk while updating (config_changed)."),
+               422: _error("An invalid body, or a saved revision that no longer loads (invalid_config).")})}
     p["/api/agent/simulate"] = {"post": _op(
         "Simulate decisions", "config", {200: _ok(_ref("SimulationResult"), "The dry-run decisions.")},
         errors=(400, 403, 404, 413, 415), body=_body("SimulateRequest"), extra={

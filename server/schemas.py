@@ -63,6 +63,14 @@ class ConfigUpdate(BaseModel):
     delete: list[str] = Field(default_factory=list, max_length=100, description="Rule files to remove.")
 
 
+class Rollback(BaseModel):
+    """Make a saved revision the active configuration again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    revision: str = Field(min_length=1, max_length=200, description="A revision from GET /api/agent/config/history.")
+
+
 class DbTrigger(BaseModel):
     """A row change reported by the host platform's database (trigger, CDC, ORM hook)."""
 
