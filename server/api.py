@@ -326,7 +326,18 @@ async def analytics(request: web.Request) -> web.Response:
     since = _time(request, "since") or until - timedelta(hours=24)
     if since >= until:
         raise ApiError(400, "bad_request", "since must be before until", {"field": "since"})
-    return to_json(await request.app[STORE].analytics(principal(request).org, since, until))
+    org = principal(request).org
+    report = await request.app[STORE].analytics(org, since, until)
+    compiled = request.app[REGISTRY].get(org)
+    llm = report.get("llm")
+    if compiled is not None and isinstance(llm, dict):
+        # An estimate at the prices of the policy's current model (its `llm.prices` table).
+        settings = compiled.bundle.policy.llm
+        price = settings.prices.get(settings.model)
+        llm["model"] = settings.model
+        llm["cost_usd"] = None if price is None else round(
+            llm["input_tokens"] * price.input_per_million / 1e6 + llm["output_tokens"] * price.output_per_million / 1e6, 6)
+    return to_json(report)
 
 
 # ---- config ---------------------------------------------------------------------------------------------

@@ -97,6 +97,15 @@ def _validate(rulesets: Path, policies: Path, org: str, body: ConfigUpdate) -> t
         return (compiled if not errors else None), errors
 
 
+def _saved_files(registry: Any, org: str) -> dict[str, str]:
+    """The org's files as `save_agent_config` keeps them: its folder's YAML files and `policies/<org>.yaml`."""
+    files = _files(registry.rulesets_dir / org)
+    policy_path = registry.policies_dir / f"{org}.yaml"
+    if policy_path.exists():
+        files[f"policies/{org}.yaml"] = policy_path.read_text(encoding="utf-8")
+    return files
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
@@ -134,6 +143,12 @@ async def update(app: web.Application, org: str, body: ConfigUpdate, *, by: str 
     async with locks.setdefault(org, asyncio.Lock()):
         await proposed(app, org, body)
         before = registry.get(org)
+        latest = await app[STORE].agent_config(org)
+        if before is not None and (latest is None or latest["revision"] != before.revision):
+            # What is active now was never saved (the files as deployed, or edited by hand since): keep it in the
+            # history first, so that this update can be rolled back.
+            await app[STORE].save_agent_config(org, before.revision, await asyncio.to_thread(_saved_files, registry, org),
+                                               by="files on disk")
         await asyncio.to_thread(_apply, registry.rulesets_dir, registry.policies_dir, org, body)
         findings = await asyncio.to_thread(registry.reload, org)
         report_org(app[METRICS], registry, org)
@@ -143,10 +158,7 @@ async def update(app: web.Application, org: str, body: ConfigUpdate, *, by: str 
                            "active", errors)
         active = registry.get(org)
         assert active is not None
-        files = await asyncio.to_thread(_files, registry.rulesets_dir / org)
-        policy_path = registry.policies_dir / f"{org}.yaml"
-        if policy_path.exists():
-            files[f"policies/{org}.yaml"] = policy_path.read_text(encoding="utf-8")
+        files = await asyncio.to_thread(_saved_files, registry, org)
         await app[STORE].save_agent_config(org, active.revision, files, by=by)
         sync = app.get(CONFIG_SYNC)
         if sync is not None:  # workers on other machines load it from the store

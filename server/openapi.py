@@ -110,7 +110,10 @@ _HAND_WRITTEN: dict[str, dict[str, Any]] = {
         "by_status": _COUNTS, "by_intent": _COUNTS, "by_decision_type": _COUNTS, "by_source": _COUNTS,
         "by_decided_by": _COUNTS,
         "llm": _obj({"calls": _INT, "call_rate": {"type": "number"}, "input_tokens": _INT, "output_tokens": _INT,
-                     "latency_ms": _PERCENTILES}),
+                     "latency_ms": _PERCENTILES, "model": _STR,
+                     "cost_usd": _nullable({"type": "number", "description": "Estimated at the policy's prices "
+                                            "for its current model (`llm.prices`); null when it has none."})},
+                    required=("calls", "call_rate", "input_tokens", "output_tokens", "latency_ms")),
         "latency_ms": _PERCENTILES,
         "approvals": _obj({"reviewed": _INT, "approved": _INT, "rejected": _INT, "awaiting": _INT,
                            "turnaround_seconds": _PERCENTILES}),

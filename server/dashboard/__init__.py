@@ -156,9 +156,16 @@ def _page(name: str):  # type: ignore[no-untyped-def]
     return page
 
 
+async def favicon(request: web.Request) -> web.StreamResponse:
+    """GET /favicon.ico (browsers ask for it on every site): the dashboard's icon."""
+    return web.FileResponse(STATIC / "favicon.svg", headers={"Content-Type": "image/svg+xml",
+                                                             "Cache-Control": "max-age=86400"})
+
+
 def setup(app: web.Application) -> None:
     """Register the dashboard's routes."""
     app[SECRET] = {}
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login)
     app.router.add_post("/logout", logout)

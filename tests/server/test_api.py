@@ -630,3 +630,13 @@ async def test_simulating_past_events_replays_the_recorded_llm_answers(make_clie
     for d in out["decisions"]:
         o = originals[d["event_id"]]
         assert (d["intent"], d["decision_type"], d["decided_by"]) == (o["intent"], o["decision_type"], o["decided_by"])
+
+
+async def test_analytics_estimate_the_llm_cost_at_the_policys_prices(make_client):
+    client, key_for = await make_client()
+    key = await key_for("acme")
+    r = await client.get("/api/agent/analytics", headers=auth(key))
+    llm = (await r.json())["llm"]
+    prices = client.app[REGISTRY].get("acme").bundle.policy.llm
+    assert llm["model"] == prices.model
+    assert llm["cost_usd"] == (0.0 if prices.model in prices.prices else None)  # no LLM call made yet

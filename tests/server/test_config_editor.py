@@ -47,7 +47,9 @@ async def test_saving_records_who_and_the_history_diffs_and_rollback_restores(ma
 
     r = await client.get("/api/agent/config/history", headers=auth(key))
     history = (await r.json())["history"]
-    assert [h["by"] for h in history] == ["kim@acme", "kim@acme"]
+    # the files active before the first change through the API are kept first, so that it can be rolled back
+    assert [h["by"] for h in history] == ["kim@acme", "kim@acme", "files on disk"]
+    assert history[2]["revision"] == first
     assert history[0]["revision"] == second and history[0]["active"]
     assert "+# b" in history[0]["diff"] and "b/policies/acme.yaml" in history[0]["diff"]
     target = history[1]["revision"]

@@ -57,7 +57,7 @@ def test_every_registered_route_is_documented() -> None:
     from server.dashboard import PAGE_ROUTES
 
     # The dashboard's pages (HTML, static files, the login form) are for browsers, not part of the API.
-    pages = {*PAGE_ROUTES, "/login", "/logout", "/static"}
+    pages = {*PAGE_ROUTES, "/login", "/logout", "/static", "/favicon.ico"}
     undocumented = {(m, p) for m, p in registered if m != "HEAD" and p not in pages} - documented
     assert not undocumented, f"routes without documentation in server/openapi.py: {sorted(undocumented)}"
     heads = {p for m, p in registered if m == "HEAD"}
