@@ -152,6 +152,7 @@ class PGStore(PGInboxTables, PGOutboxTables, PGIntakeTables, PGCalendarTables, P
         intent: str | Sequence[str] | None = None,
         decision_type: str | Sequence[str] | None = None,
         source: str | Sequence[str] | None = None,
+        decided_by: str | Sequence[str] | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = 50,
@@ -166,6 +167,7 @@ class PGStore(PGInboxTables, PGOutboxTables, PGIntakeTables, PGCalendarTables, P
         _one_or_many("intent", intent, where, args)
         _one_or_many("decision_type", decision_type, where, args)
         _one_or_many("source", source, where, args)
+        _one_or_many("decided_by", decided_by, where, args)
         if since is not None:
             where.append(f"created_at >= {arg(args, _bound(since, 'since'))}")
         if until is not None:

@@ -143,6 +143,7 @@ class SQLiteStore(InboxTables, OutboxTables, IntakeTables, CalendarTables, Notif
         intent: str | Sequence[str] | None = None,
         decision_type: str | Sequence[str] | None = None,
         source: str | Sequence[str] | None = None,
+        decided_by: str | Sequence[str] | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = 50,
@@ -160,6 +161,7 @@ class SQLiteStore(InboxTables, OutboxTables, IntakeTables, CalendarTables, Notif
         _one_or_many("intent", intent, where, args)
         _one_or_many("decision_type", decision_type, where, args)
         _one_or_many("source", source, where, args)
+        _one_or_many("decided_by", decided_by, where, args)
         if since is not None:
             where.append("created_at >= ?")
             args.append(_bound(since, "since"))

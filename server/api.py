@@ -21,7 +21,7 @@ from adapters.replay import ReplayProvider, replay_decisions, replay_stage
 from engine.agent import Agent, UnknownOrg
 from engine.compare import Side, compare, prompt_chars
 from engine.config import DecisionType, Intent, Source
-from engine.models import Decision, Event, Status
+from engine.models import DecidedBy, Decision, Event, Status
 from engine.rules import CompiledRules
 from engine.simulator import summarize
 from server import configs
@@ -260,13 +260,14 @@ def _public(d: Decision) -> dict[str, Any]:
 
 
 async def list_decisions(request: web.Request) -> web.Response:
-    """GET /api/agent/decisions?status=&intent=&decision_type=&source=&since=&until=&limit=&cursor="""
+    """GET /api/agent/decisions?status=&intent=&decision_type=&source=&decided_by=&since=&until=&limit=&cursor="""
     org = principal(request).org
     try:
         page, cursor = await request.app[STORE].list_decisions(
             org, status=_multi(request, "status", get_args(Status)), intent=_multi(request, "intent", tuple(Intent)),
             decision_type=_multi(request, "decision_type", tuple(DecisionType)),
             source=_multi(request, "source", tuple(Source)),
+            decided_by=_multi(request, "decided_by", get_args(DecidedBy)),
             since=_time(request, "since"), until=_time(request, "until"),
             limit=_int(request, "limit", 50, 1, 500), cursor=request.query.get("cursor"))
     except ValueError as exc:

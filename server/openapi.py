@@ -358,6 +358,7 @@ def _paths() -> dict[str, Any]:
             _enum_filter("intent", [str(v) for v in Intent], "Only decisions with this intent."),
             _enum_filter("decision_type", [str(v) for v in DecisionType], "Only decisions of this type."),
             _enum_filter("source", [str(v) for v in Source], "Only decisions for events from this source."),
+            _enum_filter("decided_by", ["rules", "llm", "fallback"], "Only decisions taken this way."),
             _time_param("since", "Created at or after (with a UTC offset)."),
             _time_param("until", "Created before (with a UTC offset)."),
             _limit(),

@@ -640,3 +640,20 @@ async def test_analytics_estimate_the_llm_cost_at_the_policys_prices(make_client
     prices = client.app[REGISTRY].get("acme").bundle.policy.llm
     assert llm["model"] == prices.model
     assert llm["cost_usd"] == (0.0 if prices.model in prices.prices else None)  # no LLM call made yet
+
+
+async def test_decisions_filter_by_who_decided(make_client):
+    client, key_for = await make_client()
+    key = await key_for("acme")
+    for e in (HELD, {"id": "evt-rules-1", "source": "EMAIL", "type": "email:received",
+                     "data": {"subject": "Invoice", "text": "Please resend the invoice for November."}}):
+        assert (await client.post("/api/agent/process?mode=sync", json=e, headers=auth(key))).status == 200
+    every = (await (await client.get("/api/agent/decisions", headers=auth(key))).json())["decisions"]
+    by = {d["decided_by"] for d in every}
+    for who in by:
+        r = await client.get(f"/api/agent/decisions?decided_by={who}", headers=auth(key))
+        assert {d["decided_by"] for d in (await r.json())["decisions"]} == {who}
+    assert sum([len((await (await client.get(f"/api/agent/decisions?decided_by={w}", headers=auth(key))).json())
+                    ["decisions"]) for w in by]) == len(every) == 2
+    r = await client.get("/api/agent/decisions?decided_by=oracle", headers=auth(key))
+    assert r.status == 400 and (await r.json())["error"]["details"] == {"field": "decided_by"}

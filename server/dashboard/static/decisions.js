@@ -3,7 +3,7 @@
 
 (() => {
   const { api, esc, nav, when } = Astralis;
-  const FILTERS = ["status", "intent", "decision_type", "source", "since", "until"];
+  const FILTERS = ["status", "intent", "decision_type", "source", "decided_by", "since", "until"];
   const form = document.getElementById("filters");
   const rows = document.getElementById("rows");
   const older = document.getElementById("older");
@@ -37,6 +37,7 @@
     if (f.intent && !f.intent.split(",").includes(d.intent)) return false;
     if (f.decision_type && !f.decision_type.split(",").includes(d.decision_type)) return false;
     if (f.source && !f.source.split(",").includes(d.input?.source)) return false;
+    if (f.decided_by && !f.decided_by.split(",").includes(d.decided_by)) return false;
     const t = Date.parse(d.created_at);
     if (f.since && t < Date.parse(toIso(f.since))) return false;
     if (f.until && t >= Date.parse(toIso(f.until))) return false;
