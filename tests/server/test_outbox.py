@@ -243,7 +243,9 @@ async def test_a_restart_resumes_pending_and_interrupted_actions(harness: Harnes
     for t in [*first._tasks, *first._inflight.values()]:
         t.cancel()
     harness.runners.remove(first)
-    second = harness.runner(owner="host:2:second", lease_seconds=0.6)
+    # A long lease for the one that stays: on a loaded machine a 0.6 s lease can lapse between two renewals, and
+    # an action whose lease lapsed is (by design) run again with its key; here only the first runner's must lapse.
+    second = harness.runner(owner="host:2:second", lease_seconds=10)
     await second.start()
     await asyncio.sleep(0.8)  # past the first runner's lease
     assert await second.idle(10)
