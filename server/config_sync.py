@@ -31,18 +31,11 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from engine.registry import Registry
+from server.configs import write_atomic
 
 log = logging.getLogger("astralis.config")
 
 OnReload = Callable[[str, list[Any]], Awaitable[None] | None]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def apply_files(rulesets: Path, policies: Path, org: str, files: dict[str, str]) -> bool:
@@ -64,7 +57,7 @@ def apply_files(rulesets: Path, policies: Path, org: str, files: dict[str, str])
             wanted.add(name)
             path = org_dir / name
         if not path.exists() or path.read_text(encoding="utf-8") != text:
-            _write_atomic(path, text)
+            write_atomic(path, text)
             changed = True
     for path in sorted(org_dir.glob("*.y*ml")):
         if path.name not in wanted:

@@ -106,7 +106,8 @@ def _saved_files(registry: Any, org: str) -> dict[str, str]:
     return files
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` at once (written beside it, synced, renamed): a reader sees the old or the new."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     with open(tmp, "rb") as f:
@@ -116,9 +117,9 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _apply(rulesets: Path, policies: Path, org: str, body: ConfigUpdate) -> None:
     for name, text in body.files.items():
-        _write_atomic(rulesets / org / name, text)
+        write_atomic(rulesets / org / name, text)
     if body.policy is not None:
-        _write_atomic(policies / f"{org}.yaml", body.policy)
+        write_atomic(policies / f"{org}.yaml", body.policy)
     for name in body.delete:
         (rulesets / org / name).unlink(missing_ok=True)
 

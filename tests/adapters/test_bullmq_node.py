@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -25,7 +24,9 @@ import pytest
 from adapters.bullmq_queue import DecisionPublisher, JobInfo
 from engine.config import DecisionType, Intent, Source
 from engine.models import Decision, Event
-from tests.adapters.test_bullmq_queue import REDIS_URL, Queues, require_redis, wait_until
+from tests.adapters.test_bullmq_queue import REDIS_URL, Queues, queues, wait_until
+
+__all__ = ["queues"]  # a fixture, used by name
 
 BULLMQ_NODE = "5.81.5"  # same Lua scripts (names and key counts) as bullmq-py 2.25.4
 IOREDIS_NODE = "5.11.1"  # the ioredis that bullmq 5.81.5 itself depends on
@@ -81,16 +82,6 @@ def node_modules() -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return cache / "node_modules"
-
-
-@pytest.fixture
-async def queues() -> AsyncIterator[Queues]:
-    require_redis()
-    q = Queues()
-    try:
-        yield q
-    finally:
-        await asyncio.wait_for(q.cleanup(), 30)
 
 
 async def run_node(node_modules: Path, script: str, *args: str, within: float = 60) -> list[str]:

@@ -86,3 +86,13 @@ async def raw_rows(store: Any, sql: str) -> list[dict[str, Any]]:
         if hasattr(db, "execute_fetchall"):  # aiosqlite
             return [dict(r) for r in await db.execute_fetchall(sql)]
         return [dict(r) for r in await db.fetch(sql)]  # asyncpg
+
+
+async def post_event(url: str, key: str, event: dict[str, Any], mode: str) -> tuple[int, dict[str, Any]]:
+    """POST an event to a running server's /api/agent/process in `mode`: (status, JSON answer)."""
+    import aiohttp
+
+    async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s,
+                s.post(f"{url}/api/agent/process", params={"mode": mode}, json=event,
+                       headers={"Authorization": f"Bearer {key}"}) as r):
+        return r.status, await r.json()

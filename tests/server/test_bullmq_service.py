@@ -17,10 +17,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from tests.adapters.test_bullmq_node import _DECISION_WORKER, _PLATFORM_PRODUCER, node_modules, run_node
+from tests.server.conftest import post_event
 from tests.server.test_crash import (
     ROOT,
     check_exactly_once,
@@ -91,13 +91,6 @@ def worker(db: Path, log: Path, redis_url: str, *extra: str) -> subprocess.Popen
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
 
-async def _post(url: str, key: str, event: dict, mode: str) -> tuple[int, dict]:
-    async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s,
-                s.post(f"{url}/api/agent/process", params={"mode": mode}, json=event,
-                       headers={"Authorization": f"Bearer {key}"}) as r):
-        return r.status, await r.json()
-
-
 @pytest.mark.timeout(240)
 async def test_three_workers_a_kill_and_a_redis_restart_lose_nothing_and_decide_each_event_once(
         serve, redis, tmp_path):
@@ -116,13 +109,13 @@ async def test_three_workers_a_kill_and_a_redis_restart_lose_nothing_and_decide_
         workers[0].wait(10)
 
         redis.stop()  # Redis goes away mid-run (it keeps nothing: every job is lost with it)
-        status, body = await _post(front.url, front.key, envelopes("down-q", 1)[0], "queue")
+        status, body = await post_event(front.url, front.key, envelopes("down-q", 1)[0], "queue")
         assert status == 503 and body["error"]["code"] == "unavailable", body
-        status, body = await _post(front.url, front.key, envelopes("down-sync", 1)[0], "sync")
+        status, body = await post_event(front.url, front.key, envelopes("down-sync", 1)[0], "sync")
         assert status == 200 and body["event_id"] == "down-sync-000", body  # sync mode needs no queue
         redis.start()
         await redis.ready()
-        status, body = await _post(front.url, front.key, envelopes("back", 1)[0], "queue")
+        status, body = await post_event(front.url, front.key, envelopes("back", 1)[0], "queue")
         assert status == 202, body
 
         await drain(front.db, within=150)  # the sweeper re-queues what the lost jobs carried

@@ -26,6 +26,7 @@ import asyncpg
 import pytest
 
 from adapters.pg_store import DB_TRIGGER_FUNCTION
+from tests.server.conftest import post_event
 from tests.server.test_crash import ROOT, deliver, envelopes
 from tests.stores import pg_database
 
@@ -214,13 +215,6 @@ def cluster():
         shutil.rmtree(c.dir, ignore_errors=True)
 
 
-async def _post(url: str, key: str, event: dict, mode: str) -> tuple[int, dict]:
-    async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s,
-                s.post(f"{url}/api/agent/process", params={"mode": mode}, json=event,
-                       headers={"Authorization": f"Bearer {key}"}) as r):
-        return r.status, await r.json()
-
-
 @pytest.mark.timeout(180)
 async def test_postgres_going_away_answers_503_and_the_service_resumes_when_it_is_back(serve, cluster):
     front = serve("--workers", "4", "--db", cluster.url)
@@ -232,9 +226,9 @@ async def test_postgres_going_away_answers_503_and_the_service_resumes_when_it_i
     await _drain(cluster.url, within=30)
 
     cluster.stop()
-    status, body = await _post(front.url, front.key, envelopes("down", 1)[0], "queue")
+    status, body = await post_event(front.url, front.key, envelopes("down", 1)[0], "queue")
     assert status == 503 and body["error"]["code"] == "unavailable", body  # nothing acknowledged
-    status, body = await _post(front.url, front.key, envelopes("down-sync", 1)[0], "sync")
+    status, body = await post_event(front.url, front.key, envelopes("down-sync", 1)[0], "sync")
     assert status == 503, body
     cluster.start()
 
@@ -242,7 +236,7 @@ async def test_postgres_going_away_answers_503_and_the_service_resumes_when_it_i
     deadline = time.monotonic() + 30
     for event in (envelopes("down", 1)[0], envelopes("down-sync", 1)[0]):
         while True:
-            status, body = await _post(front.url, front.key, event, "queue")
+            status, body = await post_event(front.url, front.key, event, "queue")
             if status == 202:
                 break
             assert status == 503 and time.monotonic() < deadline, (status, body)
