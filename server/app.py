@@ -191,10 +191,42 @@ def open_limits(settings: Settings) -> Any:
     return RedisLimits(settings.redis_url, prefix=settings.redis_prefix)
 
 
+def where(url: str) -> str:
+    """A store or Redis URL as it may be logged: scheme, host, port, database and schema, never a user name or
+    password (a file path is shown as it is)."""
+    from urllib.parse import urlsplit
+
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    query = "&".join(q for q in parts.query.split("&") if q.startswith("schema="))
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+def queue_kind(settings: Settings) -> Literal["inprocess", "bullmq"]:
+    """The queue the settings select (`auto`: BullMQ when a Redis is configured)."""
+    if settings.queue != "auto":
+        return settings.queue
+    return "bullmq" if settings.redis_url else "inprocess"
+
+
+def describe(settings: Settings, service: Service, *, deciding: bool) -> str:
+    """The start-up line of a service or worker process: which queue, store and Redis (prefix) it uses, and how
+    many event and action runners it has."""
+    queue = queue_kind(settings)
+    redis = (f"Redis {where(settings.redis_url)} with prefix {settings.redis_prefix!r}" if settings.redis_url
+             else "no Redis")
+    runners = (f"{settings.processing.workers} event runners, "
+               f"{settings.processing.action_workers if service.outbox is not None else 0} action runners"
+               if deciding else "no event or action runners (accepting only: `astralis worker` decides)")
+    return f"queue {queue}, store {where(settings.db)}, {redis}; {runners}"
+
+
 def make_queue(settings: Settings) -> Any:
     """The BullMQ queue (`server.queue.BullMQBackend`) when the settings ask for one, else None."""
-    kind = settings.queue if settings.queue != "auto" else ("bullmq" if settings.redis_url else "inprocess")
-    if kind == "inprocess":
+    if queue_kind(settings) == "inprocess":
         return None
     if not settings.redis_url:
         raise ValueError("--queue bullmq needs a Redis: --redis-url or REDIS_URL")
@@ -224,6 +256,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     service.outbox = make_outbox(settings, service, registry, app[STORE], app[METRICS], lambda: app[HTTP])
     app[SERVICE] = service
     await service.start(workers=settings.workers)
+    log.info("service %s: %s", service.owner, describe(settings, service, deciding=settings.workers))
     yield
     await service.stop()
     if service.queue is not None:

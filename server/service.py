@@ -163,13 +163,17 @@ class Service:
         if recovered:
             log.info("recovered %d unfinished events from a previous run", recovered)
         self._tasks.append(asyncio.create_task(self._keeper(), name="lease-keeper"))
-        if workers and self.queue is not None:
+        if not workers:
+            return
+        # Every deciding process runs the outbox, whichever queue feeds it: a decision's actions are only
+        # recorded in the outbox with it, and nothing else executes them.
+        if self.outbox is not None:
+            action_owners = await self.store.action_owners()
+            await self.outbox.start(dead_owners=[o for o in action_owners if owner_is_dead(o)])
+        if self.queue is not None:
             await self.queue.start(self)
-        elif workers:
+        else:
             self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatcher"))
-            if self.outbox is not None:
-                action_owners = await self.store.action_owners()
-                await self.outbox.start(dead_owners=[o for o in action_owners if owner_is_dead(o)])
 
     async def stop(self) -> None:
         """Stop claiming; let in-flight events finish for the grace period; give the rest back to the queue."""
