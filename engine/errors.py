@@ -28,6 +28,7 @@ CODES: dict[str, str] = {
     "extends_cycle": "policies extend each other in a cycle",
     "engine_limit": "the compiled rules exceed a hard limit of the rules engine",
     "compile_failed": "the rules engine refused or timed out on the compiled rules",
+    "load_failed": "loading the org raised an unexpected error (the org is not served from that revision)",
     "no_rules": "the org has no enabled rules",
     "may_exceed_engine_limit": "warning: some events may satisfy more conditions than the engine takes at once",
     "unreachable_rule": "warning: a rule is disabled or can never match",

@@ -486,10 +486,13 @@ async def healthz(request: web.Request) -> web.Response:
     for org in registry.known:
         state = registry.state(org)
         active = state.active if state else None
-        orgs[org] = {"loaded": active is not None, "revision": active.revision if active else None,
+        # ok (OrgState.ok): loaded AND the last load had no error — a failed hot reload is not ok, though the
+        # org is still served from its last good revision.
+        orgs[org] = {"ok": state is not None and state.ok, "loaded": active is not None,
+                     "revision": active.revision if active else None,
                      "errors": [str(e) for e in state.errors] if state else []}
-        ok = ok and active is not None
-    checks["rulesets"] = {"ok": bool(orgs) and all(o["loaded"] for o in orgs.values()), "orgs": orgs}
+        ok = ok and orgs[org]["ok"]
+    checks["rulesets"] = {"ok": bool(orgs) and all(o["ok"] for o in orgs.values()), "orgs": orgs}
     ok = ok and bool(orgs)
     return to_json({"status": "ok" if ok else "unavailable", "live": True, "ready": ok, "checks": checks},
                    200 if ok else 503)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -110,12 +111,16 @@ def report_org(metrics: Metrics, registry: Registry, org: str) -> None:
 async def load_registry(settings: Settings, metrics: Metrics) -> Registry:
     """Every org under the rulesets folder, loaded off the event loop; each finding logged."""
     registry = Registry(settings.rulesets, settings.policies)
-    findings = await asyncio.to_thread(registry.load_all)
+    findings = await asyncio.to_thread(registry.load_all)  # one org's failure is its own (Registry.reload)
     for org, errs in findings.items():
         for e in errs:
-            (log.warning if e.severity == "error" else log.info)("%s", e, extra={"org": org})
+            (log.error if e.severity == "error" else log.info)("%s", e, extra={"org": org})
         report_org(metrics, registry, org)
     log.info("rulesets loaded: %s", ", ".join(registry.orgs) or "none")
+    broken = [o for o in registry.known if (st := registry.state(o)) is not None and not st.ok]
+    if broken:
+        log.error("orgs not loaded, their files are broken (their errors are above; fixing a file reloads it): %s",
+                  ", ".join(broken))
     return registry
 
 
@@ -437,11 +442,49 @@ def new_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def run(settings: Settings, host: str, port: int, *, loop: str = "auto") -> None:
-    """Serve until SIGINT/SIGTERM; in-flight events finish or go back to the queue on the way out."""
+def run(settings: Settings, host: str, port: int, *, loop: str = "auto") -> int:
+    """Serve until SIGINT/SIGTERM; in-flight events finish or go back to the queue on the way out. Returns the
+    exit code: 0 after a signal, 1 when the service could not start (the reason is logged)."""
     event_loop = new_loop(loop)
     log.info("serving on http://%s:%d (event loop: %s, database: %s)", host, port,
-             type(event_loop).__module__.split(".")[0], settings.db)
-    with contextlib.suppress(KeyboardInterrupt):
-        web.run_app(create_app(settings), host=host, port=port, print=None, access_log=None,
-                    shutdown_timeout=settings.processing.shutdown_grace_seconds, loop=event_loop)
+             type(event_loop).__module__.split(".")[0], where(settings.db))
+    with asyncio.Runner(loop_factory=lambda: event_loop) as runner:
+        return runner.run(serve(settings, host, port))
+
+
+async def serve(settings: Settings, host: str, port: int, stop: asyncio.Event | None = None) -> int:
+    """The body of `run`: start the app, serve until SIGTERM/SIGINT (or `stop`), then shut down in order.
+
+    Whatever happens during start-up — a signal while the rulesets load, a store that cannot be opened — the
+    resources opened so far are closed and the call returns, so the process always exits: a store's worker
+    thread left open would keep the interpreter alive after a failed start, deaf to SIGTERM."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(create_app(settings), handle_signals=False, access_log=None,
+                           shutdown_timeout=settings.processing.shutdown_grace_seconds)
+    try:
+        starting = asyncio.create_task(runner.setup(), name="startup")
+        stopping = asyncio.create_task(stop.wait(), name="stop-signal")
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            log.info("stopped during start-up")
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await starting
+            return 0
+        stopping.cancel()
+        if (exc := starting.exception()) is not None:
+            log.error("the service could not start: %s: %s", type(exc).__name__, exc, exc_info=exc)
+            return 1
+        await web.TCPSite(runner, host, port).start()
+        await stop.wait()
+        log.info("stopping (signal received)")
+        return 0
+    finally:
+        await runner.cleanup()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)

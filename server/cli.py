@@ -123,8 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logs.configure(args.log_level, json_format=args.log_format == "json")
     settings = _settings(args, Settings, Processing)
-    run(settings, args.host, args.port, loop=args.loop)
-    return 0
+    return run(settings, args.host, args.port, loop=args.loop)
 
 
 def _settings(args: argparse.Namespace, settings_cls: Any, processing_cls: Any) -> Any:
