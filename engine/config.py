@@ -6,13 +6,14 @@ generated from them (`astralis schema`), and the loader validates YAML against b
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, time
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from engine.patterns import UserRegex, compile_regex
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 Id = Annotated[str, Field(pattern=ID_PATTERN, min_length=1, max_length=64)]
@@ -190,7 +191,8 @@ class FieldCondition(Strict):
     lt: float | None = None
     lte: float | None = None
     exists: bool | None = None
-    matches: str | None = Field(default=None, description="Python regular expression searched in the field's text.")
+    matches: str | None = Field(default=None, description=(
+        "RE2 regular expression (case-insensitive; no lookaround or backreferences) searched in the field's text."))
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -234,7 +236,8 @@ class TextCondition(Strict):
     any: list[str] = Field(default_factory=list, description="At least one of these keywords/phrases.")
     all: list[str] = Field(default_factory=list, description="Every one of these keywords/phrases.")
     none: list[str] = Field(default_factory=list, description="None of these keywords/phrases.")
-    regex: list[str] = Field(default_factory=list, description="Python regular expressions (search, case-insensitive); any may match.")
+    regex: list[str] = Field(default_factory=list, description=(
+        "RE2 regular expressions (search, case-insensitive; no lookaround or backreferences); any may match."))
     scope: TextScope = "all"
     include_quoted: bool = Field(default=False, description="Also search quoted reply text ('> ...', 'On ... wrote:').")
     count_negated: bool = False
@@ -610,6 +613,7 @@ class Policy(Strict):
             auto_execute=0.85, require_approval=0.6)
 
 
-def compile_user_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a rule's regular expression the way the matcher uses it (case-insensitive search)."""
-    return re.compile(pattern, re.IGNORECASE)
+def compile_user_regex(pattern: str) -> UserRegex:
+    """Compile a rule's regular expression the way the matcher uses it: RE2 (linear time), case-insensitive
+    search; `engine.patterns.RegexError` (a ValueError) when RE2 refuses it."""
+    return compile_regex(pattern)

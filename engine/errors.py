@@ -10,6 +10,9 @@ from typing import Literal
 
 CODES: dict[str, str] = {
     "yaml_syntax": "the file is not valid YAML",
+    "yaml_too_large": "the file is larger than the loader accepts (engine.loader.MAX_YAML_BYTES)",
+    "yaml_too_deep": "the document nests deeper than the loader accepts (engine.loader.MAX_YAML_DEPTH)",
+    "yaml_alias": "the document uses a YAML alias (*name); aliases are refused (their expansion is unbounded)",
     "not_a_mapping": "the document must be a mapping (key: value)",
     "missing_file": "a required file is missing",
     "schema": "the document does not match the JSON Schema",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
@@ -22,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from engine.config import DecisionType, OrgConfig, Policy, Rule, Ruleset, Threshold, compile_user_regex
 from engine.errors import ConfigError, ConfigInvalid
+from engine.patterns import RegexError
 from engine.templates import config_errors as template_errors
 
 M = TypeVar("M", bound=BaseModel)
@@ -111,8 +111,56 @@ def _syntax_error(exc: yaml.YAMLError, path: str) -> ConfigError:
     return ConfigError(path, line, "yaml_syntax", str(problem).strip())
 
 
+MAX_YAML_BYTES = 256 * 1024
+"""Largest YAML file the loader parses (UTF-8 bytes). The largest shipped file is 21 KB."""
+MAX_YAML_DEPTH = 32
+"""Deepest nesting of mappings and sequences accepted. The shipped files nest 7 deep."""
+
+
+def yaml_limits(text: str, path: str) -> ConfigError | None:
+    """The first limit a YAML text breaks, checked before anything is built from it: its size, then, in one
+    streaming pass of the parser's events, the first alias (`*name`, refused: expanding aliases is how a few
+    hundred bytes become gigabytes) and the first node nested deeper than `MAX_YAML_DEPTH`. None when within
+    limits, and for a syntax error too (the parse that follows reports it, in better words)."""
+    size = len(text.encode("utf-8", "surrogatepass")) if len(text) * 4 > MAX_YAML_BYTES else len(text)
+    if size > MAX_YAML_BYTES:
+        return ConfigError(path, 1, "yaml_too_large",
+                           f"the file is {size} bytes; at most {MAX_YAML_BYTES} are accepted (split the rules into "
+                           "several files)")
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=_SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                return ConfigError(path, event.start_mark.line + 1, "yaml_alias",
+                                   f"alias '*{event.anchor}' refused: YAML aliases and anchors are not accepted "
+                                   "(write the value out where it is needed)")
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    return ConfigError(path, event.start_mark.line + 1, "yaml_too_deep",
+                                       f"mappings and lists nest more than {MAX_YAML_DEPTH} levels deep here")
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+    except yaml.YAMLError as exc:
+        if "nesting depth" in str(exc):  # libyaml's own limit (1,000 flow levels), met while looking ahead
+            return ConfigError(path, 1, "yaml_too_deep", f"mappings and lists nest more than {MAX_YAML_DEPTH} levels deep")
+        return None
+    except RecursionError:
+        return ConfigError(path, 1, "yaml_too_deep", f"mappings and lists nest more than {MAX_YAML_DEPTH} levels deep")
+    return None
+
+
 def read_yaml(path: Path) -> Located | ConfigError:
-    """Read and parse one file; a file that is not UTF-8 text is a `yaml_syntax` error, not a crash."""
+    """Read and parse one file; a file that is not UTF-8 text is a `yaml_syntax` error, not a crash, and a file
+    over `MAX_YAML_BYTES` is refused before it is read."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return ConfigError(str(path), 0, "missing_file", f"cannot read the file: {exc.strerror}")
+    if size > MAX_YAML_BYTES:
+        return ConfigError(str(path), 1, "yaml_too_large",
+                           f"the file is {size} bytes; at most {MAX_YAML_BYTES} are accepted (split the rules into "
+                           "several files)")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -122,7 +170,11 @@ def read_yaml(path: Path) -> Located | ConfigError:
 
 
 def parse_yaml(text: str, path: str) -> Located | ConfigError:
-    """Parse one YAML document (safe loader) and map every node to its line."""
+    """Parse one YAML document (safe loader) and map every node to its line, after `yaml_limits`: nothing is
+    built from a text over a size, depth or alias limit."""
+    refused = yaml_limits(text, path)
+    if refused is not None:
+        return refused
     try:
         node, data = _load(text, _SafeLoader)  # libyaml when available: the safe loader, in C
     except yaml.YAMLError:
@@ -130,6 +182,8 @@ def parse_yaml(text: str, path: str) -> Located | ConfigError:
             node, data = _load(text, yaml.SafeLoader)
         except yaml.YAMLError as exc:
             return _syntax_error(exc, path)
+        except RecursionError:  # a broken file nested too deep for the pure-Python parser's recursion
+            return ConfigError(path, 1, "yaml_too_deep", f"mappings and lists nest more than {MAX_YAML_DEPTH} levels deep")
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -352,15 +406,28 @@ def _check_references(org: OrgConfig, org_doc: Located, policy: Policy, policy_p
             errors.append(ConfigError(ref.path, docs[ref.path].line(("rules", _rule_index(docs[ref.path], ref), "then", "pipeline")),
                                       "unknown_pipeline",
                                       f"rule '{ref.rule.id}' routes to '{target}', which org '{org.org}' does not define"))
-        text = ref.rule.when.text
-        if text:
-            for k, pattern in enumerate(text.regex):
-                try:
-                    compile_user_regex(pattern)
-                except re.error as exc:
-                    idx = _rule_index(doc, ref)
-                    errors.append(ConfigError(ref.path, doc.line(("rules", idx, "when", "text", "regex", k)), "invalid_regex",
-                                              f"rule '{ref.rule.id}': regex {pattern!r} does not compile: {exc}"))
+        errors.extend(_regex_errors(ref, doc))
+    return errors
+
+
+def _regex_errors(ref: RuleRef, doc: Located) -> list[ConfigError]:
+    """Every regex of a rule (`text.regex`, `fields[].matches`) compiled as the matcher compiles it (RE2):
+    one `invalid_regex` at the pattern's line for each that RE2 refuses or that is over a size limit."""
+    when = ref.rule.when
+    found: list[tuple[str, tuple[str | int, ...], str]] = []
+    if when.text:
+        found += [(p, ("text", "regex", k), "regex") for k, p in enumerate(when.text.regex)]
+    found += [(fc.matches, ("fields", k, "matches"), f"fields[{k}].matches")
+              for k, fc in enumerate(when.fields) if fc.matches is not None]
+    errors = []
+    for pattern, loc, what in found:
+        try:
+            compile_user_regex(pattern)
+        except RegexError as exc:
+            line = doc.line(("rules", _rule_index(doc, ref), "when", *loc))
+            shown = pattern if len(pattern) <= 120 else pattern[:117] + "..."
+            errors.append(ConfigError(ref.path, line, "invalid_regex",
+                                      f"rule '{ref.rule.id}': {what} {shown!r} does not compile: {exc}"))
     return errors
 
 
@@ -468,5 +535,5 @@ def org_dirs(rulesets_dir: Path) -> list[Path]:
     return sorted(p.parent for p in rulesets_dir.glob(f"*/{ORG_FILE}"))
 
 
-__all__ = ["DecisionType", "Located", "OrgBundle", "RuleRef", "load_org", "load_policy", "org_dirs",
-           "parse_yaml", "validate_org"]
+__all__ = ["MAX_YAML_BYTES", "MAX_YAML_DEPTH", "DecisionType", "Located", "OrgBundle", "RuleRef", "load_org",
+           "load_policy", "org_dirs", "parse_yaml", "validate_org", "yaml_limits"]

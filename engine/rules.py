@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +22,7 @@ from engine import durable
 from engine.config import FieldCondition, TextCondition, compile_user_regex
 from engine.errors import ConfigError
 from engine.loader import OrgBundle, RuleRef
+from engine.patterns import UserRegex
 from engine.text import EventText, Term, extract
 
 Cond = dict[str, Any]
@@ -40,7 +40,7 @@ class TextFeature:
     any: tuple[Term, ...]
     all: tuple[Term, ...]
     none: tuple[Term, ...]
-    regex: tuple[re.Pattern[str], ...]
+    regex: tuple[UserRegex, ...]
 
     def evaluate(self, text: EventText) -> bool:
         """Whether the event's text satisfies this condition."""
@@ -55,7 +55,7 @@ class TextFeature:
             return True
         if any(sc.has(t, neg) for t in self.any):
             return True
-        raw = text.raw(self.scope, self.include_quoted) if self.regex else ""
+        raw = text.raw_bytes(self.scope, self.include_quoted) if self.regex else b""
         return any(r.search(raw) for r in self.regex)
 
 
@@ -127,12 +127,12 @@ class MatchFeature:
 
     key: str
     path: tuple[str, ...]
-    regex: re.Pattern[str]
+    regex: UserRegex
 
     def evaluate(self, event: dict[str, Any]) -> bool:
         """Whether the field exists and the regex is found in its text."""
         value = resolve_path(event, self.path)
-        return value is not None and bool(self.regex.search(str(value)))
+        return value is not None and self.regex.search(str(value))
 
 
 @dataclass(frozen=True)

@@ -312,6 +312,7 @@ class EventText:
     injection: list[str]
     scopes: dict[str, Scope]
     _raw: dict[str, str] = field(default_factory=dict)
+    _raw_bytes: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def for_llm(self) -> str:
@@ -352,6 +353,15 @@ class EventText:
                 cached = {"subject": self.subject, "body": self.body, "all": self.subject + "\n" + self.body}[name]
                 cached += "\n" + self.quoted if include_quoted else ""
             self._raw[key] = cached
+        return cached
+
+    def raw_bytes(self, name: str, include_quoted: bool) -> bytes:
+        """`raw` as UTF-8, encoded once per event: every rule regex (RE2, which reads bytes) searches the same
+        bytes instead of encoding a long text again for each pattern."""
+        key = f"raw:{name}:{include_quoted}"
+        cached = self._raw_bytes.get(key)
+        if cached is None:
+            cached = self._raw_bytes[key] = self.raw(name, include_quoted).encode("utf-8", "surrogatepass")
         return cached
 
 
