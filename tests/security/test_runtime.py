@@ -1,0 +1,252 @@
+"""Issue 13, the runtime findings: one org's broken file never stops the service (finding 9, start-up and
+reload), scale-out runs its actions (finding 10: see also tests/server/test_bullmq_service.py and
+test_pg_service.py, which count every action on the receiver's side) and dashboard sessions (finding 11).
+
+The start-up and reload tests run a real `astralis serve` subprocess on a private copy of the rulesets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from engine import registry as registry_module
+from engine.registry import Registry
+from tests.server.test_crash import CORPUS, ROOT, free_port
+
+BROKEN_REGEX = 'matches: "(unclosed"'
+"""The finding's reproduction: a `fields[].matches` regex that does not compile."""
+
+
+class Server:
+    """`astralis serve` on a private copy of the rulesets and policies, with an acme API key; its output (JSON
+    lines) in a log file."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.dir = tmp
+        self.rulesets, self.policies = tmp / "rulesets", tmp / "policies"
+        shutil.copytree(ROOT / "rulesets", self.rulesets)
+        shutil.copytree(ROOT / "policies", self.policies)
+        self.db = tmp / "astralis.db"
+        self.log = tmp / "serve.log"
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        out = subprocess.run([sys.executable, "-m", "server.cli", "keys", "create", "--org", "acme", "--db",
+                              str(self.db)], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+        assert out.returncode == 0, out.stderr
+        self.key = out.stdout.strip()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *extra: str) -> None:
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "server.cli", "serve", "--db", str(self.db), "--port", str(self.port),
+                 "--rulesets", str(self.rulesets), "--policies", str(self.policies), "--llm", "off",
+                 "--no-schedules", "--workers", "2", *extra],
+                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def messages(self) -> list[str]:
+        """The `msg` of every JSON log line (a line that is not JSON — a bare traceback — as it is)."""
+        out = []
+        for line in self.text().splitlines():
+            try:
+                out.append(str(json.loads(line).get("msg", "")))
+            except ValueError:
+                out.append(line)
+        return out
+
+    async def health(self, within: float = 30.0) -> tuple[int, dict[str, Any]]:
+        """The first answer of GET /healthz (any status), once the server listens."""
+        assert self.proc is not None
+        t0 = time.monotonic()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as s:
+            while True:
+                assert self.proc.poll() is None, f"serve exited with {self.proc.returncode}\n{self.text()}"
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with s.get(f"{self.url}/healthz") as r:
+                        return r.status, await r.json()
+                assert time.monotonic() - t0 < within, f"serve did not answer within {within} s\n{self.text()}"
+                await asyncio.sleep(0.05)
+
+    async def decide(self, event: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """POST one acme event in sync mode."""
+        async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s,
+                    s.post(f"{self.url}/api/agent/process", params={"mode": "sync"}, json=event,
+                           headers={"Authorization": f"Bearer {self.key}"}) as r):
+            return r.status, await r.json()
+
+    def terminate(self, within: float = 5.0) -> tuple[int, float]:
+        """SIGTERM; (exit code, seconds until gone). Fails when the process outlives `within` seconds."""
+        assert self.proc is not None
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(within)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(f"serve ignored SIGTERM for {within} s\n{self.text()}") from None
+        return code, time.monotonic() - t0
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    s = Server(tmp_path)
+    yield s
+    s.stop()
+    print(s.text()[-5000:])
+
+
+def break_regex(rulesets: Path) -> Path:
+    """brightsmile's spam rules with the finding's regex in a `fields[].matches`; the file changed."""
+    spam = rulesets / "brightsmile" / "spam.yaml"
+    text = spam.read_text(encoding="utf-8")
+    broken = re.sub(r"matches: '[^']*'", BROKEN_REGEX, text, count=1)
+    assert broken != text, "brightsmile/spam.yaml has no fields[].matches to break"
+    spam.write_text(broken, encoding="utf-8")
+    return spam
+
+
+def acme_event(event_id: str) -> dict[str, Any]:
+    """A corpus event of acme that the rules decide and execute (an intake routed to a pipeline)."""
+    sample = next(e for e in CORPUS if e["id"] == "acme-c-001")
+    return {k: v for k, v in sample.items() if k != "org"} | {"id": event_id}
+
+
+def finding_lines(messages: list[str], path: Path) -> list[str]:
+    """The log lines that report a finding of `path` as `path:line: code: message`."""
+    return [m for m in messages if re.match(rf"{re.escape(str(path))}:\d+: [a-z_]+: .+", m)]
+
+
+# --------------------------------------------------------------------------- finding 9: start-up
+
+@pytest.mark.timeout(90)
+async def test_finding_9_an_uncompilable_regex_in_one_org_at_start_up_leaves_the_others_serving_and_sigterm_stops_it(
+        server: Server) -> None:
+    spam = break_regex(server.rulesets)
+    server.start()
+    status, body = await server.health()
+    assert status == 503 and body["status"] != "ok", body  # not ok: one org is not served
+
+    # The other org is served: its events are decided (and executed) as usual.
+    code, decision = await server.decide(acme_event("contained-1"))
+    assert code == 200 and decision["status"] == "EXECUTED" and decision["intent"], decision
+
+    messages = server.messages()
+    assert finding_lines(messages, server.rulesets / "brightsmile") or finding_lines(messages, spam), messages
+    assert any("orgs not loaded" in m and "brightsmile" in m for m in messages), messages
+    assert "Traceback" not in server.text()
+
+    exit_code, seconds = server.terminate(within=5.0)
+    assert exit_code == 0, server.text()
+    print(f"SIGTERM to exit: {seconds:.2f} s")
+
+
+@pytest.mark.timeout(60)
+async def test_finding_9_sigterm_while_the_rulesets_load_stops_serve(server: Server) -> None:
+    break_regex(server.rulesets)
+    server.start()
+    t0 = time.monotonic()
+    while "serving on" not in server.text():  # the first line, written before the rulesets load
+        assert time.monotonic() - t0 < 30, server.text()
+        await asyncio.sleep(0.01)
+    exit_code, seconds = server.terminate(within=5.0)
+    assert exit_code == 0, server.text()
+    assert "Traceback" not in server.text()
+    print(f"SIGTERM during start-up to exit: {seconds:.2f} s")
+
+
+# --------------------------------------------------------------------------- finding 9: hot reload
+
+@pytest.mark.timeout(90)
+async def test_finding_9_a_failed_hot_reload_turns_healthz_not_ok_and_fixing_the_file_clears_it(
+        server: Server) -> None:
+    spam = server.rulesets / "brightsmile" / "spam.yaml"
+    good = spam.read_text(encoding="utf-8")
+    server.start()  # with the file watcher (hot reload)
+    status, body = await server.health()
+    assert status == 200 and body["status"] == "ok", body
+
+    break_regex(server.rulesets)
+    t0 = time.monotonic()
+    while (await server.health())[0] == 200:
+        assert time.monotonic() - t0 < 20, f"healthz still ok 20 s after a failed reload\n{server.text()}"
+        await asyncio.sleep(0.1)
+    status, body = await server.health()
+    assert status == 503 and body["status"] != "ok", body
+    assert finding_lines(server.messages(), spam) or finding_lines(server.messages(), server.rulesets / "brightsmile")
+
+    code, decision = await server.decide(acme_event("during-broken-reload"))
+    assert code == 200 and decision["status"] == "EXECUTED", decision
+
+    spam.write_text(good, encoding="utf-8")  # fixed: the reload clears the error
+    t0 = time.monotonic()
+    while (await server.health())[0] != 200:
+        assert time.monotonic() - t0 < 20, f"healthz not ok 20 s after the file was fixed\n{server.text()}"
+        await asyncio.sleep(0.1)
+
+    exit_code, _ = server.terminate(within=5.0)
+    assert exit_code == 0, server.text()
+    assert "Traceback" not in server.text()
+
+
+# --------------------------------------------------------------------------- finding 9: any exception
+
+def test_finding_9_any_exception_loading_one_org_is_that_orgs_load_failed_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not only a bad regex: whatever a loader or compiler bug raises for one org (here a RecursionError, injected
+    into the real compiler for brightsmile alone) stays with that org; the others load, nothing raises."""
+    rulesets, policies = tmp_path / "rulesets", tmp_path / "policies"
+    shutil.copytree(ROOT / "rulesets", rulesets)
+    shutil.copytree(ROOT / "policies", policies)
+    real = registry_module.compile_rules
+
+    def compile_rules(bundle: Any, **kw: Any) -> Any:
+        if bundle.org.org == "brightsmile":
+            raise RecursionError(f"maximum recursion depth exceeded while compiling {rulesets}/brightsmile")
+        return real(bundle, **kw)
+
+    monkeypatch.setattr(registry_module, "compile_rules", compile_rules)
+    registry = Registry(rulesets, policies)
+    findings = registry.load_all()
+
+    assert registry.orgs == ["acme"] and registry.known == ["acme", "brightsmile"]
+    state = registry.state("brightsmile")
+    assert state is not None and not state.ok and state.active is None
+    assert [str(e) for e in findings["brightsmile"]] == [
+        f"{rulesets}/brightsmile:0: load_failed: loading org 'brightsmile' failed: RecursionError: maximum "
+        "recursion depth exceeded while compiling rulesets/brightsmile; it is not served from these files"]
+    acme = registry.state("acme")
+    assert acme is not None and acme.ok
+
+    # On reload the last good revision stays active, yet the org is reported not ok until its files load again.
+    monkeypatch.setattr(registry_module, "compile_rules", real)
+    registry.reload("brightsmile")
+    good = registry.get("brightsmile")
+    assert good is not None and registry.state("brightsmile").ok  # type: ignore[union-attr]
+    monkeypatch.setattr(registry_module, "compile_rules", compile_rules)
+    assert [e.code for e in registry.reload("brightsmile")] == ["load_failed"]
+    assert registry.get("brightsmile") is good and not registry.state("brightsmile").ok  # type: ignore[union-attr]
