@@ -4,6 +4,10 @@ Only the URLs written in the org's policy are ever called: an action names a wor
 nothing an event or an LLM says can point the agent anywhere else (and redirects are not followed). Every
 attempt carries the action's idempotency key in `Idempotency-Key`, so a workflow can drop a repeat; the
 workflow reports back through the n8n webhook (`automation:completed`).
+
+The URL and the auth secret are tenant input: the secret is resolved under the org's own prefix only
+(adapters/secrets.py), and the connection goes through the egress-guarded session (adapters/egress.py); a refusal
+of either is a permanent failure whose reason is recorded on the action.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any
 
 import aiohttp
 
+from adapters.egress import UNGUARDED, policy_of, refusal_in
+from adapters.secrets import SecretRefused, SecretResolver
 from engine.loader import OrgBundle
 from engine.ports import ActionFailed, ActionJob
 
@@ -61,10 +67,11 @@ class AutomationTrigger:
     """Runs TRIGGER_AUTOMATION: POSTs the decision to the workflow's configured webhook URL."""
 
     def __init__(self, bundles: Callable[[str], OrgBundle | None], session: Callable[[], aiohttp.ClientSession], *,
-                 env: Mapping[str, str] = os.environ, callback_base: str = "") -> None:
+                 env: Mapping[str, str] = os.environ, callback_base: str = "",
+                 secrets: SecretResolver | None = None) -> None:
         self.bundles = bundles
         self.session = session
-        self.env = env
+        self.secrets = secrets or SecretResolver(env)
         self.callback_base = callback_base.rstrip("/")
 
     async def run(self, job: ActionJob) -> dict[str, Any]:
@@ -82,15 +89,18 @@ class AutomationTrigger:
         headers = {"Content-Type": "application/json", "Idempotency-Key": job.key,
                    "X-Astralis-Decision": job.decision_id, "User-Agent": "astralis-orchestrator"}
         if automation.auth_env:
-            secret = self.env.get(automation.auth_env)
-            if not secret:
-                raise ActionFailed(f"automation '{name}' needs the environment variable {automation.auth_env} "
-                                   "(its auth header), which is not set", permanent=True)
+            try:
+                secret = self.secrets.resolve(job.org, automation.auth_env, field=f"automations.{name}.auth_env")
+            except SecretRefused as exc:
+                raise ActionFailed(f"automation '{name}': {exc}", permanent=True) from None
             headers[automation.auth_header] = secret
+        http = self.session()
+        if policy_of(http) is None:
+            raise ActionFailed(f"automation '{name}': {UNGUARDED}", permanent=True)
         body = json.dumps(self.payload(job, name), default=str)
         started = asyncio.get_running_loop().time()
         try:
-            async with self.session().post(automation.url, data=body, headers=headers, allow_redirects=False,
+            async with http.post(automation.url, data=body, headers=headers, allow_redirects=False,
                                            timeout=aiohttp.ClientTimeout(total=automation.timeout_seconds)) as resp:
                 raw = await resp.content.read(MAX_ANSWER_BYTES)
                 text = _decode(raw, resp.charset)
@@ -99,6 +109,9 @@ class AutomationTrigger:
         except TimeoutError:
             raise ActionFailed(f"automation '{name}' did not answer within {automation.timeout_seconds:g} s") from None
         except aiohttp.ClientError as exc:
+            refused = refusal_in(exc)
+            if refused is not None:  # the destination is not allowed: no retry changes that
+                raise ActionFailed(f"automation '{name}' at {automation.url}: {refused}", permanent=True) from None
             raise ActionFailed(f"automation '{name}' could not be reached: {type(exc).__name__}: {exc}") from None
         if secret:
             # A workflow that echoes its request (n8n's "respond with the first entry") would hand the auth header

@@ -10,10 +10,15 @@ checked before anything is delivered, so a permanent failure never leaves half a
 Non-urgent notifications wait for `notifications.delay_minutes` after the decision and, with
 `business_hours_only`, for the org's next opening (`ActionDeferred`); priority 5, `immediate` and escalations go
 at once.
+
+The SMTP host, the webhook URL and the secrets are tenant input: secrets resolve under the org's own prefix only
+(adapters/secrets.py); the SMTP server and the webhook are reached through the egress policy (adapters/egress.py),
+which checks the address actually connected to. A refusal is a permanent failure, recorded on the action.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -30,7 +35,9 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import aiosmtplib
 
+from adapters import egress
 from adapters.automations import classify, retry_after
+from adapters.secrets import SecretRefused, SecretResolver
 from engine.config import EmailSettings, OrgConfig, Policy, User
 from engine.loader import OrgBundle
 from engine.plan import work_hours
@@ -121,11 +128,11 @@ class NotificationDispatcher:
 
     def __init__(self, store: Any, bundles: Callable[[str], OrgBundle | None],
                  session: Callable[[], aiohttp.ClientSession], *, env: Mapping[str, str] = os.environ,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC), secrets: SecretResolver | None = None) -> None:
         self.store = store
         self.bundles = bundles
         self.session = session
-        self.env = env
+        self.secrets = secrets or SecretResolver(env)
         self.clock = clock
 
     async def run(self, job: ActionJob) -> dict[str, Any]:
@@ -148,8 +155,12 @@ class NotificationDispatcher:
             why = "; ".join(f"{s['recipient']}: {s['reason']}" for s in plan.skipped) or "no recipients given"
             raise ActionFailed(f"notification '{template}' of {job.key} has no deliverable recipient ({why})",
                                permanent=True, result={"template": template, "skipped": plan.skipped})
-        secret = self._webhook_secret(policy) if plan.webhook else None
-        credentials = self._smtp_credentials(policy.notifications.email) if plan.email else (None, None)
+        guard = egress.policy_of(self.session()) if plan.webhook or plan.email else None
+        if (plan.webhook or plan.email) and guard is None:
+            raise ActionFailed(f"notification '{template}' of {job.key}: {egress.UNGUARDED}", permanent=True,
+                               result={"template": template, "skipped": plan.skipped})
+        secret = self._webhook_secret(job.org, policy) if plan.webhook else None
+        credentials = self._smtp_credentials(job.org, policy.notifications.email) if plan.email else (None, None)
 
         earlier = await self.store.list_actions(job.org, job.decision_id) if job.decision_id else []
         booking, calendar_row = _booking(earlier, job.params)
@@ -184,7 +195,8 @@ class NotificationDispatcher:
             for i, (address, user) in enumerate(plan.email):
                 subject, body = text(user, email=True, guest=None if user else address)
                 messages.append(self._message(job, policy.notifications.email, address, i, subject, body, invite))
-            result["email"] = await self._send(job, policy.notifications.email, credentials, messages, result)
+            assert guard is not None
+            result["email"] = await self._send(guard, policy.notifications.email, credentials, messages, result)
             if invite is not None:
                 result["attachment"] = "invite.ics"
         if plan.webhook:
@@ -268,19 +280,19 @@ class NotificationDispatcher:
 
     # ---- email ----------------------------------------------------------------------------------------------
 
-    def _smtp_credentials(self, settings: EmailSettings | None) -> tuple[str | None, str | None]:
+    def _smtp_credentials(self, org: str, settings: EmailSettings | None) -> tuple[str | None, str | None]:
         if settings is None:
             return None, None
-        values = []
-        for name in (settings.username_env, settings.password_env):
+        values: list[str | None] = []
+        for key in ("username_env", "password_env"):
+            name = getattr(settings, key)
             if name is None:
                 values.append(None)
                 continue
-            value = self.env.get(name)
-            if not value:
-                raise ActionFailed(f"notifications.email names the environment variable {name} (SMTP login), "
-                                   "which is not set", permanent=True)
-            values.append(value)
+            try:
+                values.append(self.secrets.resolve(org, name, field=f"notifications.email.{key} (SMTP login)"))
+            except SecretRefused as exc:
+                raise ActionFailed(str(exc), permanent=True) from None
         return values[0], values[1]
 
     def _message(self, job: ActionJob, settings: EmailSettings, to: str, index: int, subject: str, body: str,
@@ -303,15 +315,28 @@ class NotificationDispatcher:
                                params={"method": method, "charset": "utf-8"})
         return msg
 
-    async def _send(self, job: ActionJob, settings: EmailSettings, credentials: tuple[str | None, str | None],
-                    messages: list[EmailMessage], result: dict[str, Any]) -> list[str]:
-        """Send every message over one SMTP connection; the addresses delivered to."""
+    async def _send(self, guard: egress.EgressPolicy, settings: EmailSettings,
+                    credentials: tuple[str | None, str | None], messages: list[EmailMessage],
+                    result: dict[str, Any]) -> list[str]:
+        """Send every message over one SMTP connection (to an address the egress policy checked; the host name is
+        kept for TLS); the addresses delivered to."""
         sent: list[str] = []
-        smtp = aiosmtplib.SMTP(hostname=settings.host, port=settings.port, username=credentials[0],
-                               password=credentials[1], use_tls=settings.use_tls,
-                               start_tls=settings.starttls if not settings.use_tls else False,
-                               timeout=settings.timeout_seconds)
         where = f"SMTP server {settings.host}:{settings.port}"
+        try:
+            async with asyncio.timeout(settings.timeout_seconds):
+                sock = await egress.connect(guard, settings.host, settings.port)
+        except egress.EgressRefused as exc:
+            raise ActionFailed(f"{where}: {exc}", permanent=True, result=result) from None
+        except (OSError, TimeoutError) as exc:
+            raise ActionFailed(f"{where}: {type(exc).__name__}: {exc}", result=result) from None
+        try:
+            smtp = aiosmtplib.SMTP(hostname=settings.host, sock=sock, username=credentials[0],
+                                   password=credentials[1], use_tls=settings.use_tls,
+                                   start_tls=settings.starttls if not settings.use_tls else False,
+                                   timeout=settings.timeout_seconds)
+        except BaseException:
+            sock.close()
+            raise
         try:
             async with smtp:
                 for msg in messages:
@@ -335,14 +360,13 @@ class NotificationDispatcher:
 
     # ---- webhook --------------------------------------------------------------------------------------------
 
-    def _webhook_secret(self, policy: Policy) -> str:
+    def _webhook_secret(self, org: str, policy: Policy) -> str:
         hook = policy.notifications.webhook
         assert hook is not None
-        secret = self.env.get(hook.secret_env)
-        if not secret:
-            raise ActionFailed(f"notifications.webhook needs the environment variable {hook.secret_env} (its signing "
-                               "secret), which is not set", permanent=True)
-        return secret
+        try:
+            return self.secrets.resolve(org, hook.secret_env, field="notifications.webhook.secret_env (signing secret)")
+        except SecretRefused as exc:
+            raise ActionFailed(str(exc), permanent=True) from None
 
     async def _post(self, job: ActionJob, policy: Policy, secret: str, template: str, subject: str, body: str,
                     plan: _Delivery, result: dict[str, Any]) -> int:
@@ -366,6 +390,9 @@ class NotificationDispatcher:
             raise ActionFailed(f"notification webhook {hook.url} did not answer within {hook.timeout_seconds:g} s",
                                result=result) from None
         except aiohttp.ClientError as exc:
+            refused = egress.refusal_in(exc)
+            if refused is not None:  # the destination is not allowed: no retry changes that
+                raise ActionFailed(f"notification webhook {hook.url}: {refused}", permanent=True, result=result) from None
             raise ActionFailed(f"notification webhook {hook.url} could not be reached: {type(exc).__name__}: {exc}",
                                result=result) from None
         kind = classify(status)

@@ -147,7 +147,8 @@ class OrgConfig(Strict):
     lunch: Hours | None = None
     webhook_secret_env: str | None = Field(
         default=None, pattern=r"^[A-Z_][A-Z0-9_]*$",
-        description="Name of the environment variable holding the webhook signing secret.")
+        description="The secret that signs this org's inbound webhooks: an environment variable under the org's own "
+                    "prefix, e.g. ACME_WEBHOOK_SECRET for org acme (several values comma-separated during a rotation).")
     pipelines: list[Pipeline] = Field(min_length=1)
     users: list[User] = Field(min_length=1)
 
@@ -460,7 +461,8 @@ class Automation(Strict):
     auth_header: str = Field(default="Authorization", pattern=r"^[A-Za-z0-9-]+$",
                              description="The header that carries the secret named by `auth_env`.")
     auth_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$",
-                                 description="Environment variable holding the header's value (never stored in YAML).")
+                                 description="The secret sent in the header: an environment variable under the org's own "
+                                             "prefix (<ORG>_..., e.g. ACME_N8N_TOKEN), set by the operator; never stored in YAML.")
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
 
 
@@ -477,8 +479,10 @@ class EmailSettings(Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=25, ge=1, le=65535)
     from_address: str = Field(pattern=r"^[^@\s]+@[^@\s]+$", alias="from")
-    username_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
-    password_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    username_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$",
+                                     description="SMTP login: an environment variable under the org's own prefix (<ORG>_...).")
+    password_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$",
+                                     description="SMTP password: an environment variable under the org's own prefix (<ORG>_...).")
     starttls: bool = False
     use_tls: bool = False
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
@@ -488,7 +492,8 @@ class NotifyWebhook(Strict):
     """An outbound webhook that receives every notification, signed like our inbound webhooks."""
 
     url: str = Field(pattern=r"^https?://[^\s]+$")
-    secret_env: str = Field(pattern=r"^[A-Z_][A-Z0-9_]*$", description="Environment variable holding the signing secret.")
+    secret_env: str = Field(pattern=r"^[A-Z_][A-Z0-9_]*$",
+                            description="The signing secret: an environment variable under the org's own prefix (<ORG>_...).")
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
 
 

@@ -27,6 +27,7 @@ CODES: dict[str, str] = {
     "unknown_automation": "a route triggers an automation the policy does not define",
     "invalid_template": "a notification template does not compile",
     "invalid_regex": "a regular expression does not compile",
+    "forbidden_secret": "a secret name is outside the org's own prefix (<ORG>_...) or is one of the server's variables",
     "unknown_policy": "`extends` names a policy that does not exist",
     "extends_cycle": "policies extend each other in a cycle",
     "engine_limit": "the compiled rules exceed a hard limit of the rules engine",

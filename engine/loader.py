@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from engine.config import DecisionType, OrgConfig, Policy, Rule, Ruleset, Threshold, compile_user_regex
+from engine.boundaries import boundary_errors
 from engine.errors import ConfigError, ConfigInvalid
 from engine.patterns import RegexError
 from engine.templates import config_errors as template_errors
@@ -537,3 +538,6 @@ def org_dirs(rulesets_dir: Path) -> list[Path]:
 
 __all__ = ["MAX_YAML_BYTES", "MAX_YAML_DEPTH", "DecisionType", "Located", "OrgBundle", "RuleRef", "load_org",
            "load_policy", "org_dirs", "parse_yaml", "validate_org", "yaml_limits"]
+    # Secret names and destinations are tenant input: checked against the org's prefix and the other orgs here.
+    errors.extend(boundary_errors(org, docs[str(org_path)], policy, policy_docs,
+                                  [d.name for d in org_dirs(org_dir.parent)]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -18,6 +19,9 @@ from typing import Any, Literal
 import aiohttp
 from aiohttp import web
 
+from adapters.egress import EgressPolicy
+from adapters.egress import session as egress_session
+from adapters.secrets import SecretResolver
 from adapters.sqlite_store import SQLiteStore
 from adapters.stores import open_store
 from engine.agent import Agent
@@ -67,6 +71,11 @@ class Settings:
     """Publish every new decision on `<prefix>-decisions` (BullMQ on the Redis) for the platform's Node workers."""
     redis_prefix: str = "astralis"
     """Prefix of this deployment's Redis keys (several deployments, or test runs, can share one Redis)."""
+    egress_allow: str = ""
+    """Addresses and CIDR ranges actions may reach besides public ones (`ASTRALIS_EGRESS_ALLOW` / `--egress-allow`,
+    e.g. "10.0.0.0/8,127.0.0.1"); loopback, private and link-local addresses are refused otherwise."""
+    listen: tuple[tuple[str, int], ...] = ()
+    """The (host, port) pairs this process serves on: actions never connect to them (set by `serve`)."""
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -179,8 +188,16 @@ async def _llm_ctx(app: web.Application) -> AsyncIterator[None]:
     await close_providers(providers)
 
 
+async def open_http(settings: Settings) -> aiohttp.ClientSession:
+    """The HTTP session of the action executors: every connection checked against the egress policy (the
+    operator's allow-list; never this service's own addresses)."""
+    policy = EgressPolicy.from_text(settings.egress_allow, listen=settings.listen, public_url=settings.public_url)
+    await policy.learn()
+    return egress_session(policy, timeout=aiohttp.ClientTimeout(total=30))
+
+
 async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+    session = await open_http(app[SETTINGS])
     app[HTTP] = session
     yield
     await session.close()
@@ -282,7 +299,9 @@ def make_outbox(settings: Settings, service: Service, registry: Registry, store:
                 session: Callable[[], aiohttp.ClientSession]) -> OutboxRunner:
     """The outbox runner of this process (it shares the service's lease-owner name)."""
     bundles = bundles_of(registry)
-    return OutboxRunner(store, build_executors(store, bundles, session, public_url=settings.public_url), bundles,
+    secrets = SecretResolver(os.environ, lambda: registry.known)  # names under each org's own prefix only
+    return OutboxRunner(store, build_executors(store, bundles, session, public_url=settings.public_url,
+                                               secrets=secrets), bundles,
                         metrics, owner=service.owner,
                         concurrency=settings.processing.action_workers, on_change=service.notify)
 
@@ -463,6 +482,7 @@ async def serve(settings: Settings, host: str, port: int, stop: asyncio.Event | 
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    settings = dataclasses.replace(settings, listen=(*settings.listen, (host, port)))  # actions never call us
     runner = web.AppRunner(create_app(settings), handle_signals=False, access_log=None,
                            shutdown_timeout=settings.processing.shutdown_grace_seconds)
     try:

@@ -126,6 +126,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run(settings, args.host, args.port, loop=args.loop)
 
 
+def _egress_allow(args: argparse.Namespace) -> str:
+    """The egress allow-list (`--egress-allow`, else $ASTRALIS_EGRESS_ALLOW), checked now: a bad entry stops the
+    start with the entry named."""
+    from adapters.egress import ENV, parse_allow
+
+    flag = getattr(args, "egress_allow", None)
+    text = flag if flag is not None else os.environ.get(ENV, "")
+    try:
+        parse_allow(text, source="--egress-allow" if flag is not None else ENV)
+    except ValueError as exc:
+        raise SystemExit(f"astralis: {exc}") from None
+    return str(text)
+
+
 def _settings(args: argparse.Namespace, settings_cls: Any, processing_cls: Any) -> Any:
     rulesets, policies = _dirs(args)
     return settings_cls(db=_db(args), rulesets=rulesets, policies=policies, llm=args.llm,
@@ -137,6 +151,7 @@ def _settings(args: argparse.Namespace, settings_cls: Any, processing_cls: Any) 
                         redis_url=args.redis_url or os.environ.get("REDIS_URL") or None,
                         queue=args.queue, publish_decisions=args.publish_decisions,
                         redis_prefix=args.redis_prefix or os.environ.get("ASTRALIS_REDIS_PREFIX") or "astralis",
+                        egress_allow=_egress_allow(args),
                         processing=processing_cls(workers=max(1, args.workers), lease_seconds=args.lease,
                                                   max_attempts=args.max_attempts,
                                                   shutdown_grace_seconds=args.shutdown_grace))
@@ -247,6 +262,10 @@ def parser() -> argparse.ArgumentParser:
                         "(needs --redis-url)")
         sp.add_argument("--redis-prefix", help="prefix of this deployment's Redis keys (default: astralis or "
                         "$ASTRALIS_REDIS_PREFIX)")
+        sp.add_argument("--egress-allow", metavar="RANGES",
+                        help="addresses and CIDR ranges actions may reach besides public ones, comma-separated, e.g. "
+                        "10.0.0.0/8,127.0.0.1 (default: $ASTRALIS_EGRESS_ALLOW; loopback, private and link-local "
+                        "addresses and this service's own are refused otherwise)")
         sp.add_argument("--log-level", default="INFO")
         sp.add_argument("--log-format", choices=["json", "text"], default="json")
 

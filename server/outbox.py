@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 
+from adapters.secrets import SecretResolver
 from adapters.sqlite_store import SQLiteStore
 from engine.config import Execution
 from engine.loader import OrgBundle
@@ -35,19 +36,20 @@ log = logging.getLogger("astralis.outbox")
 
 
 def build_executors(store: SQLiteStore, bundles: Callable[[str], OrgBundle | None],
-                    session: Callable[[], aiohttp.ClientSession], *, public_url: str = "") -> dict[str, ActionExecutor]:
+                    session: Callable[[], aiohttp.ClientSession], *, public_url: str = "",
+                    secrets: SecretResolver | None = None) -> dict[str, ActionExecutor]:
     """The executor of every action type, wired to the store, the active configs and the HTTP session
-    (`public_url`: where workflows call back)."""
+    (`public_url`: where workflows call back; `secrets`: resolves each org's secret names, within its prefix)."""
     from adapters.automations import AutomationTrigger
     from adapters.calendar import CalendarManager
     from adapters.notify import NotificationDispatcher
     from adapters.pipelines import PipelineAssigner
 
     calendar = CalendarManager(store, bundles)
-    notify = NotificationDispatcher(store, bundles, session)
+    notify = NotificationDispatcher(store, bundles, session, secrets=secrets)
     executors: dict[str, ActionExecutor] = {
         "ASSIGN_PIPELINE": PipelineAssigner(store, bundles),
-        "TRIGGER_AUTOMATION": AutomationTrigger(bundles, session, callback_base=public_url),
+        "TRIGGER_AUTOMATION": AutomationTrigger(bundles, session, callback_base=public_url, secrets=secrets),
         "CREATE_EVENT": calendar, "UPDATE_EVENT": calendar, "CANCEL_EVENT": calendar,
         "SEND_NOTIFICATION": notify, "ESCALATE": notify,
     }

@@ -2,8 +2,9 @@
 
 The signature (server/signing.py) is checked against the raw body before anything is parsed or written; the
 org's secrets come from the environment variable named by `webhook_secret_env` in its org.yaml (several secrets,
-comma-separated, during a rotation). The delivery id (`X-Astralis-Delivery`, else the body's `id`) is the event
-id and so the idempotency key: a repeated delivery writes nothing and answers 409 with the original event's id.
+comma-separated, during a rotation), which must be under the org's own prefix (`ACME_WEBHOOK_SECRET`,
+adapters/secrets.py). The delivery id (`X-Astralis-Delivery`, else the body's `id`) is the event id and so the
+idempotency key: a repeated delivery writes nothing and answers 409 with the original event's id.
 An org without a configured secret accepts no webhooks (401), and an unknown org answers exactly like a bad
 signature, so the endpoint does not reveal which orgs exist.
 """
@@ -20,6 +21,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from adapters.secrets import SecretRefused, SecretResolver
 from adapters.mime import parse_email
 from engine.config import Source
 from engine.models import Event
@@ -44,13 +46,18 @@ _ENVELOPE_KEYS = frozenset({"id", "org", "source", "type", "data", "occurred_at"
 
 
 def _secrets(app: web.Application, org: str) -> list[str]:
-    compiled = app[REGISTRY].get(org)
+    registry = app[REGISTRY]
+    compiled = registry.get(org)
     if compiled is None:
         return []
     env = compiled.bundle.org.webhook_secret_env
     if not env:
         return []
-    values = [s.strip() for s in os.environ.get(env, "").split(",") if s.strip()]
+    try:  # only a name under the org's own prefix (ACME_WEBHOOK_SECRET): never the server's or another org's
+        values = SecretResolver(os.environ, lambda: registry.known).values(org, env, field="webhook_secret_env")
+    except SecretRefused as exc:
+        log.warning("webhook secret refused: %s", exc, extra={"org": org})
+        return []
     for v in values:
         logs.register_secret(v)
     return values

@@ -9,8 +9,6 @@ import contextlib
 import logging
 import signal
 
-import aiohttp
-
 from adapters.stores import open_store
 from server.app import (
     Settings,
@@ -23,6 +21,7 @@ from server.app import (
     make_outbox,
     make_providers,
     make_queue,
+    open_http,
     open_limits,
 )
 from server.metrics import Metrics
@@ -47,7 +46,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         service = Service(store, make_agent(registry, providers, store, limits), metrics,
                           processing=settings.processing)
         service.queue = make_queue(settings)
-        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        session = await open_http(settings)  # egress-guarded: the operator's allow-list, never the service itself
         service.outbox = make_outbox(settings, service, registry, store, metrics, lambda: session)
         await service.start(workers=True)
         sync = config_sync(settings, service, registry, store, metrics)

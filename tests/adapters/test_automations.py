@@ -21,12 +21,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from adapters import egress
 from adapters.automations import AutomationTrigger, classify, retry_after
+from adapters.secrets import SecretResolver
+from engine.config import Automation
 from engine.loader import OrgBundle, load_org
 from engine.models import Action, Decision
 from engine.ports import ActionFailed, ActionJob
 
 ROOT = Path(__file__).resolve().parents[2]
+ACME = load_org(ROOT / "rulesets" / "acme", ROOT / "policies")
 TOKEN = "n8n-secret-token-0123456789"
 EVENT = {"id": "evt-lead-1", "org": "acme", "source": "EMAIL", "type": "email:received",
          "data": {"from": "Ana <ana@x.com>", "subject": "Pricing", "text": "How much for 40 seats?"}}
@@ -92,10 +96,15 @@ async def n8n(aiohttp_server: Any) -> AsyncIterator[tuple[N8n, str]]:
     node.release.set()
 
 
+LOOPBACK = egress.EgressPolicy.from_text("127.0.0.1/32")
+"""The operator's allow-list of these tests: the stand-in listens on loopback, which is refused by default."""
+
+
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """A real client session, as the service's (a long default timeout: the policy's per-workflow one rules)."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+    """The service's kind of session (egress-guarded), with loopback allowed by the operator's setting (a long
+    default timeout: the policy's per-workflow one rules)."""
+    async with egress.session(LOOPBACK, timeout=aiohttp.ClientTimeout(total=30)) as s:
         yield s
 
 
@@ -146,11 +155,11 @@ def setup(n8n: tuple[N8n, str], session: aiohttp.ClientSession,
     node, base = n8n
 
     def trigger(*, env: dict[str, str] | None = None, path: str = "/webhook/crm", **overrides: Any) -> AutomationTrigger:
-        spec = {"url": base + path, "auth_env": "N8N_TOKEN", "timeout_seconds": 0.5, **overrides}
+        spec = {"url": base + path, "auth_env": "ACME_N8N_TOKEN", "timeout_seconds": 0.5, **overrides}
         spec = {k: v for k, v in spec.items() if v is not None}
         bundle = bundle_with({"crm-sync": spec})
         return AutomationTrigger(lambda org: bundle if org == "acme" else None, lambda: session,
-                                 env={"N8N_TOKEN": TOKEN} if env is None else env,
+                                 env={"ACME_N8N_TOKEN": TOKEN} if env is None else env,
                                  callback_base="https://astralis.example/")
 
     return node, trigger
@@ -234,8 +243,8 @@ async def test_a_plain_text_answer_is_kept_as_text(setup: Setup):
 
 async def test_the_secret_is_read_from_the_process_environment_by_default(n8n, session, bundle_with, monkeypatch):
     node, base = n8n
-    monkeypatch.setenv("N8N_TOKEN", TOKEN)
-    bundle = bundle_with({"crm-sync": {"url": base + "/webhook/crm", "auth_env": "N8N_TOKEN"}})
+    monkeypatch.setenv("ACME_N8N_TOKEN", TOKEN)
+    bundle = bundle_with({"crm-sync": {"url": base + "/webhook/crm", "auth_env": "ACME_N8N_TOKEN"}})
     result = await AutomationTrigger(lambda org: bundle, lambda: session).run(job())
     assert result["status"] == 200 and node.seen[0].headers["Authorization"] == TOKEN
 
@@ -266,7 +275,7 @@ async def test_a_missing_env_var_is_permanent_and_names_it(setup: Setup):
     with pytest.raises(ActionFailed) as err:
         await trigger(env={"OTHER": "x"}).run(job())
     assert err.value.permanent
-    assert "N8N_TOKEN" in str(err.value) and "crm-sync" in str(err.value)
+    assert "ACME_N8N_TOKEN" in str(err.value) and "crm-sync" in str(err.value)
     assert node.seen == []
 
 
@@ -350,9 +359,9 @@ async def test_a_webhook_slower_than_the_timeout_is_transient(setup: Setup):
 
 
 async def test_connection_refused_is_transient(session, bundle_with):
-    bundle = bundle_with({"crm-sync": {"url": f"http://127.0.0.1:{free_port()}/webhook/crm", "auth_env": "N8N_TOKEN",
+    bundle = bundle_with({"crm-sync": {"url": f"http://127.0.0.1:{free_port()}/webhook/crm", "auth_env": "ACME_N8N_TOKEN",
                                        "timeout_seconds": 2}})
-    trigger = AutomationTrigger(lambda org: bundle, lambda: session, env={"N8N_TOKEN": TOKEN})
+    trigger = AutomationTrigger(lambda org: bundle, lambda: session, env={"ACME_N8N_TOKEN": TOKEN})
     with pytest.raises(ActionFailed) as err:
         await trigger.run(job())
     assert not err.value.permanent
@@ -376,3 +385,53 @@ def test_retry_after_reads_seconds_and_http_dates():
     assert retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), now) == 30.0
     assert retry_after(format_datetime(now - timedelta(seconds=30), usegmt=True), now) == 0.0
     assert retry_after(None) is None and retry_after("") is None and retry_after("soon") is None
+
+
+# --------------------------------------------------------------------------- tenant input: secrets and egress
+
+async def test_a_secret_outside_the_orgs_prefix_is_refused_at_call_time_and_nothing_is_sent(n8n, session):
+    node, base = n8n
+    # a bundle that did not come through the loader (which refuses the name at its line): the executor checks again
+    bundle = dataclasses.replace(ACME, policy=ACME.policy.model_copy(update={"automations": {
+        "crm-sync": Automation(url=base + "/webhook/crm", auth_env="OPENAI_API_KEY")}}))
+    trigger = AutomationTrigger(lambda org: bundle, lambda: session, env={"OPENAI_API_KEY": "sk-provider-key"})
+    with pytest.raises(ActionFailed) as err:
+        await trigger.run(job())
+    assert err.value.permanent
+    assert "automations.crm-sync.auth_env" in str(err.value) and "OPENAI_API_KEY" in str(err.value)
+    assert "sk-provider-key" not in str(err.value)
+    assert node.seen == []
+
+
+async def test_a_name_under_a_longer_orgs_prefix_is_that_orgs_secret(n8n, session):
+    node, base = n8n
+    bundle = dataclasses.replace(ACME, policy=ACME.policy.model_copy(update={"automations": {
+        "crm-sync": Automation(url=base + "/webhook/crm", auth_env="ACME_X_TOKEN")}}))
+    secrets = SecretResolver({"ACME_X_TOKEN": "acme-x-only"}, orgs=lambda: ["acme", "acme_x"])
+    with pytest.raises(ActionFailed) as err:
+        await AutomationTrigger(lambda org: bundle, lambda: session, secrets=secrets).run(job())
+    assert err.value.permanent and "belongs to org 'acme_x'" in str(err.value)
+    assert node.seen == []
+
+
+async def test_loopback_is_refused_by_default_and_recorded_as_a_permanent_reason(n8n, bundle_with):
+    node, base = n8n
+    bundle = bundle_with({"crm-sync": {"url": base + "/webhook/crm", "auth_env": "ACME_N8N_TOKEN"}})
+    async with egress.session(egress.EgressPolicy()) as default:
+        trigger = AutomationTrigger(lambda org: bundle, lambda: default, env={"ACME_N8N_TOKEN": TOKEN})
+        with pytest.raises(ActionFailed) as err:
+            await trigger.run(job())
+    assert err.value.permanent
+    assert "egress refused: 127.0.0.1 is loopback (not in ASTRALIS_EGRESS_ALLOW" in str(err.value)
+    assert node.seen == []
+    no_secret(str(err.value))
+
+
+async def test_a_session_without_the_egress_guard_sends_nothing(n8n, bundle_with):
+    node, base = n8n
+    bundle = bundle_with({"crm-sync": {"url": base + "/webhook/crm"}})
+    async with aiohttp.ClientSession() as plain:
+        with pytest.raises(ActionFailed) as err:
+            await AutomationTrigger(lambda org: bundle, lambda: plain).run(job())
+    assert err.value.permanent and "not made by adapters.egress.session" in str(err.value)
+    assert node.seen == []

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 from aiosmtpd.smtp import SMTP
 
+from adapters import egress
 from adapters.notify import NotificationDispatcher, message_id, next_opening
 from adapters.stores import open_store
 from engine.config import EmailSettings, Notifications, NotifyWebhook, Template
@@ -93,9 +94,15 @@ async def store(store_url: str) -> AsyncIterator[Any]:
     await s.close()
 
 
+LOOPBACK = egress.EgressPolicy.from_text("127.0.0.1/32")
+"""The operator's allow-list of these tests: the SMTP server and the receiver listen on loopback, refused by
+default."""
+
+
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
+    """The service's kind of session (egress-guarded), with loopback allowed by the operator's setting."""
+    async with egress.session(LOOPBACK) as s:
         yield s
 
 
@@ -116,7 +123,7 @@ def email_settings(port: int, **over: Any) -> EmailSettings:
 def dispatcher(store: Any, bundle: OrgBundle, session: aiohttp.ClientSession, *,
                env: dict[str, str] | None = None, now: datetime = NOON_TUESDAY) -> NotificationDispatcher:
     return NotificationDispatcher(store, lambda org: bundle if org == "acme" else None, lambda: session,
-                                  env=env if env is not None else {"NOTIFY_SECRET": SECRET}, clock=lambda: now)
+                                  env=env if env is not None else {"ACME_NOTIFY_SECRET": SECRET}, clock=lambda: now)
 
 
 SALES_EMAIL = {"from": "Jo Buyer <jo@shop.example>", "subject": "Pricing for the pro plan",
@@ -338,19 +345,19 @@ async def test_recipient_refused_is_permanent(store, session, smtp):
 
 async def test_missing_smtp_password_variable_is_permanent_and_sends_nothing(store, session, smtp):
     handler, port = smtp
-    bundle = bundle_with(channels=["in_app", "email"], email=email_settings(port, username_env="SMTP_USER",
-                                                                            password_env="SMTP_PASS"))
+    bundle = bundle_with(channels=["in_app", "email"], email=email_settings(port, username_env="ACME_SMTP_USER",
+                                                                            password_env="ACME_SMTP_PASS"))
     await decide(store, [notify(["u-sam"])])
     with pytest.raises(ActionFailed) as err:
-        await dispatcher(store, bundle, session, env={"SMTP_USER": "agent"}).run(await claim(store))
-    assert err.value.permanent and "SMTP_PASS" in str(err.value)
+        await dispatcher(store, bundle, session, env={"ACME_SMTP_USER": "agent"}).run(await claim(store))
+    assert err.value.permanent and "ACME_SMTP_PASS" in str(err.value)
     assert handler.messages == [] and await store.unread_count("acme", "u-sam") == 0
 
 
 # ---- webhook --------------------------------------------------------------------------------------------
 
 def hook_bundle(url: str) -> OrgBundle:
-    return bundle_with(channels=["in_app", "webhook"], webhook=NotifyWebhook(url=url, secret_env="NOTIFY_SECRET",
+    return bundle_with(channels=["in_app", "webhook"], webhook=NotifyWebhook(url=url, secret_env="ACME_NOTIFY_SECRET",
                                                                               timeout_seconds=5))
 
 
@@ -400,7 +407,85 @@ async def test_webhook_secret_missing_is_permanent_and_delivers_nothing(store, s
     await decide(store, [notify(["u-sam"])])
     with pytest.raises(ActionFailed) as err:
         await dispatcher(store, hook_bundle(url), session, env={}).run(await claim(store))
-    assert err.value.permanent and "NOTIFY_SECRET" in str(err.value)
+    assert err.value.permanent and "ACME_NOTIFY_SECRET" in str(err.value)
+    assert rec.requests == [] and await store.unread_count("acme", "u-sam") == 0
+
+
+async def test_a_signing_secret_outside_the_orgs_prefix_is_refused_and_delivers_nothing(store, session, receiver):
+    rec, url = receiver
+    # brightsmile's secret, in a bundle that did not come through the loader (which refuses it at its line)
+    bundle = bundle_with(channels=["in_app", "webhook"],
+                         webhook=NotifyWebhook(url=url, secret_env="BRIGHTSMILE_WEBHOOK_SECRET"))
+    await decide(store, [notify(["u-sam"])])
+    with pytest.raises(ActionFailed) as err:
+        await dispatcher(store, bundle, session, env={"BRIGHTSMILE_WEBHOOK_SECRET": "whsec-brightsmile"}).run(
+            await claim(store))
+    assert err.value.permanent and "secret refused" in str(err.value) and "ACME_" in str(err.value)
+    assert "whsec-brightsmile" not in str(err.value)
+    assert rec.requests == [] and await store.unread_count("acme", "u-sam") == 0
+
+
+async def test_smtp_login_with_a_provider_key_is_refused_and_sends_nothing(store, session, smtp):
+    handler, port = smtp
+    bundle = bundle_with(channels=["in_app", "email"], email=email_settings(port, username_env="ACME_SMTP_USER",
+                                                                            password_env="ANTHROPIC_API_KEY"))
+    await decide(store, [notify(["u-sam"])])
+    with pytest.raises(ActionFailed) as err:
+        await dispatcher(store, bundle, session, env={"ACME_SMTP_USER": "agent", "ANTHROPIC_API_KEY": "sk-ant"}).run(
+            await claim(store))
+    assert err.value.permanent and "ANTHROPIC_API_KEY" in str(err.value) and "server's own" in str(err.value)
+    assert handler.messages == [] and await store.unread_count("acme", "u-sam") == 0
+
+
+async def test_a_loopback_smtp_host_is_refused_by_default_and_sends_nothing(store, smtp):
+    handler, port = smtp
+    bundle = bundle_with(channels=["email"], email=email_settings(port))
+    await decide(store, [notify(["u-sam"])])
+    async with egress.session(egress.EgressPolicy()) as default:
+        with pytest.raises(ActionFailed) as err:
+            await dispatcher(store, bundle, default).run(await claim(store))
+    assert err.value.permanent
+    assert f"SMTP server 127.0.0.1:{port}: egress refused: 127.0.0.1 is loopback (not in ASTRALIS_EGRESS_ALLOW" \
+        in str(err.value)
+    assert handler.messages == []
+
+
+async def test_a_name_resolving_to_loopback_is_refused_for_smtp_too(store, smtp):
+    handler, port = smtp
+    bundle = bundle_with(channels=["email"], email=email_settings(port, host="localhost"))
+    await decide(store, [notify(["u-sam"])])
+    async with egress.session(egress.EgressPolicy()) as default:
+        with pytest.raises(ActionFailed) as err:
+            await dispatcher(store, bundle, default).run(await claim(store))
+    assert err.value.permanent and "localhost resolves to 127.0.0.1, which is loopback" in str(err.value)
+    assert handler.messages == []
+
+
+async def test_smtp_through_an_allowed_name_keeps_the_name_and_delivers(store, session, smtp):
+    handler, port = smtp
+    bundle = bundle_with(channels=["email"], email=email_settings(port, host="localhost"))
+    await decide(store, [notify(["u-sam"])])
+    result = await dispatcher(store, bundle, session).run(await claim(store))
+    assert result["email"] == ["sam@acme.example"] and len(handler.messages) == 1
+
+
+async def test_a_loopback_webhook_is_refused_by_default_and_delivers_nothing(store, receiver):
+    rec, url = receiver
+    await decide(store, [notify(["u-sam"])])
+    async with egress.session(egress.EgressPolicy()) as default:
+        with pytest.raises(ActionFailed) as err:
+            await dispatcher(store, hook_bundle(url), default).run(await claim(store))
+    assert err.value.permanent and "egress refused: 127.0.0.1 is loopback" in str(err.value)
+    assert rec.requests == []
+
+
+async def test_a_session_without_the_egress_guard_delivers_nothing(store, receiver):
+    rec, url = receiver
+    await decide(store, [notify(["u-sam"])])
+    async with aiohttp.ClientSession() as plain:
+        with pytest.raises(ActionFailed) as err:
+            await dispatcher(store, hook_bundle(url), plain).run(await claim(store))
+    assert err.value.permanent and "not made by adapters.egress.session" in str(err.value)
     assert rec.requests == [] and await store.unread_count("acme", "u-sam") == 0
 
 

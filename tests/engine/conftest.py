@@ -4,6 +4,7 @@ bundles built programmatically from rule dicts, and the acme event corpus."""
 from __future__ import annotations
 
 import itertools
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,8 +67,10 @@ class OrgCopy:
         dest = self.rulesets / org
         shutil.copytree(ACME_DIR, dest)
         org_yaml = dest / "org.yaml"
-        org_yaml.write_text(org_yaml.read_text(encoding="utf-8").replace("org: acme", f"org: {org}"),
-                            encoding="utf-8")
+        # its own webhook secret: acme's is not another org's to name (forbidden_secret)
+        prefix = re.sub(r"[^A-Z0-9]", "_", org.upper())
+        org_yaml.write_text(org_yaml.read_text(encoding="utf-8").replace("org: acme", f"org: {org}")
+                            .replace("ACME_WEBHOOK_SECRET", f"{prefix}_WEBHOOK_SECRET"), encoding="utf-8")
         return dest
 
     def validate(self, org: str = "acme") -> tuple[OrgBundle | None, list[ConfigError]]:

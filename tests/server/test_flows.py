@@ -94,6 +94,11 @@ def mail_summary(box: Mailbox) -> list[dict[str, Any]]:
     return sorted(out, key=lambda m: (m["to"], m["subject"]))
 
 
+SMTP_ALLOWED = "127.0.0.1/32"
+"""The operator's egress allow-list of the flows that mail: the test SMTP server listens on loopback, which is
+refused by default."""
+
+
 def with_email(config_dirs: tuple[Path, Path], port: int) -> None:
     acme = config_dirs[1] / "acme.yaml"
     acme.write_text(acme.read_text() + f"""
@@ -108,7 +113,7 @@ async def test_intake_routing_flow(make_client, config_dirs, smtp, snapshot_json
     salesperson → the sales team notified in the app and by e-mail."""
     box, port = smtp
     with_email(config_dirs, port)
-    client, key_for = await make_client()
+    client, key_for = await make_client(egress_allow=SMTP_ALLOWED)
     key = await key_for()
     event = {"id": "flow-intake-1", "source": "EMAIL", "type": "email:received",
              "data": {"from": "Jo Rivera <jo@shop.example>", "to": "hello@acme.example",
@@ -139,7 +144,7 @@ async def test_booking_form_flow(make_client, config_dirs, smtp, snapshot_json) 
     with the invitation; the host's feed lists it."""
     box, port = smtp
     with_email(config_dirs, port)
-    client, key_for = await make_client()
+    client, key_for = await make_client(egress_allow=SMTP_ALLOWED)
     key = await key_for()
     event = {"id": "flow-booking-1", "source": "WEBHOOK", "type": "booking:created",
              "data": {"form": "booking", "name": "Luca Bianchi", "email": "luca@example.com",
@@ -223,7 +228,7 @@ async def test_a_mail_asking_to_move_the_meeting_moves_it(make_client, config_di
     cancel" cancels it and its reminders."""
     box, port = smtp
     with_email(config_dirs, port)
-    client, key_for = await make_client()
+    client, key_for = await make_client(egress_allow=SMTP_ALLOWED)
     key = await key_for()
     booking = {"id": "flow-move-1", "source": "WEBHOOK", "type": "booking:created",
                "data": {"form": "booking", "name": "Ada Lovelace", "email": "ada@example.com",

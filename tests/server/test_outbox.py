@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from adapters import egress
 from adapters.stores import open_store
 from engine.config import DecisionType, Execution, Intent
 from engine.models import Action, Decision, new_id
@@ -112,7 +113,8 @@ automations:
     errors = registry.load_all()
     assert not any(errors.values()), errors
     store = await open_store(store_url)
-    async with aiohttp.ClientSession() as session:
+    # the service's kind of session (egress-guarded); the receiver is on loopback, which the operator allows here
+    async with egress.session(egress.EgressPolicy.from_text("127.0.0.1/32")) as session:
         h = Harness(store, registry, session)
         yield h
         for r in h.runners:

@@ -95,7 +95,9 @@ execution: {{max_attempts: 20, backoff_seconds: 0.05, backoff_max_seconds: 0.5}}
 automations:
   crm-sync: {{url: "{n8n.url}/webhook/crm-sync", timeout_seconds: 5}}
 """)
-    serve = Serve(tmp_path, "--rulesets", str(rulesets), "--policies", str(policies), "--workers", "8")
+    # the stand-in n8n listens on loopback: the operator allows it (refused by default)
+    serve = Serve(tmp_path, "--rulesets", str(rulesets), "--policies", str(policies), "--workers", "8",
+                  "--egress-allow", "127.0.0.1/32")
     rng = random.Random(4)
     events = envelopes("crash", 160)
     batches = [events[i::ITERATIONS] for i in range(ITERATIONS)]
