@@ -19,8 +19,8 @@ import jsonschema
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from engine.config import DecisionType, OrgConfig, Policy, Rule, Ruleset, Threshold, compile_user_regex
 from engine.boundaries import boundary_errors
+from engine.config import DecisionType, OrgConfig, Policy, Rule, Ruleset, Threshold, compile_user_regex
 from engine.errors import ConfigError, ConfigInvalid
 from engine.patterns import RegexError
 from engine.templates import config_errors as template_errors
@@ -508,6 +508,9 @@ def validate_org(org_dir: Path, policies_dir: Path) -> tuple[OrgBundle | None, l
         return None, errors
     org_policy_path = str(policy_paths[0]) if policy_paths else str(policies_dir / f"{org_dir.name}.yaml")
     errors.extend(_check_references(org, docs[str(org_path)], policy, org_policy_path, rules, docs))
+    # Secret names are tenant input: checked against the org's prefix and the other orgs here.
+    errors.extend(boundary_errors(org, docs[str(org_path)], policy, policy_docs,
+                                  [d.name for d in org_dirs(org_dir.parent)]))
     enabled = [r for r in rules if r.rule.enabled]
     if not enabled:
         errors.append(ConfigError(str(org_dir), 0, "no_rules", f"org '{org.org}' has no enabled rules"))
@@ -538,6 +541,3 @@ def org_dirs(rulesets_dir: Path) -> list[Path]:
 
 __all__ = ["MAX_YAML_BYTES", "MAX_YAML_DEPTH", "DecisionType", "Located", "OrgBundle", "RuleRef", "load_org",
            "load_policy", "org_dirs", "parse_yaml", "validate_org", "yaml_limits"]
-    # Secret names and destinations are tenant input: checked against the org's prefix and the other orgs here.
-    errors.extend(boundary_errors(org, docs[str(org_path)], policy, policy_docs,
-                                  [d.name for d in org_dirs(org_dir.parent)]))
