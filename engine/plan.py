@@ -15,13 +15,14 @@ from zoneinfo import ZoneInfo
 
 from engine.config import DecisionType, Intent, OrgConfig, Policy, Route, User
 from engine.loader import OrgBundle
-from engine.models import Action
+from engine.models import FIRST_YEAR, LAST_YEAR, Action
 from engine.ports import Busy, Calendar, LoadSource
 from engine.schedule import (
     BookingOutcome,
     WorkHours,
     meeting_hints,
     plan_booking,
+    plannable,
     read_new_time,
     split_reschedule,
 )
@@ -129,6 +130,15 @@ def make_plan(bundle: OrgBundle, intent: Intent, decision_type: DecisionType | N
     if dtype == DecisionType.ESCALATE:
         reason = f"{intent} is escalated to a person"
         return Plan(dtype, [escalation_action(policy, org, reason, priority)], [reason], escalated=reason)
+
+    if dtype in (DecisionType.CREATE_EVENT, DecisionType.UPDATE_EVENT, DecisionType.CANCEL_EVENT) and not plannable(
+            now.year):
+        # An event stored before the door refused such dates (engine.models.FIRST_YEAR..LAST_YEAR): no date
+        # arithmetic with it, a person picks the time.
+        reason = (f"the event's time {now.isoformat()} is outside the years {FIRST_YEAR}-{LAST_YEAR} the planner "
+                  "works in; a person must pick the time")
+        return Plan(DecisionType.ESCALATE, [escalation_action(policy, org, reason, priority)], [reason],
+                    escalated=reason)
 
     if dtype == DecisionType.CREATE_EVENT:
         return _booking(bundle, route, priority, event, text, calendar, now)

@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from engine.models import FIRST_YEAR, LAST_YEAR
 from engine.ports import Busy
 
 GRID_MINUTES = 15
@@ -88,6 +89,16 @@ def _when(dt: datetime) -> str:
 
 def _minutes(t: time) -> int:
     return t.hour * 60 + t.minute
+
+
+def plannable(year: int) -> bool:
+    """Whether the planner computes with dates of `year`: a day's slots, 400 days of calendar, reminders and
+    time-zone conversions all stay far from the ends of what a datetime holds (years 1–9999)."""
+    return FIRST_YEAR <= year <= LAST_YEAR
+
+
+def _out_of_range(what: str) -> str:
+    return f"{what} is outside the years {FIRST_YEAR}–{LAST_YEAR} the planner books in; not guessing."
 
 
 def _attach(wall: datetime, tz: ZoneInfo) -> datetime:
@@ -196,6 +207,8 @@ def _mentions(text: str, tz: ZoneInfo, ref: date) -> list[_Mention]:
             found.append(mention)
 
     def dated(m: re.Match[str], day: date) -> _Mention:
+        if not plannable(day.year):
+            raise _Unreadable(_out_of_range(f"The message mentions “{m.group(0).strip()}”, which"))
         # A weekday written just before the date must agree with it; "Monday, 8 Dec 2026" is not guessed.
         prefix = _WEEKDAY_PREFIX.search(text, 0, m.start())
         if prefix is not None:
@@ -214,8 +227,8 @@ def _mentions(text: str, tz: ZoneInfo, ref: date) -> list[_Mention]:
             stated = datetime.fromisoformat(f"{m['d']}T{m['t1']}{m['off'].upper()}") if m["off"] else None
         except ValueError:
             raise _Unreadable(f"The message mentions “{raw}”, which is not a valid date and time.") from None
+        mention = dated(m, day)  # refuses a day outside the planner's years before any conversion
         moment = stated.astimezone(tz) if stated else _attach(datetime.combine(day, clock), tz)
-        mention = dated(m, day)
         mention.moment = moment
         add(mention)
     for m in _ISO_DATE.finditer(text):
@@ -346,6 +359,8 @@ def _read_field(value: str, tz: ZoneInfo) -> tuple[datetime, str] | str:
             stated = None
     if stated is None:
         return f"The requested start “{value}” is not a valid ISO-8601 date and time; not guessing."
+    if not plannable(stated.year):
+        return _out_of_range(f"The requested start “{value}”")
     if stated.tzinfo is None:
         return _attach(stated, tz), f"no UTC offset given, read as {tz.key} local time"
     return stated.astimezone(tz), f"given as {value}"
@@ -439,6 +454,10 @@ def plan_booking(*, requested_start: str | None, duration_minutes: int | None, t
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     tz = ZoneInfo(hours.timezone)
+    if not plannable(now.year):  # an event stored before the door refused such dates
+        return BookingOutcome(status="escalate", host=host or None, start=None, end=None,
+                              duration_minutes=duration_minutes or default_duration, reminders=(), time_source=None,
+                              requested=None, reason=_out_of_range(f"The event's time {now.isoformat()}"))
     now = now.astimezone(tz)
     problems: list[str] = []
 

@@ -6,12 +6,29 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from engine.config import Source
-from engine.models import Decision
+from engine.models import FIRST_YEAR, IDENTIFIER_PATTERN, LAST_YEAR, Decision, identifier_problem
 
 Name = Field(default=None, max_length=200)
+
+
+def _identifier(v: str) -> str:
+    """An id or a name: no control characters (the message names the first one and where it is)."""
+    if problem := identifier_problem(v):
+        raise ValueError(problem)
+    return v
+
+
+Identifier = Annotated[str, AfterValidator(_identifier)]
+"""A string naming something (an id, a user, a stage): control characters are refused at the door."""
+_NAMED = {"pattern": IDENTIFIER_PATTERN}
+OCCURRED_PATTERN = (r"^(19[7-9][0-9]|2[01][0-9]{2}|2200)-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+                    r"[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")
+"""An RFC 3339 date-time in the years the door accepts (engine.models.FIRST_YEAR..LAST_YEAR)."""
+_OCCURRED = {"pattern": OCCURRED_PATTERN,
+             "description": f"When it happened (RFC 3339, with a UTC offset), in the years {FIRST_YEAR}-{LAST_YEAR}."}
 
 
 def _integral(v: Any) -> Any:
@@ -24,13 +41,14 @@ class EventIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str | None = Field(default=None, min_length=1, max_length=200,
-                           description="The idempotency key; generated when absent.")
+    id: Identifier | None = Field(default=None, min_length=1, max_length=200, json_schema_extra=_NAMED,
+                                  description="The idempotency key; generated when absent.")
     org: str | None = Field(default=None, max_length=64)
     source: Source = Source.API
     type: str = Field(pattern=r"^[a-z_]+:[a-z_]+$", max_length=64)
-    data: dict[str, Any] = Field(default_factory=dict)
-    occurred_at: datetime | None = None
+    data: dict[str, Any] = Field(default_factory=dict, description="Any JSON object, nested at most 63 levels "
+                                 "deep, with integers of at most 4300 digits.")
+    occurred_at: datetime | None = Field(default=None, json_schema_extra=_OCCURRED)
 
 
 class Review(BaseModel):
@@ -38,8 +56,8 @@ class Review(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    by: str | None = Field(default=None, min_length=1, max_length=200,
-                           description="Who decided; defaults to the API key's name.")
+    by: Identifier | None = Field(default=None, min_length=1, max_length=200, json_schema_extra=_NAMED,
+                                  description="Who decided; defaults to the API key's name.")
     note: str | None = Field(default=None, max_length=2000)
 
 
@@ -48,8 +66,8 @@ class Rejection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    by: str | None = Field(default=None, min_length=1, max_length=200,
-                           description="Who decided; defaults to the API key's name.")
+    by: Identifier | None = Field(default=None, min_length=1, max_length=200, json_schema_extra=_NAMED,
+                                  description="Who decided; defaults to the API key's name.")
     reason: str = Field(min_length=1, max_length=2000)
 
 
@@ -68,7 +86,8 @@ class Rollback(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    revision: str = Field(min_length=1, max_length=200, description="A revision from GET /api/agent/config/history.")
+    revision: Identifier = Field(min_length=1, max_length=200, json_schema_extra=_NAMED,
+                                 description="A revision from GET /api/agent/config/history.")
 
 
 class DbTrigger(BaseModel):
@@ -76,15 +95,15 @@ class DbTrigger(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str | None = Field(default=None, min_length=1, max_length=200,
-                           description="Idempotency key, e.g. the change's LSN or outbox id.")
+    id: Identifier | None = Field(default=None, min_length=1, max_length=200, json_schema_extra=_NAMED,
+                                  description="Idempotency key, e.g. the change's LSN or outbox id.")
     table: str = Field(pattern=r"^[a-z_][a-z0-9_]*$", max_length=64)
     operation: Literal["INSERT", "UPDATE", "DELETE"]
     type: str | None = Field(default=None, pattern=r"^[a-z_]+:[a-z_]+$", max_length=64,
                              description="Event type; defaults to <table>:<inserted|updated|deleted>.")
     row: dict[str, Any] = Field(default_factory=dict)
     old_row: dict[str, Any] | None = None
-    occurred_at: datetime | None = None
+    occurred_at: datetime | None = Field(default=None, json_schema_extra=_OCCURRED)
 
 
 class SimulateRequest(BaseModel):
@@ -135,9 +154,11 @@ class IntakeMove(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    stage: str = Field(min_length=1, max_length=64, description="A stage of the intake's pipeline.")
-    assignee: str | None = Field(default=None, max_length=64,
-                                 description="A user id of the org; omit to keep the current assignee, "
-                                             "null to unassign.")
+    stage: Identifier = Field(min_length=1, max_length=64, json_schema_extra=_NAMED,
+                              description="A stage of the intake's pipeline.")
+    assignee: Identifier | None = Field(default=None, max_length=64, json_schema_extra=_NAMED,
+                                        description="A user id of the org; omit to keep the current assignee, "
+                                                    "null to unassign.")
     note: str | None = Field(default=None, max_length=2000)
-    by: str | None = Field(default=None, max_length=200, description="Who moves it (default: the API key's name).")
+    by: Identifier | None = Field(default=None, max_length=200, json_schema_extra=_NAMED,
+                                  description="Who moves it (default: the API key's name).")
