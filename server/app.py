@@ -398,16 +398,21 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     key = bearer(request)
     if key is None:
         # The dashboard's pages call the API with their session cookie (server/dashboard); a state-changing call
-        # must carry the dashboard's header too, which another site's page cannot send.
-        from server.dashboard import CSRF_HEADER, session_principal
+        # must carry the dashboard's header too, which another site's page cannot send, and must not come from
+        # another site by the browser's own account (Origin, Sec-Fetch-Site).
+        from server.dashboard import CSRF_HEADER, cross_site, session_principal
 
         session = await session_principal(request)
         if session is None:
             raise ApiError(401, "unauthorized", "missing API key: send Authorization: Bearer <key>",
                            headers={"WWW-Authenticate": "Bearer"})
-        if request.method not in ("GET", "HEAD", "OPTIONS") and request.headers.get(CSRF_HEADER) != "1":
-            raise ApiError(403, "forbidden", f"a dashboard session's {request.method} needs the header "
-                           f"{CSRF_HEADER}: 1")
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            if request.headers.get(CSRF_HEADER) != "1":
+                raise ApiError(403, "forbidden", f"a dashboard session's {request.method} needs the header "
+                               f"{CSRF_HEADER}: 1")
+            if (why := cross_site(request)) is not None:
+                raise ApiError(403, "forbidden", f"a dashboard session's cross-site {request.method} is refused: "
+                               f"{why}")
         p: Principal | None = session
     else:
         p = await request.app[KEYS].principal(key)

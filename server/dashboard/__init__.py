@@ -2,10 +2,15 @@
 
 Log in with an org API key (`POST /login`): the key is checked like a Bearer key, and the browser gets a session
 cookie — signed with a server secret kept in the store, valid for `SESSION_SECONDS`, carrying the key's stored
-hash and never the key — so a revoked key ends its sessions at once. With that cookie the pages call the same
-JSON API as any client (`/api/agent/*`, `/api/stream`), scoped to the key's org exactly as a Bearer request;
-a state-changing API call made with the cookie must also carry the header `X-Astralis-Dashboard: 1`, which a
-page of another site cannot send (CSRF).
+hash (never the key) and a random session id — so a revoked key ends its sessions at once. Logging out
+(`POST /logout`) revokes that session id in the store: a copy of the cookie taken before stops working in every
+process. With that cookie the pages call the same JSON API as any client (`/api/agent/*`, `/api/stream`), scoped
+to the key's org exactly as a Bearer request.
+
+Cross-site requests (CSRF): every state-changing request that a session cookie authenticates — `/login`,
+`/logout`, and POSTs to the JSON API — is refused when the browser says it comes from another site
+(`Sec-Fetch-Site` other than same-origin, or an `Origin` that is not this host); API calls must also carry the
+header `X-Astralis-Dashboard: 1`, which a page of another site cannot send. The cookie is `SameSite=Strict` too.
 
 The pages are plain HTML files with their own small scripts and one style sheet (`pages/`, `static/`): no build
 step, nothing fetched from elsewhere at run time.
@@ -19,11 +24,14 @@ import hmac
 import json
 import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from server.auth import Principal, hash_key
+from server.errors import ApiError
 
 HERE = Path(__file__).resolve().parent
 PAGES = HERE / "pages"
@@ -33,8 +41,12 @@ SESSION_COOKIE = "astralis_session"
 SESSION_SECONDS = 12 * 3600
 CSRF_HEADER = "X-Astralis-Dashboard"
 _SECRET_SETTING = "dashboard_session_secret"
+_REVOKED_SETTING = "dashboard_session_revoked:"
+"""Prefix of the store setting that marks one session id as logged out (its value: the session's expiry)."""
 SECRET = web.AppKey("dashboard_secret", dict)
 """Holds the session secret once read from (or first written to) the store: {"key": bytes}."""
+REVOKED = web.AppKey("dashboard_revoked", set)
+"""Session ids logged out through this process (the store holds them for every process)."""
 
 PAGE_ROUTES = {
     "/": "decisions.html",
@@ -57,25 +69,37 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+@dataclass(frozen=True)
+class Session:
+    """A valid session token's content: the API key's stored hash, the session's own id and its expiry."""
+
+    key_hash: str
+    sid: str
+    expires: int
+
+
 def make_session(secret: bytes, key_hash: str, *, now: float | None = None) -> str:
-    """A session token: the key's hash and an expiry, signed (HMAC-SHA256)."""
-    payload = _b64(json.dumps({"h": key_hash, "exp": int((now or time.time()) + SESSION_SECONDS)}).encode())
-    return f"v1.{payload}.{_b64(hmac.new(secret, payload.encode(), hashlib.sha256).digest())}"
+    """A new session token: the key's hash, a random session id and an expiry, signed (HMAC-SHA256)."""
+    data = {"h": key_hash, "sid": secrets.token_urlsafe(16), "exp": int((now or time.time()) + SESSION_SECONDS)}
+    payload = _b64(json.dumps(data).encode())
+    return f"v2.{payload}.{_b64(hmac.new(secret, payload.encode(), hashlib.sha256).digest())}"
 
 
-def read_session(secret: bytes, token: str, *, now: float | None = None) -> str | None:
-    """The key hash of a valid, unexpired session token, else None."""
+def read_session(secret: bytes, token: str, *, now: float | None = None) -> Session | None:
+    """The content of a well-signed, unexpired session token, else None (revocation is checked by
+    `session_principal`). Tokens without a session id (v1, before logout revoked sessions) are refused."""
     try:
         version, payload, sig = token.split(".")
-        if version != "v1":
+        if version != "v2":
             return None
         good = hmac.new(secret, payload.encode(), hashlib.sha256).digest()
         if not hmac.compare_digest(good, _unb64(sig)):
             return None
         data = json.loads(_unb64(payload))
-        if int(data["exp"]) < (now or time.time()):
+        expires = int(data["exp"])
+        if expires < (now or time.time()):
             return None
-        return str(data["h"])
+        return Session(str(data["h"]), str(data["sid"]), expires)
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -94,28 +118,56 @@ async def _secret(app: web.Application) -> bytes:
     return bytes(holder["key"])
 
 
-async def session_principal(request: web.Request) -> Principal | None:
-    """The principal of the request's dashboard session, if it has a valid one (and its key is not revoked)."""
+async def _session(request: web.Request) -> Session | None:
+    """The request's session, if its cookie is valid and the session was not logged out."""
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
         return None
-    key_hash = read_session(await _secret(request.app), token)
-    if key_hash is None:
+    session = read_session(await _secret(request.app), token)
+    if session is None or session.sid in request.app[REVOKED]:
+        return None
+    from server.app import STORE
+
+    if await request.app[STORE].get_setting(_REVOKED_SETTING + session.sid) is not None:
+        request.app[REVOKED].add(session.sid)
+        return None
+    return session
+
+
+async def session_principal(request: web.Request) -> Principal | None:
+    """The principal of the request's dashboard session, if it has a valid one (not logged out, and its key not
+    revoked)."""
+    session = await _session(request)
+    if session is None:
         return None
     from server.app import KEYS
 
-    return await request.app[KEYS].principal_by_hash(key_hash)
+    return await request.app[KEYS].principal_by_hash(session.key_hash)
 
 
-def _same_origin(request: web.Request) -> bool:
+def cross_site(request: web.Request) -> str | None:
+    """Why a browser's request comes from another site, or None when it does not (or is not a browser's: a
+    client without the cookie gains nothing). Browsers send `Sec-Fetch-Site` (modern ones) and `Origin` (on every
+    POST); either saying "another site" is enough to refuse."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        return f"Sec-Fetch-Site is {site!r}, not same-origin"
     origin = request.headers.get("Origin")
-    return origin is None or origin.split("://", 1)[-1] == request.host
+    if origin is not None and (origin == "null" or urlsplit(origin).netloc.lower() != request.host.lower()):
+        return f"Origin {origin!r} is not this site ({request.host})"
+    return None
+
+
+def refuse_cross_site(request: web.Request, what: str) -> None:
+    """403 for a cross-site `what` (see `cross_site`), naming why."""
+    why = cross_site(request)
+    if why is not None:
+        raise ApiError(403, "forbidden", f"cross-site {what} refused: {why}")
 
 
 async def login(request: web.Request) -> web.StreamResponse:
     """POST /login with `key` (form or JSON): a session cookie and a redirect to the decision log."""
-    if not _same_origin(request):
-        raise web.HTTPForbidden(text="cross-site login refused")
+    refuse_cross_site(request, "login")
     if request.content_type == "application/json":
         body = await request.json()
         key = str(body.get("key", "")) if isinstance(body, dict) else ""
@@ -134,7 +186,15 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
-    """POST /logout: the session cookie is cleared."""
+    """POST /logout: the session is revoked in the store (a copy of the cookie no longer works, in any process)
+    and the cookie cleared. Refused from another site."""
+    refuse_cross_site(request, "logout")
+    session = await _session(request)
+    if session is not None:
+        from server.app import STORE
+
+        await request.app[STORE].create_setting(_REVOKED_SETTING + session.sid, str(session.expires))
+        request.app[REVOKED].add(session.sid)
     response = web.HTTPSeeOther("/login")
     response.del_cookie(SESSION_COOKIE, path="/")
     raise response
@@ -165,6 +225,7 @@ async def favicon(request: web.Request) -> web.StreamResponse:
 def setup(app: web.Application) -> None:
     """Register the dashboard's routes."""
     app[SECRET] = {}
+    app[REVOKED] = set()
     app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login)

@@ -4,6 +4,7 @@ test_pg_service.py, which count every action on the receiver's side) and dashboa
 
 The start-up and reload tests run a real `astralis serve` subprocess on a private copy of the rulesets."""
 
+# ruff: noqa: F811  (the service fixtures are imported from tests/server/conftest.py, then named as arguments)
 from __future__ import annotations
 
 import asyncio
@@ -24,6 +25,9 @@ import pytest
 
 from engine import registry as registry_module
 from engine.registry import Registry
+from server.dashboard import SESSION_COOKIE
+from tests.server.conftest import auth, config_dirs, make_client, make_settings, service_env  # noqa: F401
+from tests.server.test_api import HELD
 from tests.server.test_crash import CORPUS, ROOT, free_port
 
 BROKEN_REGEX = 'matches: "(unclosed"'
@@ -250,3 +254,49 @@ def test_finding_9_any_exception_loading_one_org_is_that_orgs_load_failed_error(
     monkeypatch.setattr(registry_module, "compile_rules", compile_rules)
     assert [e.code for e in registry.reload("brightsmile")] == ["load_failed"]
     assert registry.get("brightsmile") is good and not registry.state("brightsmile").ok  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- finding 11: sessions
+
+async def _sign_in(client: Any, key: str) -> str:
+    r = await client.post("/login", data={"key": key}, allow_redirects=False)
+    assert r.status == 303, await r.text()
+    return str(next(c for c in client.session.cookie_jar if c.key == SESSION_COOKIE).value)
+
+
+def _only_cookie(client: Any, cookie: str) -> None:
+    client.session.cookie_jar.clear()
+    client.session.cookie_jar.update_cookies({SESSION_COOKIE: cookie})
+
+
+async def test_finding_11_logging_out_revokes_the_session_cookie(make_client: Any) -> None:
+    """The finding: a copy of the cookie kept from before logging out still worked. Now it is refused."""
+    client, key_for = await make_client()
+    cookie = await _sign_in(client, await key_for("acme"))
+    assert (await client.get("/api/agent/decisions")).status == 200
+    r = await client.post("/logout", allow_redirects=False)
+    assert r.status == 303 and r.headers["Location"] == "/login"
+    _only_cookie(client, cookie)  # the attacker's (or a shared machine's) copy
+    r = await client.get("/api/agent/decisions")
+    assert r.status == 401, await r.text()
+    r = await client.get("/decisions", allow_redirects=False)
+    assert r.status == 302 and r.headers["Location"] == "/login"
+
+
+async def test_finding_11_a_cross_site_post_to_logout_or_with_the_session_cookie_is_refused(make_client: Any) -> None:
+    """The finding: /logout had no Origin check. A page of another site posting to /logout, or posting a state
+    change with the victim's cookie (even if it could add the dashboard header), is refused and changes nothing."""
+    client, key_for = await make_client()
+    key = await key_for("acme")
+    held = await (await client.post("/api/agent/process?mode=sync", json=HELD, headers=auth(key))).json()
+    assert held["status"] == "REQUIRES_APPROVAL", held
+    await _sign_in(client, key)
+    evil = {"Origin": "https://evil.example"}
+    r = await client.post("/logout", allow_redirects=False, headers=evil)
+    assert r.status == 403 and "Origin 'https://evil.example' is not this site" in (await r.json())["error"]["message"]
+    assert (await client.get("/api/agent/decisions")).status == 200  # still signed in
+    r = await client.post(f"/api/agent/decisions/{held['id']}/approve", json={"by": "evil"},
+                          headers={"X-Astralis-Dashboard": "1", **evil})
+    assert r.status == 403, await r.text()
+    decision = await (await client.get(f"/api/agent/decisions/{held['id']}")).json()
+    assert decision["status"] == "REQUIRES_APPROVAL"
