@@ -390,13 +390,22 @@ def _remove_injection(text: str, found: list[str]) -> str:
     return "".join(kept)
 
 
+TEXT_MAX_CHARS = 16_384
+"""How much of an event's body the rules, the urgency keywords and the LLM prompt read (the stored event keeps it
+all). The text stage is pure Python run once per event on the service's event loop: on 1 MiB of text it took
+0.1-1.3 s, on 16 KiB at most ~12 ms (measured: docs/security.md, "Bounded work for tenant content")."""
+SUBJECT_MAX_CHARS = 1_000
+"""How much of the subject (or title) they read."""
+
+
 def extract(data: dict[str, Any]) -> EventText:
-    """Pull subject and body out of an event's data, whatever its channel, and clean them up."""
-    subject = next((str(data[k]) for k in _SUBJECT_FIELDS if isinstance(data.get(k), str)), "")
+    """Pull subject and body out of an event's data, whatever its channel, and clean them up. Only the first
+    `SUBJECT_MAX_CHARS` of the subject and `TEXT_MAX_CHARS` of the body (or of the HTML it is made from) are read."""
+    subject = next((str(data[k]) for k in _SUBJECT_FIELDS if isinstance(data.get(k), str)), "")[:SUBJECT_MAX_CHARS]
     body_parts = [str(data[k]) for k in _BODY_FIELDS if isinstance(data.get(k), str) and data[k].strip()]
     if not body_parts and isinstance(data.get("html"), str):
-        body_parts.append(html_to_text(data["html"]))
-    body = "\n".join(body_parts)
+        body_parts.append(html_to_text(data["html"][:TEXT_MAX_CHARS]))
+    body = "\n".join(body_parts)[:TEXT_MAX_CHARS]
     injection: list[str] = []
     # Hidden HTML comments are never read by a person; an instruction hidden there is an injection.
     for hidden in _HIDDEN.findall(body):

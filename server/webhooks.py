@@ -11,6 +11,7 @@ signature, so the endpoint does not reveal which orgs exist.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -21,7 +22,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from adapters.mime import parse_email
+from adapters.mime import MimeLimitError, parse_email
 from adapters.secrets import SecretRefused, SecretResolver
 from engine.config import Source
 from engine.models import Event
@@ -67,10 +68,20 @@ def _unauthorized(message: str, code: str) -> ApiError:
     return ApiError(401, "invalid_signature", message, {"reason": code})
 
 
-def _data(kind: str, raw: bytes, content_type: str) -> tuple[dict[str, Any], dict[str, Any]]:
+async def _email(raw: bytes) -> dict[str, str]:
+    """`parse_email` in a worker thread (the standard library's parser is slow Python: never on the event loop); mail
+    over a limit of adapters/mime.py answers 413 (a size) or 422 (a count) naming the limit."""
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, parse_email, raw)
+    except MimeLimitError as exc:
+        raise ApiError(exc.status, "email_too_large" if exc.status == 413 else "email_too_complex", str(exc),
+                       {"field": "body", "limit": exc.limit}) from None
+
+
+async def _data(kind: str, raw: bytes, content_type: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(data, envelope fields) from the body: JSON (the data itself, or a whole envelope) or raw MIME email."""
     if kind == "email" and content_type in ("message/rfc822", "text/plain"):
-        parsed = parse_email(raw)
+        parsed = await _email(raw)
         if not any(parsed.get(k) for k in ("from", "subject", "text")):
             raise ApiError(422, "invalid", "the body is not a readable email message", {"field": "body"})
         return {k: v for k, v in parsed.items() if v}, {}
@@ -115,7 +126,7 @@ async def receive(request: web.Request) -> web.Response:
         log.warning("webhook refused: %s", exc.code, extra={"org": org, "kind": kind})
         raise _unauthorized(str(exc), exc.code) from None
     source, type_ = KINDS[kind]
-    data, extra = _data(kind, raw, request.content_type)
+    data, extra = await _data(kind, raw, request.content_type)
     if kind == "n8n":
         data = _n8n(data)
     delivery = request.headers.get(DELIVERY) or extra.get("id")

@@ -6,9 +6,19 @@ transfer encodings) rather than built with the email package, so that the parser
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from adapters.mime import FIELDS, html_to_text, parse_email
+from adapters.mime import (
+    FIELDS,
+    MAX_HEADERS,
+    MAX_PARTS,
+    STRUCTURED_HEADER_CHARS,
+    MimeLimitError,
+    html_to_text,
+    parse_email,
+)
 
 
 def wire(message: bytes) -> bytes:
@@ -669,7 +679,6 @@ A cake, please.
     pytest.param(b"Content-Type: text/plain; charset*=''%ZZ\r\n\r\nbody", id="broken-rfc2231"),
     pytest.param(b"Content-Type: application/octet-stream\r\n\r\n\x00\x01", id="no-text-part"),
     pytest.param(b"Content-Type: text/html\r\n\r\n<![CDATA[<p>unterminated", id="odd-html"),
-    pytest.param(b"Content-Type: multipart/mixed; boundary=a\r\n\r\n" + b"--a\r\nContent-Type: multipart/mixed; boundary=a\r\n\r\n" * 2000, id="deep-nesting"),
 ])
 def test_malformed_input_never_raises(raw: bytes) -> None:
     parsed = parse_email(raw)
@@ -698,3 +707,51 @@ def test_control_characters_are_dropped() -> None:
 def test_non_bytes_input_does_not_raise() -> None:
     assert parse_email(None) == dict.fromkeys(FIELDS, "")  # type: ignore[arg-type]
     assert parse_email("From: a@example.org\n\nhi")["text"] == "hi"  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- limits (untrusted senders)
+
+DEEP = b"Content-Type: multipart/mixed; boundary=a\r\n\r\n" + b"--a\r\nContent-Type: multipart/mixed; boundary=a\r\n\r\n" * 2000
+
+
+@pytest.mark.parametrize(("raw", "limit", "status"), [
+    pytest.param(b"From: a@b.example\r\nSubject: hi\r\n" + b"X-A: b\r\n" * 131_072 + b"\r\nbody\r\n",
+                 "MAX_HEADER_BYTES", 413, id="1MiB-of-repeated-headers"),
+    pytest.param(b"From: a@b.example\r\n" + b"X-A: b\r\n" * (MAX_HEADERS + 1) + b"\r\nbody\r\n",
+                 "MAX_HEADERS", 422, id="too-many-headers"),
+    pytest.param(DEEP, "MAX_MULTIPARTS", 422, id="deep-nesting"),
+    pytest.param(b"Content-Type: multipart/mixed; boundary=XX\r\n\r\n"
+                 + b"--XX\r\nContent-Type: text/plain\r\n\r\nx\r\n" * (MAX_PARTS + 20) + b"--XX--\r\n",
+                 "MAX_PARTS", 422, id="too-many-parts"),
+])
+def test_mail_over_a_limit_is_refused_before_parsing(raw: bytes, limit: str, status: int) -> None:
+    """Mail the standard library would take seconds over is refused on its raw bytes, naming the limit."""
+    t0 = time.perf_counter()
+    with pytest.raises(MimeLimitError) as caught:
+        parse_email(raw)
+    assert time.perf_counter() - t0 < 0.1
+    assert (caught.value.limit, caught.value.status) == (limit, status)
+    assert "at most" in str(caught.value)
+
+
+def test_mail_at_the_limits_is_parsed() -> None:
+    """Up to the limits nothing changes: 50 parts, 8 multiparts, 100 headers."""
+    raw = (b"From: Jane <jane@x.example>\r\nSubject: hi\r\n" + b"X-A: b\r\n" * (MAX_HEADERS - 3)
+           + b"Content-Type: multipart/mixed; boundary=XX\r\n\r\n"
+           + b"--XX\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+           + b"--XX\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=a.pdf\r\n\r\nx\r\n"
+           * (MAX_PARTS - 1) + b"--XX--\r\n")
+    parsed = parse_email(raw)
+    assert parsed["from"] == "Jane <jane@x.example>" and parsed["text"].startswith("hello")
+    assert parsed["text"].count("a.pdf") == MAX_PARTS - 1
+
+
+def test_a_long_address_list_is_read_as_sent_past_the_parsing_budget() -> None:
+    """An 8 KiB `To:` took 0.26 s in the structured parser; past `STRUCTURED_HEADER_CHARS` it is read as sent."""
+    addresses = ", ".join(f"user{i}@x.example" for i in range(500))
+    raw = f"From: a@b.example\r\nTo: {addresses}\r\nSubject: hi\r\n\r\nbody".encode()
+    assert len(addresses) > STRUCTURED_HEADER_CHARS
+    t0 = time.perf_counter()
+    parsed = parse_email(raw)
+    assert time.perf_counter() - t0 < 0.05
+    assert parsed["to"] == addresses and parsed["from"] == "a@b.example"

@@ -209,3 +209,75 @@ def test_alias_in_a_file_on_disk_is_a_finding_at_its_line(copy: Path) -> None:
     _, errors = validate_org(copy / "rulesets" / "acme", copy / "policies")
     [err] = [e for e in errors if e.severity == "error"]
     assert (err.code, err.line) == ("yaml_alias", _line_of(spam, "x-copy: *d"))
+
+
+# --------------------------------------------------------------------------- MIME from outside senders
+
+async def test_one_mib_raw_email_of_repeated_headers_is_refused_without_blocking_the_loop(make_client) -> None:
+    """Finding 4: a 1 MiB raw email of repeated headers blocked the loop ~2 s per request, from an outside sender.
+    It is now refused (413, naming the limit) on its raw bytes, in a worker thread; the loop keeps ticking."""
+    from server.signing import HEADER, sign
+    from tests.server.conftest import SECRET
+
+    now = 1_900_000_000
+    client, _ = await make_client(clock=lambda: float(now))
+    raw = b"From: a@b.example\r\nSubject: hi\r\n" + b"X-A: b\r\n" * ((1 << 20) // 8 - 8) + b"\r\nbody\r\n"
+    assert len(raw) <= 1 << 20
+    hdrs = {"Content-Type": "message/rfc822", HEADER: sign(SECRET, raw, now)}
+    lag = await _lag_while(client.post("/api/webhooks/acme/email", data=raw, headers=hdrs))
+    resp = lag.result
+    assert resp.status == 413, await resp.text()
+    err = (await resp.json())["error"]
+    assert err["code"] == "email_too_large" and err["details"]["limit"] == "MAX_HEADER_BYTES"
+    assert "at most 32768" in err["message"]
+    assert lag.worst < 0.1, f"the loop stalled {lag.worst * 1000:.0f} ms"
+
+
+class _Lag:
+    result: object = None
+    worst: float = 0.0
+
+
+async def _lag_while(coro: object) -> _Lag:
+    """Run `coro` while a 5 ms ticker measures the event loop's worst lag."""
+    import asyncio
+
+    out = _Lag()
+    done = False
+
+    async def tick() -> None:
+        while not done:
+            t0 = time.perf_counter()
+            await asyncio.sleep(0.005)
+            out.worst = max(out.worst, time.perf_counter() - t0 - 0.005)
+
+    ticker = asyncio.create_task(tick())
+    try:
+        out.result = await coro  # type: ignore[misc]
+    finally:
+        done = True
+        await ticker
+    return out
+
+
+# --------------------------------------------------------------------------- the text stage
+
+def test_a_one_mib_event_costs_the_text_stage_milliseconds() -> None:
+    """The text stage runs inline in Agent.process: on 1 MiB of text it took 0.1-1.3 s. Rules read the first
+    `TEXT_MAX_CHARS` of the body (and `SUBJECT_MAX_CHARS` of the subject), so a body-cap event costs milliseconds."""
+    from engine.loader import load_org
+    from engine.text import SUBJECT_MAX_CHARS, TEXT_MAX_CHARS, extract
+
+    rules = compile_rules(load_org(ROOT / "rulesets" / "brightsmile", ROOT / "policies"))
+    assert not isinstance(rules, list)
+    mib = 1 << 20
+    worst = 0.0
+    for body in (("<p>severe pain my son</p>" * mib)[:mib], ("On Mon wrote: x\n" * mib)[:mib], ("no " * mib)[:mib]):
+        event = {"org": "brightsmile", "type": "email:received", "source": "EMAIL",
+                 "data": {"from": "a@b.example", "subject": "x" * mib, "text": body}}
+        t0 = time.perf_counter()
+        text = extract(event["data"])
+        rules.match_fact(rules.features(event, text))
+        worst = max(worst, time.perf_counter() - t0)
+        assert len(text.subject) <= SUBJECT_MAX_CHARS and len(text.body) <= TEXT_MAX_CHARS
+    assert worst < 0.1, f"{worst * 1000:.0f} ms"
