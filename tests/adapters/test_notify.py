@@ -8,6 +8,9 @@ import dataclasses
 import email
 import email.policy
 import json
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -467,6 +470,48 @@ async def test_smtp_through_an_allowed_name_keeps_the_name_and_delivers(store, s
     await decide(store, [notify(["u-sam"])])
     result = await dispatcher(store, bundle, session).run(await claim(store))
     assert result["email"] == ["sam@acme.example"] and len(handler.messages) == 1
+
+
+@pytest.fixture
+def localhost_cert(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A self-signed certificate for the name `localhost` (no IP address in it), trusted by this test's clients
+    through SSL_CERT_FILE: (certificate, key)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    return cert, key
+
+
+@pytest.mark.parametrize(("host", "delivered"), [("localhost", True), ("127.0.0.1", False)])
+async def test_starttls_checks_the_certificate_against_the_host_name_not_the_checked_address(
+        store, session, localhost_cert, host, delivered):
+    """The socket goes to an address the egress policy checked; TLS still verifies the name the policy wrote."""
+    cert, key = localhost_cert
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    handler = Collector()
+    server = await asyncio.get_running_loop().create_server(
+        lambda: SMTP(handler, tls_context=tls, require_starttls=True), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        bundle = bundle_with(channels=["email"], email=email_settings(port, host=host, starttls=True))
+        await decide(store, [notify(["u-sam"])])
+        d = dispatcher(store, bundle, session)
+        if delivered:
+            result = await d.run(await claim(store))
+            assert result["email"] == ["sam@acme.example"] and len(handler.messages) == 1
+        else:  # the certificate names localhost, not 127.0.0.1: refused by the client before any mail
+            with pytest.raises(ActionFailed, match=r"CERTIFICATE_VERIFY_FAILED|certificate") as err:
+                await d.run(await claim(store))
+            assert "Hostname mismatch" in str(err.value) or "IP address mismatch" in str(err.value), err.value
+            assert handler.messages == []
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_a_loopback_webhook_is_refused_by_default_and_delivers_nothing(store, receiver):
