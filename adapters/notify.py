@@ -48,6 +48,9 @@ from server.signing import HEADER, sign  # stdlib-only module: importing it does
 log = logging.getLogger("astralis.notify")
 
 TYPES = ("SEND_NOTIFICATION", "ESCALATE")
+RENDER_TIMEOUT = 5.0
+"""Seconds to wait for one rendering in its thread (compiling a template included); the template's own deadline
+(engine.templates.RENDER_SECONDS) ends the work long before."""
 CALENDAR_TYPES = ("CREATE_EVENT", "UPDATE_EVENT", "CANCEL_EVENT")
 _EMAIL = re.compile(r"^[^@\s<>\"]+@[^@\s<>\"]+$")
 
@@ -171,19 +174,25 @@ class NotificationDispatcher:
                             extra={k: job.params[k] for k in ("reason", "failed_action", "error") if k in job.params})
         errors: list[str] = []
 
-        def text(user: User | None, *, email: bool, guest: str | None = None) -> tuple[str, str]:
+        async def text(user: User | None, *, email: bool, guest: str | None = None) -> tuple[str, str]:
             who = {"id": user.id, "name": user.name, "email": user.email, "role": user.role} if user else None
             extra = {"user": who, "attached": email and invite is not None}
             if guest:
                 extra["recipient"] = guest
-            return render(template, policy.notifications.templates, {**ctx, **extra}, errors)
+            # A tenant's template renders in a worker thread, never on the event loop; its own limits (operations,
+            # deadline, sizes: engine/templates.py) end it, the timeout here only stops waiting for it.
+            try:
+                return await asyncio.wait_for(asyncio.to_thread(
+                    render, template, policy.notifications.templates, {**ctx, **extra}, errors), RENDER_TIMEOUT)
+            except TimeoutError:
+                raise ActionFailed(f"template '{template}' did not render within {RENDER_TIMEOUT:g} s") from None
 
         result: dict[str, Any] = {"template": template, "in_app": [], "email": [], "webhook": None,
                                   "skipped": plan.skipped}
         if plan.in_app:
             rows = []
             for user in plan.in_app:
-                subject, body = text(user, email=False)
+                subject, body = await text(user, email=False)
                 rows.append({"org": job.org, "id": notification_id(job.key, user.id), "user_id": user.id,
                              "template": template, "subject": subject, "body": body,
                              "priority": _priority(job.params), "decision_id": job.decision_id})
@@ -193,7 +202,7 @@ class NotificationDispatcher:
             assert policy.notifications.email is not None  # _plan only lists emails when it is configured
             messages = []
             for i, (address, user) in enumerate(plan.email):
-                subject, body = text(user, email=True, guest=None if user else address)
+                subject, body = await text(user, email=True, guest=None if user else address)
                 messages.append(self._message(job, policy.notifications.email, address, i, subject, body, invite))
             assert guard is not None
             result["email"] = await self._send(guard, policy.notifications.email, credentials, messages, result)
@@ -201,7 +210,7 @@ class NotificationDispatcher:
                 result["attachment"] = "invite.ics"
         if plan.webhook:
             assert policy.notifications.webhook is not None and secret is not None
-            subject, body = text(None, email=False)
+            subject, body = await text(None, email=False)
             result["webhook"] = await self._post(job, policy, secret, template, subject, body, plan, result)
         if errors:
             result["template_errors"] = list(dict.fromkeys(errors))

@@ -10,8 +10,10 @@ Pure logic: no I/O. Jinja2 is imported on first use (the loader calls `config_er
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import re
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -261,20 +263,229 @@ FALLBACK: tuple[str, str] = (
 """Rendered for a template name that is neither in the policy nor built in."""
 
 
-# --------------------------------------------------------------------------- rendering
+# --------------------------------------------------------------------------- rendering, with limits
+#
+# A policy's templates are tenant input (an org admin edits them through the API) and the event data they read comes
+# from senders. The sandbox keeps them from Python's internals; these limits keep them from the CPU and memory: every
+# loop iteration, call, filter, operator and string join of one render draws on one budget of operations and one
+# deadline, checked as it goes, so a nested loop stops within the deadline even in a thread nobody can kill; `range`
+# is capped; a value, the text a template reads and the output are capped in size.
+
+MAX_OPS = 50_000
+"""Loop iterations, calls, filters, operators and joins in one render."""
+RENDER_SECONDS = 0.5
+"""Wall-clock deadline of one render (checked at every operation)."""
+MAX_RANGE = 1_000
+"""Longest `range()` a template may make."""
+MAX_VALUE = BODY_MAX
+"""Longest string, list or mapping an operation may produce (characters or items)."""
+MAX_INT_ARG = 10_000
+"""Largest integer argument of a call or filter (widths, counts): `center(10**9)` would allocate a gigabyte."""
+MAX_TEMPLATE_CHARS = 20_000
+"""Longest template source (a validation finding beyond)."""
+_SLOW_INPUT_FILTERS = {"striptags": 10_000, "wordwrap": 10_000, "urlize": 0, "pprint": 0}
+"""Filters whose cost grows faster than their input: refused past this many characters of input (0: never)."""
+
+_budget: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar("template_budget", default=None)
+
+
+class TemplateLimitError(Exception):
+    """A template went over a rendering limit; the message names the limit."""
+
+
+def _spend(n: int = 1) -> None:
+    budget = _budget.get()
+    if budget is None:
+        return
+    budget[0] -= n
+    if budget[0] < 0:
+        raise TemplateLimitError(f"the template used more than {MAX_OPS} operations (loop iterations, calls, filters)")
+    if time.monotonic() > budget[1]:
+        raise TemplateLimitError(f"the template took longer than {RENDER_SECONDS} s to render")
+
+
+def _sized(value: Any) -> Any:
+    if isinstance(value, str | bytes | list | tuple | dict | set) and len(value) > MAX_VALUE:
+        raise TemplateLimitError(f"a value of {len(value)} characters or items was made; at most {MAX_VALUE}")
+    return value
+
+
+def _check_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, int) and not isinstance(a, bool) and abs(a) > MAX_INT_ARG:
+            raise TemplateLimitError(f"the number {a} is too large for a template argument (at most {MAX_INT_ARG})")
+
+
+def _length(x: Any) -> int:
+    return len(x) if isinstance(x, str | list | tuple) else len(str(x))
+
+
+def _precheck(name: str, target: Any, args: tuple[Any, ...]) -> None:
+    """Refuse before running it an operation whose result would pass `MAX_VALUE` (replace, join, format)."""
+    if name == "replace" and isinstance(target, str) and len(args) >= 2:
+        old, new = str(args[0]), str(args[1])
+        hits = target.count(old) if old else len(target) + 1
+        _sized(" " * max(0, min(MAX_VALUE + 1, len(target) + hits * (len(new) - len(old)))))
+    elif name == "join":
+        if isinstance(target, str):  # str.join: the separator is the target
+            sep, items = target, args[0] if args else ()
+        else:  # the join filter: the items are the target
+            sep, items = (args[0] if args and isinstance(args[0], str) else ""), target
+        if isinstance(items, list | tuple):
+            _sized(" " * min(MAX_VALUE + 1, sum(_length(i) for i in items) + len(sep) * len(items)))
+    elif name in ("format", "%") and isinstance(target, str) and _WIDE.search(target):
+        raise TemplateLimitError("a format width or precision is too large (at most 999)")
+
+
+_WIDE = re.compile(r"%[-#0 +]*(\*|\d{4,})|%[-#0 +]*\d*\.(\*|\d{4,})|\{[^}]*:[^}]*(\d{4,}|\{)")
+
+
+def _bounded_iter(iterable: Any) -> Any:
+    """Every `for` loop of a template iterates through this: one operation per item."""
+    for item in iterable:
+        _spend()
+        yield item
+
+
+def _join(*parts: Any) -> str:
+    """The `~` operator, with the result's size checked before it is made."""
+    _spend()
+    texts = [str(p) for p in parts]
+    if sum(len(t) for t in texts) > MAX_VALUE:
+        raise TemplateLimitError(f"joining text with ~ would make more than {MAX_VALUE} characters")
+    return "".join(texts)
+
+
+def _bounded_range(*args: int) -> range:
+    _check_args(args, {})
+    rng = range(*args)
+    if len(rng) > MAX_RANGE:
+        raise TemplateLimitError(f"range() of {len(rng)} items; at most {MAX_RANGE}")
+    _spend(len(rng))
+    return rng
+
+
+def _bounded_concat(parts: Any) -> str:
+    """How Jinja joins the output of a block (`{% set %}`, macros, `{% filter %}`): size-checked as it grows."""
+    out: list[str] = []
+    size = 0
+    for p in parts:
+        size += len(p)
+        if size > MAX_VALUE:
+            raise TemplateLimitError(f"a block's output passed {MAX_VALUE} characters")
+        out.append(p)
+    return "".join(out)
+
+
+def _wrap_filter(name: str, func: Any) -> Any:
+    slow = _SLOW_INPUT_FILTERS.get(name)
+
+    @functools.wraps(func)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        _spend()
+        _check_args(args, kwargs)
+        values = [a for a in args if not _is_jinja_internal(a)]
+        target = values[0] if values else None
+        if slow is not None and _length(target) > slow:
+            raise TemplateLimitError(f"the {name} filter takes at most {slow} characters here")
+        _precheck(name, target, tuple(values[1:]))
+        return _sized(func(*args, **kwargs))
+
+    return bounded
+
+
+def _is_jinja_internal(x: Any) -> bool:
+    from jinja2 import Environment
+    from jinja2.nodes import EvalContext
+    from jinja2.runtime import Context
+
+    return isinstance(x, Context | EvalContext | Environment)
+
 
 @functools.cache
 def _env() -> Any:
-    from jinja2 import ChainableUndefined
-    from jinja2.sandbox import SandboxedEnvironment
+    from jinja2 import ChainableUndefined, nodes
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from jinja2.visitor import NodeTransformer
 
-    return SandboxedEnvironment(autoescape=False, undefined=ChainableUndefined, trim_blocks=True,
-                                lstrip_blocks=True, keep_trailing_newline=False)
+    here = __name__
+
+    class _Bound(NodeTransformer):
+        """Every `for` loop iterates through `_bounded_iter`; every `~` is `_join`."""
+
+        def visit_For(self, node: Any) -> Any:
+            self.generic_visit(node)
+            node.iter = nodes.Call(nodes.ImportedName(f"{here}._bounded_iter"), [node.iter], [], None, None,
+                                   lineno=node.lineno)
+            return node
+
+        def visit_Concat(self, node: Any) -> Any:
+            self.generic_visit(node)
+            return nodes.Call(nodes.ImportedName(f"{here}._join"), list(node.nodes), [], None, None, lineno=node.lineno)
+
+    class BoundedSandbox(ImmutableSandboxedEnvironment):
+        """The sandbox, with every operation drawing on the render's budget (see the limits above)."""
+
+        intercepted_binops = frozenset(["*", "**", "%", "+", "//"])
+        concat = staticmethod(_bounded_concat)
+
+        def _parse(self, source: str, name: str | None, filename: str | None) -> Any:
+            if len(source) > MAX_TEMPLATE_CHARS:
+                raise TemplateLimitError(f"the template is {len(source)} characters long; at most {MAX_TEMPLATE_CHARS}")
+            tree = _Bound().visit(super()._parse(source, name, filename))
+            tree.set_environment(self)
+            return tree
+
+        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+            _spend()
+            _check_args(args, kwargs)
+            _precheck(getattr(__obj, "__name__", ""), getattr(__obj, "__self__", None), args)
+            return _sized(super().call(__context, __obj, *args, **kwargs))
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            _spend()
+            if operator == "**" and isinstance(right, int | float) and (abs(right) > 64 or (
+                    isinstance(left, int | float) and abs(left) > 2 ** 64)):
+                raise TemplateLimitError("a power that large is not computed in a template (exponent at most 64)")
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if isinstance(seq, str | list | tuple) and isinstance(n, int):
+                        _sized(" " * min(MAX_VALUE + 1, len(seq) * max(n, 0)))
+                if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > 256:
+                    raise TemplateLimitError("a product that large is not computed in a template")
+            if operator == "%":
+                _precheck("%", left, ())
+            if operator == "+" and isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
+                _sized(" " * min(MAX_VALUE + 1, len(left) + len(right)))
+            return _sized(super().call_binop(context, operator, left, right))
+
+    env = BoundedSandbox(autoescape=False, undefined=ChainableUndefined, trim_blocks=True,
+                         lstrip_blocks=True, keep_trailing_newline=False)
+    env.globals.pop("lipsum", None)
+    env.globals["range"] = _bounded_range
+    env.filters = {name: _wrap_filter(name, f) for name, f in env.filters.items()}
+    return env
 
 
 @functools.lru_cache(maxsize=512)
 def _compile(source: str) -> Any:
     return _env().from_string(source)
+
+
+def _generate(source: str, context: Mapping[str, Any], limit: int) -> str:
+    """Render, keeping at most `limit` characters of output: the rest is never produced."""
+    out: list[str] = []
+    size = 0
+    gen = _compile(source).generate(context)
+    try:
+        for chunk in gen:
+            out.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                break
+    finally:
+        gen.close()
+    return "".join(out)
 
 
 def _subject(text: str) -> str:
@@ -291,7 +502,13 @@ def _body(text: str) -> str:
 
 
 def _render_pair(pair: tuple[str, str], context: Mapping[str, Any]) -> tuple[str, str]:
-    return _subject(_compile(pair[0]).render(context)), _body(_compile(pair[1]).render(context))
+    _compile(pair[0]), _compile(pair[1])  # compiled (and cached) outside the render's deadline
+    token = _budget.set([float(MAX_OPS), time.monotonic() + RENDER_SECONDS])
+    try:
+        return (_subject(_generate(pair[0], context, SUBJECT_MAX * 4)),
+                _body(_generate(pair[1], context, BODY_MAX + 1000)))
+    finally:
+        _budget.reset(token)
 
 
 def render(name: str, policy_templates: Mapping[str, Any], context: Mapping[str, Any],
@@ -326,11 +543,34 @@ def check(templates: Mapping[str, Any]) -> list[tuple[str, str, str]]:
             if not isinstance(source, str):
                 continue
             try:
-                _env().parse(source)
+                tree = _env().parse(source)
             except TemplateSyntaxError as exc:
                 where = f" (line {exc.lineno} of the template)" if source.count("\n") and exc.lineno else ""
                 out.append((name, fld, f"{exc.message}{where}"))
+                continue
+            except TemplateLimitError as exc:
+                out.append((name, fld, str(exc)))
+                continue
+            out.extend((name, fld, problem) for problem in _static_limits(tree))
     return out
+
+
+def _static_limits(tree: Any) -> list[str]:
+    """What a parsed template is sure to break when it renders: a `range()` of constants over `MAX_RANGE`."""
+    from jinja2 import nodes
+
+    problems = []
+    for call in tree.find_all(nodes.Call):
+        if isinstance(call.node, nodes.Name) and call.node.name == "range" and call.args and all(
+                isinstance(a, nodes.Const) and isinstance(a.value, int) for a in call.args):
+            try:
+                n = len(range(*(a.value for a in call.args)))
+            except (TypeError, ValueError, OverflowError):
+                continue
+            if n > MAX_RANGE:
+                problems.append(f"range() of {n} items (line {call.lineno} of the template); a template's range() "
+                                f"has at most {MAX_RANGE}")
+    return problems
 
 
 def config_errors(templates: Mapping[str, Any], docs: Mapping[str, Any], policy_path: str) -> list[ConfigError]:
@@ -376,6 +616,19 @@ def _local_formatter(tz: ZoneInfo) -> Callable[..., str]:
         return f"{dt:%a} {dt.day} {dt:%b %Y, %H:%M}" + (f" {dt:%Z}" if dt.tzinfo is not None else "")
 
     return local
+
+
+def _clipped(value: Any, depth: int = 0) -> Any:
+    """`value` with every string longer than `BODY_MAX` cut to it (nested dicts and lists too)."""
+    if isinstance(value, str):
+        return value[:BODY_MAX]
+    if depth > 32:
+        return value
+    if isinstance(value, dict):
+        return {k: _clipped(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clipped(v, depth + 1) for v in value]
+    return value
 
 
 def _clip(text: str, limit: int) -> str:
@@ -440,7 +693,11 @@ def build_context(org: OrgConfig, *, params: Mapping[str, Any], decision: Any = 
     Escalations add `reason`, `failed_action`, `error`; the dispatcher sets `user` (or `guest`) per recipient."""
     env = dict(event or {})
     raw = env.get("data")
-    data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    # No template can show more than BODY_MAX characters: longer event text is cut there before any template
+    # reads it, so that no filter works on a megabyte of sender text.
+    data: dict[str, Any] = _clipped(raw) if isinstance(raw, dict) else {}
+    if "data" in env:
+        env["data"] = data
     dec = _decision_dict(decision)
     trace: dict[str, Any] = dec["trace"] if isinstance(dec.get("trace"), dict) else {}
     gate: dict[str, Any] = trace["gate"] if isinstance(trace.get("gate"), dict) else {}

@@ -281,3 +281,57 @@ def test_a_one_mib_event_costs_the_text_stage_milliseconds() -> None:
         worst = max(worst, time.perf_counter() - t0)
         assert len(text.subject) <= SUBJECT_MAX_CHARS and len(text.body) <= TEXT_MAX_CHARS
     assert worst < 0.1, f"{worst * 1000:.0f} ms"
+
+
+# --------------------------------------------------------------------------- templates
+
+NESTED_RANGE = ("{% for i in range(1000) %}{% for j in range(1000) %}{% for k in range(1000) %}x"
+                "{% endfor %}{% endfor %}{% endfor %}")
+
+
+def test_nested_range_template_stops_within_its_deadline() -> None:
+    """Finding 4: a template with nested `range` loops held the other org 10-19 s. The render draws on a budget of
+    operations and a deadline inside the sandbox: it stops in well under a second with a clear error, and the
+    person still hears (the built-in text)."""
+    from engine.templates import MAX_OPS, RENDER_SECONDS, render
+
+    errors: list[str] = []
+    t0 = time.perf_counter()
+    subject, body = render("new_intake", {"new_intake": {"subject": "s", "body": NESTED_RANGE}},
+                           {"org": {"name": "Acme"}}, errors)
+    assert time.perf_counter() - t0 < RENDER_SECONDS + 0.5
+    [err] = errors
+    assert "TemplateLimitError" in err and (f"more than {MAX_OPS} operations" in err or "longer than" in err), err
+    assert subject.startswith("[Acme] New intake") and "xxx" not in body
+
+
+@pytest.mark.parametrize("source", [
+    "{{ 'a' * 1000000000 }}", "{{ 'x'|center(1000000000) }}", "{{ '%0999999999d' % 1 }}",
+    "{{ data.text|replace('a', data.text) }}", "{% set ns = namespace(s='ab') %}{% for i in range(40) %}"
+    "{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}", "{{ ([data.text] * 1000)|join }}",
+    "{% for a in data.text %}{% for b in data.text %}x{% endfor %}{% endfor %}",
+])
+def test_amplifying_templates_are_refused_before_they_allocate(source: str) -> None:
+    """Memory and CPU amplifiers (string products, widths, replace/join/~ doubling, loops over sender text) fail
+    fast with a limit error instead of allocating gigabytes."""
+    from engine.templates import render
+
+    errors: list[str] = []
+    t0 = time.perf_counter()
+    render("notice", {"notice": {"subject": "s", "body": source}}, {"data": {"text": "a" * (1 << 20)}}, errors)
+    assert time.perf_counter() - t0 < 1.0
+    assert len(errors) == 1 and "TemplateLimitError" in errors[0], errors
+
+
+def test_a_constant_range_over_the_cap_is_a_validation_finding(copy: Path) -> None:
+    """A template over a limit is a finding where it can be seen without rendering."""
+    from engine.templates import MAX_RANGE
+
+    policy = copy / "policies" / "acme.yaml"
+    policy.write_text(policy.read_text() + "\n".join([
+        "", "notifications:", "  templates:", "    loud:", "      subject: hi",
+        "      body: \"{% for i in range(1000000) %}x{% endfor %}\"", ""]))
+    _, errors = validate_org(copy / "rulesets" / "acme", copy / "policies")
+    found = [e for e in errors if e.code == "invalid_template"]
+    assert found and f"at most {MAX_RANGE}" in found[0].message, errors
+    assert found[0].line == _line_of(policy, "range(1000000)")
