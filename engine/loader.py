@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
@@ -19,7 +20,6 @@ import jsonschema
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from engine.boundaries import boundary_errors
 from engine.config import DecisionType, OrgConfig, Policy, Rule, Ruleset, Threshold, compile_user_regex
 from engine.errors import ConfigError, ConfigInvalid
 from engine.patterns import RegexError
@@ -262,30 +262,55 @@ def _env_overrides() -> dict[str, str]:
     return {n: os.environ[n] for n in names if os.environ.get(n)}
 
 
-def load_policy(policies_dir: Path, org: str) -> tuple[Policy | None, list[ConfigError], list[Located]]:
+def _shown(value: object) -> str:
+    """What a tenant wrote, quoted for a finding (bounded, control characters escaped)."""
+    text = repr(str(value))
+    return text if len(text) <= 82 else f"{text[:80]}…'"
+
+
+_POLICY_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+
+
+def load_policy(policies_dir: Path, org: str, *, orgs: Iterable[str] = ()) -> tuple[Policy | None, list[ConfigError], list[Located]]:
     """Load `policies/<org>.yaml` (or default.yaml alone), following `extends`, then apply env overrides.
     Returns the policy, the errors, and the parsed files of the chain (the org's own first).
+
+    `extends` names `default` or a shared policy of the operator's: a file in the policies folder that is no
+    org's own policy (its name is not one of `orgs`, the org folders). Never another org's policy and never a
+    path: either is an `unknown_policy` / `invalid_value` finding that quotes only what the file wrote, the same
+    for a name that exists and one that does not, so a tenant learns nothing of other orgs or of the host.
 
     `AGENT_DEFAULT_PROVIDER` sets the provider of the default policy (an org that names its own keeps
     it); `AGENT_AUTO_EXECUTE_THRESHOLD` / `AGENT_REQUIRE_APPROVAL_THRESHOLD` override every threshold.
     """
     errors: list[ConfigError] = []
     chain: list[Located] = []
+    owned = set(orgs)
     name: str | None = org if (policies_dir / f"{org}.yaml").exists() else DEFAULT_POLICY
     seen: set[str] = set()
     while name is not None:
         path = policies_dir / f"{name}.yaml"
+        where = chain[-1] if chain else None
         if name in seen:
-            last = chain[-1]
-            errors.append(ConfigError(last.path, last.line(("extends",)), "extends_cycle",
+            assert where is not None
+            errors.append(ConfigError(where.path, where.line(("extends",)), "extends_cycle",
                                       f"policy '{name}' extends itself through {sorted(seen)}"))
             return None, errors, chain
         seen.add(name)
-        if not path.exists():
-            where = chain[-1] if chain else None
-            errors.append(ConfigError(where.path if where else str(path), where.line(("extends",)) if where else 0,
-                                      "unknown_policy" if where else "missing_file",
-                                      f"policy '{name}' not found at {path}"))
+        if where is not None and not _POLICY_NAME.fullmatch(name):
+            errors.append(ConfigError(where.path, where.line(("extends",)), "invalid_value",
+                                      f"extends: {_shown(name)} is not a policy name: give `default` or the name "
+                                      "of a shared policy of the operator's, never a path"))
+            return None, errors, chain
+        if where is not None and ((name != DEFAULT_POLICY and name in owned) or not path.is_file()):
+            # Another org's policy answers exactly as a missing one: nothing of it is read or revealed.
+            errors.append(ConfigError(where.path, where.line(("extends",)), "unknown_policy",
+                                      f"extends: there is no shared policy {_shown(name)}; a policy extends "
+                                      "`default` or a shared policy of the operator's, never an org's own"))
+            return None, errors, chain
+        if not path.is_file():
+            errors.append(ConfigError(str(path), 0, "missing_file",
+                                      f"policy '{name}' not found: the policies folder has no {name}.yaml"))
             return None, errors, chain
         doc = read_yaml(path)
         if isinstance(doc, ConfigError):
@@ -455,8 +480,11 @@ def _revision(paths: list[Path], docs: dict[str, Located], policy: Policy) -> st
     return h.hexdigest()[:12]
 
 
-def validate_org(org_dir: Path, policies_dir: Path) -> tuple[OrgBundle | None, list[ConfigError]]:
-    """Validate one org folder and its policy; return the bundle (None if any error) and all findings."""
+def validate_org(org_dir: Path, policies_dir: Path, *,
+                 orgs: Iterable[str] | None = None) -> tuple[OrgBundle | None, list[ConfigError]]:
+    """Validate one org folder and its policy; return the bundle (None if any error) and all findings.
+    `orgs`: every org whose policy is its own, never to be extended (default: the org folders beside `org_dir`;
+    give it when `org_dir` is a staged copy away from its siblings)."""
     errors: list[ConfigError] = []
     docs: dict[str, Located] = {}
     org_path = org_dir / ORG_FILE
@@ -499,7 +527,8 @@ def validate_org(org_dir: Path, policies_dir: Path) -> tuple[OrgBundle | None, l
         for i, rule in enumerate(rs.rules):
             rules.append(RuleRef(rs.ruleset, rule, str(path), doc.line(("rules", i, "id"))))
 
-    policy, policy_errors, policy_docs = load_policy(policies_dir, org_dir.name)
+    owners = {d.name for d in org_dirs(org_dir.parent)} if orgs is None else set(orgs)
+    policy, policy_errors, policy_docs = load_policy(policies_dir, org_dir.name, orgs=owners | {org_dir.name})
     errors.extend(policy_errors)
     docs.update((d.path, d) for d in policy_docs)
     policy_paths = [Path(d.path) for d in policy_docs]
@@ -508,9 +537,6 @@ def validate_org(org_dir: Path, policies_dir: Path) -> tuple[OrgBundle | None, l
         return None, errors
     org_policy_path = str(policy_paths[0]) if policy_paths else str(policies_dir / f"{org_dir.name}.yaml")
     errors.extend(_check_references(org, docs[str(org_path)], policy, org_policy_path, rules, docs))
-    # Secret names are tenant input: checked against the org's prefix and the other orgs here.
-    errors.extend(boundary_errors(org, docs[str(org_path)], policy, policy_docs,
-                                  [d.name for d in org_dirs(org_dir.parent)]))
     enabled = [r for r in rules if r.rule.enabled]
     if not enabled:
         errors.append(ConfigError(str(org_dir), 0, "no_rules", f"org '{org.org}' has no enabled rules"))

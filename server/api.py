@@ -21,13 +21,13 @@ from adapters.replay import ReplayProvider, replay_decisions, replay_stage
 from engine.agent import Agent, UnknownOrg
 from engine.compare import Side, compare, prompt_chars
 from engine.config import DecisionType, Intent, Source
-from engine.models import DOOR, DecidedBy, Decision, Event, Status
+from engine.models import DecidedBy, Decision, Event, Status
 from engine.rules import CompiledRules
 from engine.simulator import summarize
 from server import configs
 from server.app import METRICS, REGISTRY, SERVICE, SETTINGS, STORE, principal
-from server.door import load_json
 from server.errors import ApiError, invalid
+from server.metrics import operator_request, require_operator
 from server.schemas import (
     AcceptedOut,
     ConfigUpdate,
@@ -53,7 +53,10 @@ async def read_json(request: web.Request, model: type[M], *, optional: bool = Fa
         raise ApiError(415, "unsupported_media_type",
                        f"send Content-Type: application/json, not {request.content_type or 'nothing'}")
     raw = await request.read()
-    load_json(raw)  # depth, numbers and text checked before pydantic reads it (server/door.py)
+    try:
+        json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
     try:
         # Strict JSON types: lax mode would take `"occurred_at": 0` as Unix time and `"past": true` as 1.
         return model.model_validate_json(raw, strict=True)
@@ -82,7 +85,7 @@ def event_from(body: EventIn, org: str) -> Event:
                        {"field": "org"})
     fields = body.model_dump(exclude_none=True, exclude={"org"})
     try:
-        return Event.model_validate({**fields, "org": org}, context=DOOR)
+        return Event.model_validate({**fields, "org": org})
     except ValidationError as exc:
         raise invalid(exc, "event") from None
 
@@ -92,7 +95,7 @@ def loaded(request: web.Request, org: str) -> CompiledRules:
     compiled = request.app[REGISTRY].get(org)
     if compiled is None:
         state = request.app[REGISTRY].state(org)
-        details = [str(e) for e in state.errors] if state else []
+        details = [configs.tenant_text(str(e), request.app[REGISTRY]) for e in state.errors] if state else []
         raise ApiError(409, "org_not_loaded", f"org '{org}' has no valid configuration loaded", details)
     return compiled
 
@@ -180,7 +183,7 @@ def db_trigger_event(org: str, body: DbTrigger) -> Event:
     data = {**body.row, "db": {"table": body.table, "operation": body.operation, "old_row": body.old_row}}
     fields: dict[str, Any] = {"org": org, "source": Source.DB_TRIGGER, "type": body.type or f"{_noun(body.table)}:{verb}",
                               "data": data, "occurred_at": body.occurred_at, "id": body.id}
-    return Event.model_validate({k: v for k, v in fields.items() if v is not None}, context=DOOR)
+    return Event.model_validate({k: v for k, v in fields.items() if v is not None})
 
 
 async def db_trigger(request: web.Request) -> web.Response:
@@ -468,8 +471,11 @@ async def retry_event(request: web.Request) -> web.Response:
 # ---- operations -----------------------------------------------------------------------------------------
 
 async def healthz(request: web.Request) -> web.Response:
-    """GET /healthz: liveness and readiness (database reachable, every org's rulesets loaded)."""
+    """GET /healthz: liveness and readiness (database reachable, every org's rulesets loaded). Anyone gets only
+    `{"status": "ok" | "unavailable"}`; the operator token (`server.metrics.operator_request`) gets the checks
+    (per-org state, revisions, errors, queue depths)."""
     app = request.app
+    detailed = operator_request(request, app[SETTINGS].operator_token)
     checks: dict[str, Any] = {}
     ok = True
     try:
@@ -492,13 +498,16 @@ async def healthz(request: web.Request) -> web.Response:
         ok = ok and orgs[org]["ok"]
     checks["rulesets"] = {"ok": bool(orgs) and all(o["ok"] for o in orgs.values()), "orgs": orgs}
     ok = ok and bool(orgs)
+    if not detailed:  # no org ids, counts or revisions for the public
+        return to_json({"status": "ok" if ok else "unavailable"}, 200 if ok else 503)
     return to_json({"status": "ok" if ok else "unavailable", "live": True, "ready": ok, "checks": checks},
                    200 if ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """GET /metrics: Prometheus text format."""
+    """GET /metrics: Prometheus text format, for the operator only (`server.metrics.require_operator`)."""
     app = request.app
+    require_operator(request, app[SETTINGS].operator_token)
 
     async def refresh() -> None:
         app[METRICS].set_inbox_depth(await app[STORE].inbox_depth())

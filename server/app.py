@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -19,9 +18,6 @@ from typing import Any, Literal
 import aiohttp
 from aiohttp import web
 
-from adapters.egress import EgressPolicy
-from adapters.egress import session as egress_session
-from adapters.secrets import SecretResolver
 from adapters.sqlite_store import SQLiteStore
 from adapters.stores import open_store
 from engine.agent import Agent
@@ -31,9 +27,8 @@ from engine.ports import LLMProvider, StaticState
 from engine.registry import Registry
 from server import logs
 from server.auth import KeyCache, Principal, RequestLimiter, bearer, too_many
-from server.door import params_middleware
 from server.errors import ApiError, Handler, error_middleware
-from server.metrics import Metrics
+from server.metrics import OPERATOR_TOKEN_ENV, Metrics
 from server.outbox import OutboxRunner, build_executors
 from server.service import OutboxHandoff, Processing, Service
 
@@ -72,11 +67,9 @@ class Settings:
     """Publish every new decision on `<prefix>-decisions` (BullMQ on the Redis) for the platform's Node workers."""
     redis_prefix: str = "astralis"
     """Prefix of this deployment's Redis keys (several deployments, or test runs, can share one Redis)."""
-    egress_allow: str = ""
-    """Addresses and CIDR ranges actions may reach besides public ones (`ASTRALIS_EGRESS_ALLOW` / `--egress-allow`,
-    e.g. "10.0.0.0/8,127.0.0.1"); loopback, private and link-local addresses are refused otherwise."""
-    listen: tuple[tuple[str, int], ...] = ()
-    """The (host, port) pairs this process serves on: actions never connect to them (set by `serve`)."""
+    operator_token: str = field(default_factory=lambda: os.environ.get(OPERATOR_TOKEN_ENV, ""))
+    """`ASTRALIS_OPERATOR_TOKEN`: the bearer token of /metrics and the detailed /healthz (empty: /metrics answers
+    only direct connections from this host, /healthz only ok or not)."""
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -189,16 +182,8 @@ async def _llm_ctx(app: web.Application) -> AsyncIterator[None]:
     await close_providers(providers)
 
 
-async def open_http(settings: Settings) -> aiohttp.ClientSession:
-    """The HTTP session of the action executors: every connection checked against the egress policy (the
-    operator's allow-list; never this service's own addresses)."""
-    policy = EgressPolicy.from_text(settings.egress_allow, listen=settings.listen, public_url=settings.public_url)
-    await policy.learn()
-    return egress_session(policy, timeout=aiohttp.ClientTimeout(total=30))
-
-
 async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
-    session = await open_http(app[SETTINGS])
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
     app[HTTP] = session
     yield
     await session.close()
@@ -300,9 +285,7 @@ def make_outbox(settings: Settings, service: Service, registry: Registry, store:
                 session: Callable[[], aiohttp.ClientSession]) -> OutboxRunner:
     """The outbox runner of this process (it shares the service's lease-owner name)."""
     bundles = bundles_of(registry)
-    secrets = SecretResolver(os.environ, lambda: registry.known)  # names under each org's own prefix only
-    return OutboxRunner(store, build_executors(store, bundles, session, public_url=settings.public_url,
-                                               secrets=secrets), bundles,
+    return OutboxRunner(store, build_executors(store, bundles, session, public_url=settings.public_url), bundles,
                         metrics, owner=service.owner,
                         concurrency=settings.processing.action_workers, on_change=service.notify)
 
@@ -398,21 +381,16 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     key = bearer(request)
     if key is None:
         # The dashboard's pages call the API with their session cookie (server/dashboard); a state-changing call
-        # must carry the dashboard's header too, which another site's page cannot send, and must not come from
-        # another site by the browser's own account (Origin, Sec-Fetch-Site).
-        from server.dashboard import CSRF_HEADER, cross_site, session_principal
+        # must carry the dashboard's header too, which another site's page cannot send.
+        from server.dashboard import CSRF_HEADER, session_principal
 
         session = await session_principal(request)
         if session is None:
             raise ApiError(401, "unauthorized", "missing API key: send Authorization: Bearer <key>",
                            headers={"WWW-Authenticate": "Bearer"})
-        if request.method not in ("GET", "HEAD", "OPTIONS"):
-            if request.headers.get(CSRF_HEADER) != "1":
-                raise ApiError(403, "forbidden", f"a dashboard session's {request.method} needs the header "
-                               f"{CSRF_HEADER}: 1")
-            if (why := cross_site(request)) is not None:
-                raise ApiError(403, "forbidden", f"a dashboard session's cross-site {request.method} is refused: "
-                               f"{why}")
+        if request.method not in ("GET", "HEAD", "OPTIONS") and request.headers.get(CSRF_HEADER) != "1":
+            raise ApiError(403, "forbidden", f"a dashboard session's {request.method} needs the header "
+                           f"{CSRF_HEADER}: 1")
         p: Principal | None = session
     else:
         p = await request.app[KEYS].principal(key)
@@ -435,8 +413,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings()
     metrics = Metrics()
     app = web.Application(client_max_size=settings.max_body_bytes,
-                          middlewares=[error_middleware, metrics.http_middleware(), auth_middleware,
-                                       params_middleware])
+                          middlewares=[error_middleware, metrics.http_middleware(), auth_middleware])
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[LIMITER] = RequestLimiter(settings.requests_per_minute, settings.burst)
@@ -489,7 +466,6 @@ async def serve(settings: Settings, host: str, port: int, stop: asyncio.Event | 
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    settings = dataclasses.replace(settings, listen=(*settings.listen, (host, port)))  # actions never call us
     runner = web.AppRunner(create_app(settings), handle_signals=False, access_log=None,
                            shutdown_timeout=settings.processing.shutdown_grace_seconds)
     try:

@@ -6,10 +6,11 @@ the shared store (`save_agent_config`, as it always has) and announces `{org, re
 channel `<prefix>:config`. Every other process, on the notice:
 
 1. reads the org's latest stored configuration from the store (the announced revision, or a later one);
-2. writes those files into its own folders, each atomically, and removes the org's YAML files the stored
-   configuration no longer has — only where they differ, so processes sharing a folder write nothing;
-3. reloads the org: the new revision becomes active in one swap, or, if it does not load here, the last good
-   revision stays active and the errors are logged (as for a file edit).
+2. if its files differ from the org's folder here (processes sharing a folder write nothing), stages the folder as
+   the stored configuration has it, validates and compiles it there, and only then swaps it in and loads it, all
+   or nothing, exactly as an API update (`server.configs.install`): a stored configuration that does not load
+   here changes no file, the last good revision stays active and the errors are logged. Stored file names are
+   checked again (`server.configs.name_problem`): one that is not a plain YAML file name is skipped and logged.
 
 Decisions record the revision they were made with (`revision`), so every worker's use of the new rules is
 visible in the log. After Redis comes back, and at start-up, a process loads any stored configuration that is
@@ -31,39 +32,56 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from engine.registry import Registry
-from server.configs import write_atomic
+from server.configs import install, name_problem, stage, swap
+from server.schemas import ConfigUpdate
 
 log = logging.getLogger("astralis.config")
 
 OnReload = Callable[[str, list[Any]], Awaitable[None] | None]
 
 
-def apply_files(rulesets: Path, policies: Path, org: str, files: dict[str, str]) -> bool:
-    """Make the org's folder (and its own policy file) hold exactly the stored `files` (names as
-    `save_agent_config` keeps them: `<file>.yaml` in the org folder, `policies/<org>.yaml`). True if anything
-    changed."""
+def diff_update(rulesets: Path, policies: Path, org: str, files: dict[str, str]) -> ConfigUpdate | None:
+    """What makes the org's folder (and its own policy file) hold exactly the stored `files` (names as
+    `save_agent_config` keeps them: `<file>.yaml` in the org folder, `policies/<org>.yaml`); None when they
+    already do. Names that cannot be an org's file, and shared policies, are left out (and logged)."""
     org_dir = rulesets / org
-    org_dir.mkdir(parents=True, exist_ok=True)
-    changed = False
+    current = {p.name: p.read_text(encoding="utf-8") for p in org_dir.glob("*.y*ml")} if org_dir.is_dir() else {}
+    write: dict[str, str] = {}
     wanted: set[str] = set()
+    policy: str | None = None
     for name, text in files.items():
         if name.startswith("policies/"):
-            if Path(name).name != f"{org}.yaml":
+            if name != f"policies/{org}.yaml":
                 continue  # only the org's own policy travels with it (shared policies are not an org's to change)
             path = policies / f"{org}.yaml"
-        else:
-            if "/" in name or name.startswith("."):
-                continue
-            wanted.add(name)
-            path = org_dir / name
-        if not path.exists() or path.read_text(encoding="utf-8") != text:
-            write_atomic(path, text)
-            changed = True
-    for path in sorted(org_dir.glob("*.y*ml")):
-        if path.name not in wanted:
-            path.unlink(missing_ok=True)
-            changed = True
-    return changed
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                policy = text
+            continue
+        why = name_problem(name)
+        if why is not None:
+            log.warning("org '%s': stored file %r skipped: %s", org, name[:80], why, extra={"org": org})
+            continue
+        wanted.add(name)
+        if current.get(name) != text:
+            write[name] = text
+    delete = sorted(n for n in current if n not in wanted)
+    if not write and not delete and policy is None:
+        return None
+    return ConfigUpdate.model_construct(files=write, delete=delete, policy=policy)
+
+
+def apply_files(rulesets: Path, policies: Path, org: str, files: dict[str, str]) -> bool:
+    """Make the org's folder hold exactly the stored `files` (see `diff_update`), swapped in at once (without
+    validating them: `ConfigSync` uses `server.configs.install`, which does). True if anything changed."""
+    body = diff_update(rulesets, policies, org, files)
+    if body is None:
+        return False
+    staged = stage(rulesets, policies, org, body)
+    try:
+        swap(rulesets, policies, org, staged, policy_changed=body.policy is not None).finish()
+    finally:
+        staged.discard()
+    return True
 
 
 class ConfigSync:
@@ -113,20 +131,26 @@ class ConfigSync:
         if revision is not None and stored["revision"] != revision:
             log.info("org '%s': revision %s was announced; the store's latest is %s, which is loaded",
                      org, revision, stored["revision"], extra={"org": org})
-        await asyncio.to_thread(apply_files, self.registry.rulesets_dir, self.registry.policies_dir, org,
-                                stored["files"])
-        findings = await asyncio.to_thread(self.registry.reload, org)
+        body = await asyncio.to_thread(diff_update, self.registry.rulesets_dir, self.registry.policies_dir, org,
+                                       stored["files"])
+        errors: list[str] = []
+        if body is None:  # the files are here already (a shared folder): load them
+            findings = await asyncio.to_thread(self.registry.reload, org)
+            errors = [str(f) for f in findings if f.severity == "error"]
+        else:
+            done = await asyncio.to_thread(install, self.registry, org, body)
+            errors = done.errors
         now = self.registry.get(org)
-        errors = [f for f in findings if f.severity == "error"]
         if errors or now is None or now.revision != stored["revision"]:
             kept = now.revision if now is not None else "none"
-            log.error("org '%s': revision %s does not load here (%s); still on %s", org, stored["revision"],
-                      "; ".join(map(str, errors)) or "its files differ", kept, extra={"org": org})
+            log.error("org '%s': revision %s does not load here (%s); no file changed, still on %s", org,
+                      stored["revision"], "; ".join(errors) or "its files differ", kept, extra={"org": org})
         else:
             log.info("org '%s': revision %s active (announced by another worker)", org, now.revision,
                      extra={"org": org})
         if self.on_reload is not None:
-            result = self.on_reload(org, findings)
+            state = self.registry.state(org)
+            result = self.on_reload(org, list(state.errors) if state is not None else [])
             if asyncio.iscoroutine(result):
                 await result
 

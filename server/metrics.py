@@ -8,10 +8,16 @@ collector calling back into the app, and just as fresh.
 
 Label values are bounded on purpose: HTTP requests are labelled by the route's canonical pattern
 (`/api/agent/decisions/{id}`), never the raw path, and unknown methods collapse to "other".
+
+The metrics name every org, so they are the operator's (`operator_request`): `/metrics` answers the operator token
+(`ASTRALIS_OPERATOR_TOKEN`, sent as `Authorization: Bearer <token>`), or, when none is configured, only a direct
+connection from this host (a loopback peer, without proxy headers); anyone else gets 401/403.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,6 +26,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from engine.models import Decision
+from server.auth import bearer
+from server.errors import ApiError
 
 log = logging.getLogger("astralis.metrics")
 
@@ -28,6 +36,44 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # LLM calls are slow compared with everything else: seconds, up to the policy's timeouts.
 _LLM_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, float("inf"))
+
+
+OPERATOR_TOKEN_ENV = "ASTRALIS_OPERATOR_TOKEN"
+PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Real-IP")
+"""A request carrying one of these came through a proxy: its loopback peer says nothing of the real client."""
+
+
+def direct_loopback(request: web.Request) -> bool:
+    """True when the peer is this host (127.0.0.0/8, ::1) and no proxy header says it forwards someone else."""
+    try:
+        peer = ipaddress.ip_address((request.remote or "").split("%")[0])
+    except ValueError:
+        return False
+    return peer.is_loopback and not any(h in request.headers for h in PROXY_HEADERS)
+
+
+def operator_request(request: web.Request, token: str, *, loopback_without_token: bool = False) -> bool:
+    """Whether the request is the operator's: it carries `token` as `Authorization: Bearer`. A request with
+    another bearer token is refused (401), so a misconfigured monitor is noticed rather than served the public
+    view. With no token configured and `loopback_without_token`, a direct connection from this host counts."""
+    sent = bearer(request)
+    if sent is not None:
+        if token and hmac.compare_digest(sent.encode(), token.encode()):
+            return True
+        raise ApiError(401, "unauthorized", f"invalid operator token: send the value of {OPERATOR_TOKEN_ENV} as "
+                       "Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"})
+    return not token and loopback_without_token and direct_loopback(request)
+
+
+def require_operator(request: web.Request, token: str) -> None:
+    """401/403 unless the request is the operator's (see `operator_request`, loopback allowed without a token)."""
+    if operator_request(request, token, loopback_without_token=True):
+        return
+    if token:
+        raise ApiError(401, "unauthorized", f"{request.path} is for the operator: send the value of "
+                       f"{OPERATOR_TOKEN_ENV} as Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"})
+    raise ApiError(403, "forbidden", f"{request.path} answers only connections from this host while "
+                   f"{OPERATOR_TOKEN_ENV} is not set; set it to reach {request.path} from elsewhere")
 
 
 def route_label(request: web.Request) -> str:

@@ -22,7 +22,7 @@ from engine.config import DecisionType, Intent, Source
 from engine.loader import ORG_FILE
 from engine.models import Decision, Status
 from server.api import MODES
-from server.configs import FILE_NAME
+from server.configs import FILE_NAME, MAX_FILES, MAX_NAME_CHARS
 from server.schemas import (
     AcceptedOut,
     ConfigUpdate,
@@ -159,7 +159,9 @@ _HAND_WRITTEN: dict[str, dict[str, Any]] = {
                 "loaded": {"type": "boolean"}, "revision": _nullable(_STR),
                 "errors": {"type": "array", "items": _STR}})}}),
         }),
-    }, description="Liveness and readiness: the database answers and every org has rulesets loaded."),
+    }, required=("status",), description="Liveness and readiness: the database answers and every org has rulesets "
+       "loaded. Anyone gets only `status`; the operator token (`ASTRALIS_OPERATOR_TOKEN`) also gets `live`, "
+       "`ready` and the checks (per-org state, revisions, errors, queue depths)."),
 }
 
 _MODELS: tuple[tuple[type[BaseModel], Literal["validation", "serialization"]], ...] = (
@@ -206,8 +208,9 @@ def _schemas() -> dict[str, Any]:
 def _constrain(schemas: dict[str, Any]) -> None:
     """What the handlers check beyond the pydantic models, stated in the document too."""
     update = schemas["ConfigUpdate"]["properties"]
-    name = {"type": "string", "pattern": FILE_NAME.pattern}
+    name = {"type": "string", "pattern": FILE_NAME.pattern, "maxLength": MAX_NAME_CHARS}
     update["files"]["propertyNames"] = name
+    update["files"]["maxProperties"] = MAX_FILES
     update["delete"]["items"] = {**name, "not": {"const": ORG_FILE}}
     schemas["SimulateRequest"]["oneOf"] = [
         {"required": ["events"], "properties": {"events": {"type": "array"}, "past": {"type": "null"},
@@ -490,11 +493,14 @@ def _paths() -> dict[str, Any]:
         "Liveness and readiness", "operations", {
             200: _ok(_ref("Health"), "Ready."),
             503: _ok(_ref("Health"), "Not ready: the database does not answer or an org has no rulesets loaded."),
-        }, security=[])}
+        }, security=[{}, {"operator": []}], extra={401: _error("A bearer token that is not the operator token.")})}
     p["/metrics"] = {"get": _op(
         "Prometheus metrics", "operations",
         {200: _ok({"type": "string"}, "The Prometheus text exposition format.", content_type="text/plain")},
-        security=[])}
+        security=[{"operator": []}, {}], description="For the operator: `Authorization: Bearer <ASTRALIS_OPERATOR_TOKEN>`; "
+        "with no token configured, only direct connections from this host (loopback, no proxy headers).",
+        extra={401: _error("No or a wrong operator token (a token is configured)."),
+               403: _error("No operator token is configured and the connection is not from this host.")})}
     p["/openapi.json"] = {"get": _op(
         "This document", "operations", {200: _ok({"type": "object"}, "The OpenAPI 3.1 description of the API.")},
         security=[])}
@@ -522,6 +528,9 @@ def _spec_text() -> str:
                            "description": "An org's API key (`astralis keys create --org ORG`)."},
                 "signature": {"type": "apiKey", "in": "header", "name": HEADER,
                               "description": "HMAC-SHA256 of `<t>.<raw body>` under the org's webhook secret."},
+                "operator": {"type": "http", "scheme": "bearer",
+                             "description": "The operator token, `ASTRALIS_OPERATOR_TOKEN` (/metrics, the detailed "
+                                            "/healthz)."},
             },
         },
     }

@@ -246,7 +246,8 @@ def test_policy_extends_an_unknown_policy(org_copy: OrgCopy) -> None:
     org_copy.replace(POLICY, "extends: default\n", "extends: defaults\n")
     err = only_error(org_copy)
     line = org_copy.line_of(POLICY, "extends: defaults")
-    assert err.startswith(f"{POLICY}:{line}: unknown_policy: policy 'defaults' not found at ")
+    assert err == (f"{POLICY}:{line}: unknown_policy: extends: there is no shared policy 'defaults'; a policy "
+                   "extends `default` or a shared policy of the operator's, never an org's own")
 
 
 def _make_cycle(copy: OrgCopy) -> None:

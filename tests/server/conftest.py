@@ -15,6 +15,13 @@ from server.service import Processing
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "whsec-acme-test-0123456789"
+OPERATOR_TOKEN = "op-test-token-0123456789"
+"""The operator token of test apps (`Settings.operator_token`): /metrics and the detailed /healthz."""
+
+
+def operator() -> dict[str, str]:
+    """The headers of an operator request (/metrics, the detailed /healthz)."""
+    return {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
 
 @pytest.fixture
@@ -36,7 +43,7 @@ def make_settings(tmp_path: Path, config_dirs: tuple[Path, Path], store_url: str
                                                             retry_base_seconds=0.05, shutdown_grace_seconds=2))
         base: dict[str, Any] = {"db": store_url, "rulesets": rulesets, "policies": policies,
                                 "llm": "off", "watch": False, "schedules": False, "timers_poll_seconds": 0.05,
-                                "key_cache_seconds": 0.0, "processing": processing}
+                                "key_cache_seconds": 0.0, "processing": processing, "operator_token": OPERATOR_TOKEN}
         base.update(overrides)
         return Settings(**base)
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from server.app import REGISTRY, SERVICE, STORE
-from tests.server.conftest import ROOT, auth, raw_rows
+from tests.server.conftest import ROOT, auth, operator, raw_rows
 
 SALES = {"id": "evt-sales-1", "source": "EMAIL", "type": "email:received",
          "data": {"from": "Jo <jo@shop.example>", "subject": "Pricing for the pro plan",
@@ -424,8 +424,10 @@ async def test_bad_config_update_changes_nothing_and_names_file_line_and_field(m
     assert r.status == 422
     err = (await r.json())["error"]
     assert err["code"] == "invalid_config"
-    real = str(config_dirs[0] / "acme" / "intake.yaml")
-    assert any(e.startswith(f"{real}:") and ": schema: " in e and "BILLING_QUESTIONS" in e for e in err["details"])
+    # named as the org sees it, never as a host path (issue 13)
+    assert any(e.startswith("rulesets/acme/intake.yaml:") and ": schema: " in e and "BILLING_QUESTIONS" in e
+               for e in err["details"])
+    assert not any(str(config_dirs[0]) in e for e in err["details"])
     after = await (await client.get("/api/agent/config", headers=auth(key))).json()
     assert after["revision"] == before["revision"] and after["files"] == before["files"]
     for body in ({"files": {"../evil.yaml": "x: 1"}}, {"delete": ["org.yaml"]}, {}):
@@ -530,7 +532,7 @@ async def test_db_trigger_becomes_a_queued_db_trigger_event(make_client):
 
 async def test_healthz_ready_and_reports_a_broken_org(make_client, config_dirs):
     client, _ = await make_client()
-    r = await client.get("/healthz")
+    r = await client.get("/healthz", headers=operator())
     body = await r.json()
     assert r.status == 200 and body["ready"] and body["checks"]["rulesets"]["orgs"]["acme"]["loaded"]
     intake = config_dirs[0] / "acme" / "intake.yaml"
@@ -539,7 +541,7 @@ async def test_healthz_ready_and_reports_a_broken_org(make_client, config_dirs):
     revision = registry.get("acme").revision
     registry.reload("acme")
     assert registry.get("acme").revision == revision  # last good stays active
-    body = await (await client.get("/healthz")).json()
+    body = await (await client.get("/healthz", headers=operator())).json()
     errors = body["checks"]["rulesets"]["orgs"]["acme"]["errors"]
     assert errors and errors[0].startswith(f"{intake}:") and "yaml_syntax" in errors[0]
 
@@ -548,7 +550,7 @@ async def test_metrics_prometheus_text(make_client):
     client, key_for = await make_client()
     key = await key_for()
     await client.post("/api/agent/process?mode=sync", json=SALES, headers=auth(key))
-    r = await client.get("/metrics")
+    r = await client.get("/metrics", headers=operator())
     text = await r.text()
     assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
     assert 'astralis_events_received_total{channel="api",org="acme",source="EMAIL"} 1.0' in text

@@ -129,14 +129,16 @@ def test_orgs_for(tree: Tree) -> None:
     assert watcher.orgs_for([r / "draft" / "rules.yaml"]) == ["draft"]
 
 
-async def test_an_org_policy_that_another_policy_extends_reloads_both(tree: Tree) -> None:
+async def test_an_org_policy_is_never_extended_so_its_change_reloads_only_its_org(tree: Tree) -> None:
+    # `extends` takes `default` or a shared policy of the operator's, never another org's (issue 13, finding 7).
     watcher = ConfigWatcher(tree.registry)
     beta = tree.path("rulesets/beta")
     shutil.copytree(tree.path("rulesets/acme"), beta)
     tree.edit("rulesets/beta/org.yaml", "org: acme\n", "org: beta\n")
     tree.path("policies/beta.yaml").write_text("extends: acme\n")
-    assert await watcher.reload_paths([tree.path("policies/beta.yaml")]) == {"beta": []}
-    assert watcher.orgs_for([tree.path("policies/acme.yaml")]) == ["acme", "beta"]
+    found = (await watcher.reload_paths([tree.path("policies/beta.yaml")]))["beta"]
+    assert "unknown_policy" in {f.code for f in found} and tree.registry.get("beta") is None
+    assert watcher.orgs_for([tree.path("policies/acme.yaml")]) == ["acme"]
     assert watcher.orgs_for([tree.path("policies/brightsmile.yaml")]) == ["brightsmile"]
 
 
