@@ -20,6 +20,7 @@ import jsonschema
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from engine.boundaries import boundary_errors
 from engine.config import DecisionType, OrgConfig, Policy, Rule, Ruleset, Threshold, compile_user_regex
 from engine.errors import ConfigError, ConfigInvalid
 from engine.patterns import RegexError
@@ -537,6 +538,8 @@ def validate_org(org_dir: Path, policies_dir: Path, *,
         return None, errors
     org_policy_path = str(policy_paths[0]) if policy_paths else str(policies_dir / f"{org_dir.name}.yaml")
     errors.extend(_check_references(org, docs[str(org_path)], policy, org_policy_path, rules, docs))
+    # Secret names are tenant input: checked against the org's prefix and the other orgs here.
+    errors.extend(boundary_errors(org, docs[str(org_path)], policy, policy_docs, owners))
     enabled = [r for r in rules if r.rule.enabled]
     if not enabled:
         errors.append(ConfigError(str(org_dir), 0, "no_rules", f"org '{org.org}' has no enabled rules"))
