@@ -140,11 +140,22 @@ def sqlite_effects(db: Path) -> Effects:
         conn.close()
 
 
-async def pg_effects(url: str) -> Effects:
-    """The effects in a PostgreSQL store."""
+async def pg_connect(url: str) -> Any:
+    """An asyncpg connection to a store URL, which may name its schema (`?schema=name`, as the service takes it)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
     import asyncpg
 
-    conn = await asyncpg.connect(url)
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    schema = next((v for k, v in query if k == "schema"), None)
+    dsn = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "schema"])))
+    return await asyncpg.connect(dsn, server_settings={"search_path": schema} if schema else None)
+
+
+async def pg_effects(url: str) -> Effects:
+    """The effects in a PostgreSQL store (`url` as `pg_connect` takes it)."""
+    conn = await pg_connect(url)
     try:
         return _effects([dict(r) for r in await conn.fetch(_ACTIONS)], [dict(r) for r in await conn.fetch(_DECISIONS)],
                         [r[0] for r in await conn.fetch("SELECT history FROM intakes")],

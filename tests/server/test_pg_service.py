@@ -1,7 +1,9 @@
 """The service on PostgreSQL (issue 6): `--db postgresql://…` (or DATABASE_URL) behind the same store port.
 An API process and worker processes share one database; a worker SIGKILLed mid-run loses nothing and decides
 nothing twice; the live stream reaches the API process's readers by LISTEN/NOTIFY, whichever process decided;
-and the host platform's own table announces row changes that become DB_TRIGGER events.
+and the host platform's own table announces row changes that become DB_TRIGGER events. Every test also checks the
+actions (issue 13, finding 10): each action of each executed decision ends `done` and takes effect once, counted
+where it lands (tests/receiver.py), with the in-process queue and with BullMQ.
 
 Against the machine's real PostgreSQL (a fresh database per module, `tests/stores.py`); in CI it must be there,
 elsewhere these tests skip when it is not."""
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -26,6 +29,7 @@ import asyncpg
 import pytest
 
 from adapters.pg_store import DB_TRIGGER_FUNCTION
+from tests.receiver import Receiver, check_actions_ran_once, pg_connect, pg_effects, settled, wire_policy
 from tests.server.conftest import post_event
 from tests.server.test_crash import ROOT, deliver, envelopes
 from tests.stores import pg_database
@@ -40,15 +44,33 @@ def _key(url: str) -> str:
     return out.stdout.strip()
 
 
-def _worker(url: str, log: Path) -> subprocess.Popen[bytes]:
+def _worker(url: str, log: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen([sys.executable, "-m", "server.cli", "worker", "--db", url, "--llm", "off",
-                                 "--no-watch", "--no-schedules", "--lease", "2", "--queue", "inprocess"],
-                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                                 "--no-watch", "--no-schedules", "--lease", "2", "--queue", "inprocess", *extra],
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+async def receiver():
+    """A local receiver standing in for the notification webhook and the n8n workflow."""
+    r = await Receiver().start()
+    yield r
+    await r.close()
+
+
+def _wired(tmp_path: Path, receiver: Receiver) -> tuple[list[str], dict[str, str]]:
+    """A private copy of the config with acme's notifications and sales workflow at the receiver: (its flags, the
+    environment the processes need)."""
+    rulesets, policies = tmp_path / "rulesets", tmp_path / "policies"
+    shutil.copytree(ROOT / "rulesets", rulesets)
+    shutil.copytree(ROOT / "policies", policies)
+    env = wire_policy(policies, receiver.url)
+    return ["--rulesets", str(rulesets), "--policies", str(policies)], env
 
 
 async def _counts(url: str) -> dict[str, int]:
-    conn = await asyncpg.connect(url)
+    conn = await pg_connect(url)
     try:
         rows = await conn.fetch("SELECT status, count(*) AS n FROM events GROUP BY status")
         return {r["status"]: r["n"] for r in rows}
@@ -83,20 +105,21 @@ async def _read_stream(url: str, key: str, got: list[tuple[str, float]], ready: 
                     got.append((payload["decision"]["id"], time.time()))
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 async def test_front_and_workers_on_postgres_decide_each_event_once_and_stream_across_processes(
-        serve, pg_database, tmp_path):
+        serve, pg_database, tmp_path, receiver):
     url = pg_database
-    front = serve("--no-workers", "--db", url)
+    config, env = _wired(tmp_path, receiver)
+    front = serve("--no-workers", "--db", url, *config)
     front.key = _key(url)
-    front.start()
+    front.start(env=env)
     await front.ready()
     got: list[tuple[str, float]] = []
     ready = asyncio.Event()
     reader = asyncio.create_task(_read_stream(front.url, front.key, got, ready))
     await asyncio.wait_for(ready.wait(), 10)
     logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
-    workers = [_worker(url, log) for log in logs]
+    workers = [_worker(url, log, *config, env=env) for log in logs]
     try:
         delivery = await deliver(front.url, front.key, envelopes("pg", 200))
         assert len(delivery.acked) == 200 and not delivery.failed and not delivery.other
@@ -108,6 +131,9 @@ async def test_front_and_workers_on_postgres_decide_each_event_once_and_stream_a
         workers[0].wait(10)
         await _drain(url, within=90)
         await asyncio.sleep(1.0)
+        # The killed worker's running actions come back when their lease (60 s) expires; a kill between the
+        # receiver's answer and the record of it may repeat a request with its key (at most 8 held by a runner).
+        effects = await settled(lambda: pg_effects(url), within=150)
     finally:
         reader.cancel()
         for w in workers[1:]:
@@ -128,6 +154,9 @@ async def test_front_and_workers_on_postgres_decide_each_event_once_and_stream_a
     assert set(streamed) == set(decisions)
     delays = sorted(t - _epoch(decisions[i]) for i, t in streamed.items())
     assert delays[len(delays) // 2] < 1.0, delays[len(delays) // 2]
+    ran = check_actions_ran_once(effects, receiver, repeats_allowed=8)
+    assert ran["automations"] > 0 and ran["create_event"] > 0 and ran["assign"] > 0
+    print(f"actions: {ran}")
 
 
 def _epoch(created_at: object) -> float:
@@ -161,6 +190,7 @@ async def test_a_row_change_of_the_platform_table_becomes_a_db_trigger_event(ser
         assert await conn.fetchval("SELECT count(*) FROM events WHERE channel = 'db_trigger'") == 1
     finally:
         await conn.close()
+    check_actions_ran_once(await settled(lambda: pg_effects(url), within=60))
 
 
 # --------------------------------------------------------------------------- PostgreSQL goes away and comes back
@@ -215,7 +245,7 @@ def cluster():
         shutil.rmtree(c.dir, ignore_errors=True)
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 async def test_postgres_going_away_answers_503_and_the_service_resumes_when_it_is_back(serve, cluster):
     front = serve("--workers", "4", "--db", cluster.url)
     front.key = _key(cluster.url)
@@ -251,3 +281,70 @@ async def test_postgres_going_away_answers_503_and_the_service_resumes_when_it_i
     finally:
         await conn.close()
     assert statuses == {"decided": 62} and twice == []
+    # An action whose outcome could not be recorded while the server was away stays leased to its runner until the
+    # lease (60 s) expires, then runs again under its key: allow for that.
+    ran = check_actions_ran_once(await settled(lambda: pg_effects(cluster.url), within=120))
+    assert ran["actions"] > 0, ran  # the outage held actions back; none was lost or took effect twice
+
+
+# --------------------------------------------------------------------------- BullMQ on PostgreSQL
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+async def redis_prefix():
+    """A key prefix of this test's own on the machine's Redis (skipped, or under CI failed, without one); its keys
+    (ours and BullMQ's `bull:<prefix>-…`) are deleted afterwards."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        await client.ping()
+    except (OSError, aioredis.ConnectionError) as exc:
+        await client.aclose()
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but no Redis answers at {REDIS_URL}: {exc}")
+        pytest.skip(f"no Redis at {REDIS_URL}")
+    prefix = f"astralis-pgq-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    keys = [k async for k in client.scan_iter(f"*{prefix}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.mark.timeout(180)
+async def test_bullmq_workers_on_postgres_run_every_action_once(serve, pg_database, tmp_path, receiver,
+                                                               redis_prefix):
+    """Scale-out as the README deploys it — an API process, BullMQ on Redis, workers on PostgreSQL: every action of
+    every executed decision ends done, once, at the receiver (finding 10: with BullMQ they stayed pending)."""
+    url = f"{pg_database}?schema=bq_{uuid.uuid4().hex[:10]}"
+    config, env = _wired(tmp_path, receiver)
+    redis = ["--redis-url", REDIS_URL, "--redis-prefix", redis_prefix]
+    front = serve("--no-workers", "--db", url, *redis, *config)
+    front.key = _key(url)
+    front.start(env=env)
+    await front.ready()
+    logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
+    workers = [_worker(url, log, "--queue", "bullmq", *redis, *config, env=env) for log in logs]
+    try:
+        delivery = await deliver(front.url, front.key, envelopes("pgq", 121))
+        assert len(delivery.acked) == 121 and not delivery.failed and not delivery.other
+        await _drain(url, within=90)
+        effects = await settled(lambda: pg_effects(url), within=60)
+    finally:
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        for w in workers:
+            assert w.wait(30) == 0
+        for log in logs:
+            print(f"----- {log.name}\n{log.read_text(errors='replace')[-2000:]}")
+    ran = check_actions_ran_once(effects, receiver)  # no kill here: not one repeated request
+    assert ran["automations"] > 0 and ran["create_event"] > 0 and ran["assign"] > 0 and ran["notify"] > 0
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert "Traceback" not in text
+        assert "queue bullmq, store postgresql://" in text and f"prefix '{redis_prefix}'" in text
+        assert "8 action runners" in text
+    print(f"actions: {ran}")
