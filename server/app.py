@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -18,6 +19,9 @@ from typing import Any, Literal
 import aiohttp
 from aiohttp import web
 
+from adapters.egress import EgressPolicy
+from adapters.egress import session as egress_session
+from adapters.secrets import SecretResolver
 from adapters.sqlite_store import SQLiteStore
 from adapters.stores import open_store
 from engine.agent import Agent
@@ -70,6 +74,11 @@ class Settings:
     operator_token: str = field(default_factory=lambda: os.environ.get(OPERATOR_TOKEN_ENV, ""))
     """`ASTRALIS_OPERATOR_TOKEN`: the bearer token of /metrics and the detailed /healthz (empty: /metrics answers
     only direct connections from this host, /healthz only ok or not)."""
+    egress_allow: str = ""
+    """Addresses and CIDR ranges actions may reach besides public ones (`ASTRALIS_EGRESS_ALLOW` / `--egress-allow`,
+    e.g. "10.0.0.0/8,127.0.0.1"); loopback, private and link-local addresses are refused otherwise."""
+    listen: tuple[tuple[str, int], ...] = ()
+    """The (host, port) pairs this process serves on: actions never connect to them (set by `serve`)."""
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -182,8 +191,16 @@ async def _llm_ctx(app: web.Application) -> AsyncIterator[None]:
     await close_providers(providers)
 
 
+async def open_http(settings: Settings) -> aiohttp.ClientSession:
+    """The HTTP session of the action executors: every connection checked against the egress policy (the
+    operator's allow-list; never this service's own addresses)."""
+    policy = EgressPolicy.from_text(settings.egress_allow, listen=settings.listen, public_url=settings.public_url)
+    await policy.learn()
+    return egress_session(policy, timeout=aiohttp.ClientTimeout(total=30))
+
+
 async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+    session = await open_http(app[SETTINGS])
     app[HTTP] = session
     yield
     await session.close()
@@ -285,7 +302,9 @@ def make_outbox(settings: Settings, service: Service, registry: Registry, store:
                 session: Callable[[], aiohttp.ClientSession]) -> OutboxRunner:
     """The outbox runner of this process (it shares the service's lease-owner name)."""
     bundles = bundles_of(registry)
-    return OutboxRunner(store, build_executors(store, bundles, session, public_url=settings.public_url), bundles,
+    secrets = SecretResolver(os.environ, lambda: registry.known)  # names under each org's own prefix only
+    return OutboxRunner(store, build_executors(store, bundles, session, public_url=settings.public_url,
+                                               secrets=secrets), bundles,
                         metrics, owner=service.owner,
                         concurrency=settings.processing.action_workers, on_change=service.notify)
 
@@ -466,6 +485,7 @@ async def serve(settings: Settings, host: str, port: int, stop: asyncio.Event | 
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    settings = dataclasses.replace(settings, listen=(*settings.listen, (host, port)))  # actions never call us
     runner = web.AppRunner(create_app(settings), handle_signals=False, access_log=None,
                            shutdown_timeout=settings.processing.shutdown_grace_seconds)
     try:
