@@ -1,6 +1,7 @@
 """Limits and configuration shared through Redis (issue 6): N worker processes together respect an org's
 `per_minute` exactly (over it: held, never dropped), share the LLM circuit breaker, fall back to their own counts
-when Redis is away, and load a configuration update made on another machine.
+when Redis is away, and load a configuration update made on another machine. The worker tests also check that the
+executed decisions' actions ran, once, where they land (issue 13, finding 10; tests/receiver.py).
 
 Against the machine's real Redis (127.0.0.1:6379, or $REDIS_URL); in CI it must be there, elsewhere the tests skip
 when it is not."""
@@ -26,6 +27,7 @@ from adapters.sqlite_store import InboxItem, SQLiteStore
 from engine.config import CircuitBreaker as BreakerSettings
 from engine.config import RateLimits
 from engine.models import Event
+from tests.receiver import check_actions_ran_once, settled, sqlite_effects
 from tests.server.test_crash import CORPUS, ROOT, drain
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -161,12 +163,15 @@ async def test_three_workers_execute_exactly_per_minute_and_hold_the_rest(tmp_pa
     procs = [_start(argv, log) for log in logs]
     try:
         seconds = await drain(db, within=60)
+        effects = await settled(lambda: sqlite_effects(db), within=60)  # the 60 executed decisions' actions
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
         for p in procs:
             assert p.wait(20) == 0
     assert seconds < 50, "the 200 events must be decided within one minute window for this check"
+    ran = check_actions_ran_once(effects)  # the held ones have none in the outbox; the executed ones ran, once
+    assert ran["assign"] == 60, ran
     with sqlite3.connect(db) as c:
         records = [json.loads(r[0]) for r in c.execute("SELECT record FROM decisions WHERE org = 'acme'")]
     assert len(records) == 200
@@ -224,6 +229,8 @@ async def test_a_config_update_reaches_a_worker_with_folders_of_its_own(tmp_path
         with sqlite3.connect(front.db) as c:
             record = json.loads(c.execute("SELECT record FROM decisions WHERE event_id = 'after-reload'").fetchone()[0])
         assert record["revision"] == revision  # decided by the worker, with the announced revision
+        ran = check_actions_ran_once(await settled(lambda: sqlite_effects(front.db), within=30))
+        assert ran["actions"] == len(record["actions"]) > 0, (ran, record["status"])
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(20) == 0
