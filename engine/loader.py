@@ -119,6 +119,10 @@ MAX_YAML_DEPTH = 32
 """Deepest nesting of mappings and sequences accepted. The shipped files nest 7 deep."""
 
 
+def _line(event: yaml.Event) -> int:
+    return event.start_mark.line + 1 if event.start_mark is not None else 1
+
+
 def yaml_limits(text: str, path: str) -> ConfigError | None:
     """The first limit a YAML text breaks, checked before anything is built from it: its size, then, in one
     streaming pass of the parser's events, the first alias (`*name`, refused: expanding aliases is how a few
@@ -133,13 +137,13 @@ def yaml_limits(text: str, path: str) -> ConfigError | None:
     try:
         for event in yaml.parse(text, Loader=_SafeLoader):
             if isinstance(event, yaml.AliasEvent):
-                return ConfigError(path, event.start_mark.line + 1, "yaml_alias",
+                return ConfigError(path, _line(event), "yaml_alias",
                                    f"alias '*{event.anchor}' refused: YAML aliases and anchors are not accepted "
                                    "(write the value out where it is needed)")
             if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
                 depth += 1
                 if depth > MAX_YAML_DEPTH:
-                    return ConfigError(path, event.start_mark.line + 1, "yaml_too_deep",
+                    return ConfigError(path, _line(event), "yaml_too_deep",
                                        f"mappings and lists nest more than {MAX_YAML_DEPTH} levels deep here")
             elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
                 depth -= 1
