@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,9 +28,10 @@ import pytest
 from engine import registry as registry_module
 from engine.registry import Registry
 from server.dashboard import SESSION_COOKIE
+from tests.receiver import Receiver, check_actions_ran_once, settled, sqlite_effects, wire_policy
 from tests.server.conftest import auth, config_dirs, make_client, make_settings, service_env  # noqa: F401
 from tests.server.test_api import HELD
-from tests.server.test_crash import CORPUS, ROOT, free_port
+from tests.server.test_crash import CORPUS, ROOT, deliver, drain, envelopes, free_port
 
 BROKEN_REGEX = 'matches: "(unclosed"'
 """The finding's reproduction: a `fields[].matches` regex that does not compile."""
@@ -56,13 +59,13 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, *extra: str) -> None:
+    def start(self, *extra: str, env: dict[str, str] | None = None) -> None:
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "server.cli", "serve", "--db", str(self.db), "--port", str(self.port),
                  "--rulesets", str(self.rulesets), "--policies", str(self.policies), "--llm", "off",
                  "--no-schedules", "--workers", "2", *extra],
-                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -254,6 +257,64 @@ def test_finding_9_any_exception_loading_one_org_is_that_orgs_load_failed_error(
     monkeypatch.setattr(registry_module, "compile_rules", compile_rules)
     assert [e.code for e in registry.reload("brightsmile")] == ["load_failed"]
     assert registry.get("brightsmile") is good and not registry.state("brightsmile").ok  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- finding 10: scale-out actions
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+async def redis_prefix() -> Any:
+    """A key prefix of this test's own on the machine's Redis (skipped, or under CI failed, without one); its keys
+    are deleted afterwards."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        await client.ping()
+    except (OSError, aioredis.ConnectionError) as exc:
+        await client.aclose()
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but no Redis answers at {REDIS_URL}: {exc}")
+        pytest.skip(f"no Redis at {REDIS_URL}")
+    prefix = f"astralis-rt-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    keys = [k async for k in client.scan_iter(f"*{prefix}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.mark.timeout(120)
+async def test_finding_10_serve_with_redis_url_runs_the_actions_of_its_decisions(server: Server,
+                                                                                  redis_prefix: str) -> None:
+    """The finding: with REDIS_URL set (BullMQ), `astralis serve` decided events as EXECUTED and their actions
+    stayed `pending` forever. Now every action ends done, once, at the receiver (an n8n workflow and the
+    notification webhook standing in) and in the intake, calendar and notification tables. (`astralis worker` on
+    BullMQ: tests/server/test_bullmq_service.py, test_pg_service.py and test_redis_shared.py.)"""
+    receiver = await Receiver().start()
+    try:
+        env = wire_policy(server.policies, receiver.url) | {"REDIS_URL": REDIS_URL,
+                                                            "ASTRALIS_REDIS_PREFIX": redis_prefix}
+        server.start("--no-watch", "--rate-limit", "100000000", env=env)
+        status, body = await server.health()
+        assert status == 200, body
+        events = envelopes("rt", 121)  # the whole acme corpus once: every kind of action
+        got = await deliver(server.url, server.key, events)
+        assert len(got.acked) == 121 and not got.failed and not got.other, (got.failed, got.other)
+        await drain(server.db, within=60)
+        effects = await settled(lambda: sqlite_effects(server.db), within=60)
+        ran = check_actions_ran_once(effects, receiver)
+        assert ran["automations"] > 0 and ran["create_event"] > 0 and ran["assign"] > 0 and ran["notify"] > 0
+        started = [m for m in server.messages() if m.startswith("service ")]
+        assert len(started) == 1 and "queue bullmq" in started[0] and f"prefix '{redis_prefix}'" in started[0]
+        assert "2 event runners, 8 action runners" in started[0], started
+        exit_code, _ = server.terminate(within=15.0)
+        assert exit_code == 0
+        print(f"actions: {ran}")
+    finally:
+        await receiver.close()
 
 
 # --------------------------------------------------------------------------- finding 11: sessions
