@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from engine.config import DecisionType, Intent, Source
 from engine.loader import ORG_FILE
-from engine.models import Decision, Status
+from engine.models import IDENTIFIER_PATTERN, MAX_DEPTH, Decision, Status
 from server.api import MODES
 from server.configs import FILE_NAME, MAX_FILES, MAX_NAME_CHARS
 from server.schemas import (
@@ -68,7 +68,7 @@ _PERCENTILES = _obj({k: _nullable({"type": "number"}) for k in ("p50", "p90", "p
 
 _HAND_WRITTEN: dict[str, dict[str, Any]] = {
     "Error": _obj({"error": _obj({
-        "code": {"type": "string", "description": "Stable: bad_request, bad_json, unauthorized, invalid_signature, "
+        "code": {"type": "string", "description": "Stable: bad_request, bad_json, too_deep, unauthorized, invalid_signature, "
                  "forbidden_org, not_found, method_not_allowed, not_awaiting_approval, org_not_loaded, "
                  "duplicate_delivery, payload_too_large, unsupported_media_type, invalid, invalid_config, "
                  "rate_limited, ..."},
@@ -230,8 +230,9 @@ def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str,
 
 
 _RESPONSES: dict[str, dict[str, Any]] = {
-    "BadRequest": _error("A malformed query parameter or header, a body that is not JSON, or no body where one "
-                         "is required."),
+    "BadRequest": _error("A malformed query parameter or header (one with a control character included), a body "
+                         f"that is not JSON or nests more than {MAX_DEPTH} levels deep (too_deep), or no body where "
+                         "one is required."),
     "Unauthorized": _error("No API key, or an invalid or revoked one.", {
         "WWW-Authenticate": {"required": True, "schema": {"type": "string", "const": "Bearer"}}}),
     "BadSignature": _error(f"The {HEADER} header is missing, malformed, too old or does not match "
@@ -276,7 +277,36 @@ def _mode(default: str) -> dict[str, Any]:
 
 def _id(what: str) -> dict[str, Any]:
     return {"name": "id", "in": "path", "required": True, "description": f"The {what} id.",
-            "schema": {"type": "string", "minLength": 1, "maxLength": 200}}
+            "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": IDENTIFIER_PATTERN}}
+
+
+def _no_control_characters(op: dict[str, Any]) -> None:
+    """Every free-text parameter (path, query, header) says what `server.door.params_middleware` enforces on every
+    route: no control characters, 400 otherwise."""
+    for param in op.get("parameters", []):
+        schema = param.get("schema", {})
+        if schema.get("type") == "string" and "pattern" not in schema and "enum" not in schema:
+            schema["pattern"] = IDENTIFIER_PATTERN
+    if "400" not in op["responses"]:
+        op["responses"] = dict(sorted({**op["responses"], "400": {"$ref": "#/components/responses/BadRequest"}}.items()))
+
+
+_SSE_DATA = {"type": "string", "contentMediaType": JSON}
+_STREAM_EVENT = {"oneOf": [
+    _obj({"event": {"const": "ready"},
+          "data": {**_SSE_DATA, "description": "`{\"org\", \"after\"}`: the key's org and the stream sequence the "
+                   "stream starts after.", "contentSchema": _obj({"org": _STR, "after": {"type": "integer"}})},
+          "retry": {"type": "integer", "minimum": 0, "description": "Milliseconds to wait before reconnecting."},
+          "id": {"type": "string", "pattern": "^[0-9]+$"}},
+         required=("event", "data"), description="Sent first: the stream is open."),
+    _obj({"event": {"type": "string", "enum": ["decision.executed", "decision.awaiting_approval", "decision.failed",
+                                              "decision.rejected", "decision.approved"]},
+          "data": {**_SSE_DATA, "description": "`{\"kind\", \"new\", \"decision\"}`: what happened, whether the "
+                   "decision is new, and the decision."},
+          "id": {"type": "string", "pattern": "^[0-9]+$", "description": "The stream sequence (for Last-Event-ID)."},
+          "retry": {"type": "integer", "minimum": 0}},
+         required=("event", "data", "id"), description="A decision made or reviewed."),
+], "description": "One server-sent event, as its fields (`event`, `data`, `id`, `retry`)."}
 
 
 # ---- operations -----------------------------------------------------------------------------------------
@@ -475,7 +505,7 @@ def _paths() -> dict[str, Any]:
                     "\"<t>.<raw body>\")>` (server/signing.py) instead of an API key.")}
     p["/api/stream"] = {"get": _op(
         "Live stream of decisions", "decisions", {200: _ok(
-            {"type": "string"}, "Server-sent events: `ready`, then `decision.executed`, `decision.awaiting_approval`, "
+            _STREAM_EVENT, "Server-sent events: `ready`, then `decision.executed`, `decision.awaiting_approval`, "
             "`decision.failed`, `decision.rejected`, `decision.approved`, each with its stream sequence as the id.",
             content_type="text/event-stream")},
         errors=(400,), parameters=[
@@ -487,7 +517,7 @@ def _paths() -> dict[str, Any]:
              "schema": {"type": "string", "pattern": "^[0-9]+$"}},
             {"name": "limit", "in": "query", "required": False,
              "description": "Close the stream after this many decisions (for tools and tests).",
-             "schema": {"type": "integer", "minimum": 1}},
+             "schema": {"type": "integer", "minimum": 1, "maximum": 10**18 - 1}},
         ])}
     p["/healthz"] = {"get": _op(
         "Liveness and readiness", "operations", {
@@ -509,6 +539,7 @@ def _paths() -> dict[str, Any]:
     for path in p.values():
         for op in path.values():
             op["operationId"] = op["summary"].lower().replace(" ", "_").replace("'", "")
+            _no_control_characters(op)
     return p
 
 

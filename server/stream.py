@@ -39,7 +39,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
     last = int(raw) if raw is not None else await store.stream_head(org)
     poll = NOTIFIED_POLL_SECONDS if hasattr(store, "listen") else POLL_SECONDS
     limit = request.query.get("limit")  # for tests and tools: stop after N events
-    remaining = int(limit) if limit and limit.isascii() and limit.isdigit() and int(limit) > 0 else None
+    if limit is not None and not (limit.isascii() and limit.isdigit() and len(limit) <= 18 and int(limit) > 0):
+        raise ApiError(400, "bad_request", f"limit must be a whole number of decisions from 1, not {limit!r}",
+                       {"field": "limit"})
+    remaining = int(limit) if limit is not None else None
     async with sse_response(request, ping_interval=15) as resp:
         # A client that goes away between two is_connected() checks ends its stream; it is not a server error.
         with contextlib.suppress(ConnectionResetError):
