@@ -237,14 +237,14 @@ def queue_kind(settings: Settings) -> Literal["inprocess", "bullmq"]:
     return "bullmq" if settings.redis_url else "inprocess"
 
 
-def describe(settings: Settings, service: Service, *, deciding: bool) -> str:
+def describe(settings: Settings, *, deciding: bool, outbox: bool = True) -> str:
     """The start-up line of a service or worker process: which queue, store and Redis (prefix) it uses, and how
-    many event and action runners it has."""
+    many event and action runners it has (`outbox`: whether it has an outbox runner)."""
     queue = queue_kind(settings)
     redis = (f"Redis {where(settings.redis_url)} with prefix {settings.redis_prefix!r}" if settings.redis_url
              else "no Redis")
     runners = (f"{settings.processing.workers} event runners, "
-               f"{settings.processing.action_workers if service.outbox is not None else 0} action runners"
+               f"{settings.processing.action_workers if outbox else 0} action runners"
                if deciding else "no event or action runners (accepting only: `astralis worker` decides)")
     return f"queue {queue}, store {where(settings.db)}, {redis}; {runners}"
 
@@ -281,7 +281,8 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     service.outbox = make_outbox(settings, service, registry, app[STORE], app[METRICS], lambda: app[HTTP])
     app[SERVICE] = service
     await service.start(workers=settings.workers)
-    log.info("service %s: %s", service.owner, describe(settings, service, deciding=settings.workers))
+    log.info("service %s: %s", service.owner,
+             describe(settings, deciding=settings.workers, outbox=service.outbox is not None))
     yield
     await service.stop()
     if service.queue is not None:
@@ -400,16 +401,21 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     key = bearer(request)
     if key is None:
         # The dashboard's pages call the API with their session cookie (server/dashboard); a state-changing call
-        # must carry the dashboard's header too, which another site's page cannot send.
-        from server.dashboard import CSRF_HEADER, session_principal
+        # must carry the dashboard's header too, which another site's page cannot send, and must not come from
+        # another site by the browser's own account (Origin, Sec-Fetch-Site).
+        from server.dashboard import CSRF_HEADER, cross_site, session_principal
 
         session = await session_principal(request)
         if session is None:
             raise ApiError(401, "unauthorized", "missing API key: send Authorization: Bearer <key>",
                            headers={"WWW-Authenticate": "Bearer"})
-        if request.method not in ("GET", "HEAD", "OPTIONS") and request.headers.get(CSRF_HEADER) != "1":
-            raise ApiError(403, "forbidden", f"a dashboard session's {request.method} needs the header "
-                           f"{CSRF_HEADER}: 1")
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            if request.headers.get(CSRF_HEADER) != "1":
+                raise ApiError(403, "forbidden", f"a dashboard session's {request.method} needs the header "
+                               f"{CSRF_HEADER}: 1")
+            if (why := cross_site(request)) is not None:
+                raise ApiError(403, "forbidden", f"a dashboard session's cross-site {request.method} is refused: "
+                               f"{why}")
         p: Principal | None = session
     else:
         p = await request.app[KEYS].principal(key)

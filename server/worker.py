@@ -51,7 +51,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         await service.start(workers=True)
         sync = config_sync(settings, service, registry, store, metrics)
         tasks = background(settings, service, registry, store, metrics, sync)
-        log.info("worker %s: %s", service.owner, describe(settings, service, deciding=True))
+        log.info("worker %s: %s", service.owner, describe(settings, deciding=True, outbox=service.outbox is not None))
         log.info("worker %s deciding for: %s", service.owner, ", ".join(registry.orgs) or "no orgs")
         await stop.wait()
         for t in tasks:

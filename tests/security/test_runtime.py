@@ -317,6 +317,20 @@ async def test_finding_10_serve_with_redis_url_runs_the_actions_of_its_decisions
         await receiver.close()
 
 
+def test_finding_10_the_start_up_line_names_queue_store_and_prefix_without_credentials() -> None:
+    from server.app import Settings, describe
+    from server.service import Processing
+
+    settings = Settings(db="postgresql://astralis:pg-secret-1@db.internal:5432/ops?schema=prod&password=pg-secret-2",
+                        redis_url="redis://default:redis-secret@cache.internal:6380/2", redis_prefix="prod",
+                        processing=Processing(workers=12, action_workers=6))
+    line = describe(settings, deciding=True)
+    assert line == ("queue bullmq, store postgresql://db.internal:5432/ops?schema=prod, Redis "
+                    "redis://cache.internal:6380/2 with prefix 'prod'; 12 event runners, 6 action runners")
+    assert describe(settings, deciding=False).endswith(
+        "no event or action runners (accepting only: `astralis worker` decides)")
+
+
 # --------------------------------------------------------------------------- finding 11: sessions
 
 async def _sign_in(client: Any, key: str) -> str:
