@@ -21,11 +21,12 @@ from adapters.replay import ReplayProvider, replay_decisions, replay_stage
 from engine.agent import Agent, UnknownOrg
 from engine.compare import Side, compare, prompt_chars
 from engine.config import DecisionType, Intent, Source
-from engine.models import DecidedBy, Decision, Event, Status
+from engine.models import DOOR, DecidedBy, Decision, Event, Status
 from engine.rules import CompiledRules
 from engine.simulator import summarize
 from server import configs
 from server.app import METRICS, REGISTRY, SERVICE, SETTINGS, STORE, principal
+from server.door import load_json
 from server.errors import ApiError, invalid
 from server.metrics import operator_request, require_operator
 from server.schemas import (
@@ -53,10 +54,7 @@ async def read_json(request: web.Request, model: type[M], *, optional: bool = Fa
         raise ApiError(415, "unsupported_media_type",
                        f"send Content-Type: application/json, not {request.content_type or 'nothing'}")
     raw = await request.read()
-    try:
-        json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
+    load_json(raw)  # depth, numbers and text checked before pydantic reads it (server/door.py)
     try:
         # Strict JSON types: lax mode would take `"occurred_at": 0` as Unix time and `"past": true` as 1.
         return model.model_validate_json(raw, strict=True)
@@ -85,7 +83,7 @@ def event_from(body: EventIn, org: str) -> Event:
                        {"field": "org"})
     fields = body.model_dump(exclude_none=True, exclude={"org"})
     try:
-        return Event.model_validate({**fields, "org": org})
+        return Event.model_validate({**fields, "org": org}, context=DOOR)
     except ValidationError as exc:
         raise invalid(exc, "event") from None
 
@@ -183,7 +181,7 @@ def db_trigger_event(org: str, body: DbTrigger) -> Event:
     data = {**body.row, "db": {"table": body.table, "operation": body.operation, "old_row": body.old_row}}
     fields: dict[str, Any] = {"org": org, "source": Source.DB_TRIGGER, "type": body.type or f"{_noun(body.table)}:{verb}",
                               "data": data, "occurred_at": body.occurred_at, "id": body.id}
-    return Event.model_validate({k: v for k, v in fields.items() if v is not None})
+    return Event.model_validate({k: v for k, v in fields.items() if v is not None}, context=DOOR)
 
 
 async def db_trigger(request: web.Request) -> web.Response:

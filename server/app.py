@@ -31,6 +31,7 @@ from engine.ports import LLMProvider, StaticState
 from engine.registry import Registry
 from server import logs
 from server.auth import KeyCache, Principal, RequestLimiter, bearer, too_many
+from server.door import params_middleware
 from server.errors import ApiError, Handler, error_middleware
 from server.metrics import OPERATOR_TOKEN_ENV, Metrics
 from server.outbox import OutboxRunner, build_executors
@@ -438,7 +439,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings()
     metrics = Metrics()
     app = web.Application(client_max_size=settings.max_body_bytes,
-                          middlewares=[error_middleware, metrics.http_middleware(), auth_middleware])
+                          middlewares=[error_middleware, metrics.http_middleware(), auth_middleware,
+                                       params_middleware])
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[LIMITER] = RequestLimiter(settings.requests_per_minute, settings.burst)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import os
 from secrets import token_hex
@@ -25,10 +24,11 @@ from pydantic import ValidationError
 from adapters.mime import MimeLimitError, parse_email
 from adapters.secrets import SecretRefused, SecretResolver
 from engine.config import Source
-from engine.models import Event
+from engine.models import DOOR, Event
 from server import logs
 from server.api import submit
 from server.app import METRICS, REGISTRY, SETTINGS, STORE
+from server.door import load_json
 from server.errors import ApiError, invalid
 from server.signing import HEADER, SignatureError, verify
 
@@ -88,10 +88,7 @@ async def _data(kind: str, raw: bytes, content_type: str) -> tuple[dict[str, Any
     if content_type != "application/json":
         accepted = "application/json" + (" or message/rfc822" if kind == "email" else "")
         raise ApiError(415, "unsupported_media_type", f"send Content-Type: {accepted}")
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
+    body = load_json(raw)  # depth, numbers and text checked at the door (server/door.py)
     if not isinstance(body, dict):
         raise ApiError(422, "invalid", "the body must be a JSON object", {"field": "body"})
     if isinstance(body.get("data"), dict) and set(body) <= _ENVELOPE_KEYS:  # a whole envelope
@@ -136,7 +133,7 @@ async def receive(request: web.Request) -> web.Response:
     if extra.get("occurred_at"):
         fields["occurred_at"] = extra["occurred_at"]
     try:
-        event = Event.model_validate(fields)
+        event = Event.model_validate(fields, context=DOOR)
     except ValidationError as exc:
         raise invalid(exc, "delivery") from None
     with logs.bind(org=org, delivery_id=delivery, event_id=event.id):
