@@ -35,6 +35,9 @@ from tests.server.test_crash import CORPUS, ROOT, deliver, drain, envelopes, fre
 
 BROKEN_REGEX = 'matches: "(unclosed"'
 """The finding's reproduction: a `fields[].matches` regex that does not compile."""
+OPERATOR_TOKEN = "op-token-runtime-0123456789"
+OPERATOR = {"ASTRALIS_OPERATOR_TOKEN": OPERATOR_TOKEN}
+"""The operator token the serve tests set, for the detailed /healthz."""
 
 
 class Server:
@@ -80,15 +83,17 @@ class Server:
                 out.append(line)
         return out
 
-    async def health(self, within: float = 30.0) -> tuple[int, dict[str, Any]]:
-        """The first answer of GET /healthz (any status), once the server listens."""
+    async def health(self, within: float = 30.0, *, operator: bool = False) -> tuple[int, dict[str, Any]]:
+        """The first answer of GET /healthz (any status), once the server listens; with `operator`, the detailed
+        one (the operator token of `OPERATOR`)."""
         assert self.proc is not None
         t0 = time.monotonic()
+        headers = {"Authorization": f"Bearer {OPERATOR_TOKEN}"} if operator else {}
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as s:
             while True:
                 assert self.proc.poll() is None, f"serve exited with {self.proc.returncode}\n{self.text()}"
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with s.get(f"{self.url}/healthz") as r:
+                    async with s.get(f"{self.url}/healthz", headers=headers) as r:
                         return r.status, await r.json()
                 assert time.monotonic() - t0 < within, f"serve did not answer within {within} s\n{self.text()}"
                 await asyncio.sleep(0.05)
@@ -154,9 +159,15 @@ def finding_lines(messages: list[str], path: Path) -> list[str]:
 async def test_finding_9_an_uncompilable_regex_in_one_org_at_start_up_leaves_the_others_serving_and_sigterm_stops_it(
         server: Server) -> None:
     spam = break_regex(server.rulesets)
-    server.start()
+    server.start(env=OPERATOR)
     status, body = await server.health()
     assert status == 503 and body["status"] != "ok", body  # not ok: one org is not served
+    status, body = await server.health(operator=True)
+    orgs = body["checks"]["rulesets"]["orgs"]
+    assert orgs["acme"]["ok"] and orgs["acme"]["loaded"], orgs
+    assert not orgs["brightsmile"]["ok"] and not orgs["brightsmile"]["loaded"], orgs
+    assert all(re.match(r".+:\d+: [a-z_]+: .+", e) for e in orgs["brightsmile"]["errors"]), orgs
+    assert orgs["brightsmile"]["errors"], orgs
 
     # The other org is served: its events are decided (and executed) as usual.
     code, decision = await server.decide(acme_event("contained-1"))
@@ -193,9 +204,10 @@ async def test_finding_9_a_failed_hot_reload_turns_healthz_not_ok_and_fixing_the
         server: Server) -> None:
     spam = server.rulesets / "brightsmile" / "spam.yaml"
     good = spam.read_text(encoding="utf-8")
-    server.start()  # with the file watcher (hot reload)
+    server.start(env=OPERATOR)  # with the file watcher (hot reload)
     status, body = await server.health()
     assert status == 200 and body["status"] == "ok", body
+    revision = (await server.health(operator=True))[1]["checks"]["rulesets"]["orgs"]["brightsmile"]["revision"]
 
     break_regex(server.rulesets)
     t0 = time.monotonic()
@@ -205,6 +217,8 @@ async def test_finding_9_a_failed_hot_reload_turns_healthz_not_ok_and_fixing_the
     status, body = await server.health()
     assert status == 503 and body["status"] != "ok", body
     assert finding_lines(server.messages(), spam) or finding_lines(server.messages(), server.rulesets / "brightsmile")
+    org = (await server.health(operator=True))[1]["checks"]["rulesets"]["orgs"]["brightsmile"]
+    assert not org["ok"] and org["loaded"] and org["revision"] == revision and org["errors"], org  # last good kept
 
     code, decision = await server.decide(acme_event("during-broken-reload"))
     assert code == 200 and decision["status"] == "EXECUTED", decision
