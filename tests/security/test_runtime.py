@@ -197,6 +197,26 @@ async def test_finding_9_sigterm_while_the_rulesets_load_stops_serve(server: Ser
     print(f"SIGTERM during start-up to exit: {seconds:.2f} s")
 
 
+@pytest.mark.timeout(60)
+def test_a_start_up_that_fails_after_the_store_opened_exits_instead_of_hanging(server: Server) -> None:
+    """`--queue bullmq` without a Redis fails in the service's set-up, after the SQLite store (and its thread) is
+    open: the reason is logged and the process exits 1, instead of hanging on that thread deaf to SIGTERM."""
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    assert server.proc is None
+    with server.log.open("wb") as out:
+        server.proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--db", str(server.db), "--port", str(server.port),
+             "--rulesets", str(server.rulesets), "--policies", str(server.policies), "--llm", "off", "--no-watch",
+             "--queue", "bullmq"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        code = server.proc.wait(20)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"serve did not exit after a failed start-up\n{server.text()}") from None
+    assert code == 1, server.text()
+    assert any(m.startswith("the service could not start: ValueError: --queue bullmq needs a Redis")
+               for m in server.messages()), server.text()
+
+
 # --------------------------------------------------------------------------- finding 9: hot reload
 
 @pytest.mark.timeout(90)
