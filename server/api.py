@@ -26,6 +26,8 @@ from engine.rules import CompiledRules
 from engine.simulator import summarize
 from server import configs
 from server.app import METRICS, REGISTRY, SERVICE, SETTINGS, STORE, principal
+from server.cursors import cursors
+from server.cursors import setup as cursors_setup
 from server.door import load_json
 from server.errors import ApiError, invalid
 from server.metrics import operator_request, require_operator
@@ -235,12 +237,22 @@ def _digits(raw: str) -> bool:
     return raw.isascii() and raw.isdigit()
 
 
-def rowid_cursor(request: web.Request) -> int | None:
-    """The `cursor` query parameter of rowid-paged listings (the `next_cursor` of a previous page)."""
+def rowid_cursor(request: web.Request, kind: str) -> int | None:
+    """The `cursor` query parameter of a rowid-paged listing (`kind`: events, intakes, actions, notifications):
+    the `next_cursor` of a previous page of the same org's same listing, opened (`server.cursors`); 400 for
+    anything else, another org's cursor included."""
     cursor = request.query.get("cursor")
-    if cursor is not None and not (_digits(cursor) and len(cursor) <= 18):  # a rowid (SQLite: 64-bit)
-        raise ApiError(400, "bad_request", "cursor: the next_cursor of a previous page", {"field": "cursor"})
-    return int(cursor) if cursor else None
+    if cursor is None:
+        return None
+    rowid = cursors(request.app).open(principal(request).org, kind, cursor)
+    if rowid is None:
+        raise ApiError(400, "bad_request", f"cursor: not a next_cursor of this {kind} listing", {"field": "cursor"})
+    return rowid
+
+
+def next_cursor(request: web.Request, kind: str, rowid: int | None) -> str | None:
+    """The opaque `next_cursor` of a rowid-paged listing (None at the end): reveals nothing of other orgs."""
+    return cursors(request.app).seal(principal(request).org, kind, rowid) if rowid is not None else None
 
 
 def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -440,8 +452,8 @@ async def list_events(request: web.Request) -> web.Response:
                        {"field": "status"})
     rows, nxt = await request.app[STORE].list_events(principal(request).org, status=status,
                                                      limit=_int(request, "limit", 50, 1, 500),
-                                                     before=rowid_cursor(request))
-    return to_json({"events": rows, "next_cursor": str(nxt) if nxt is not None else None})
+                                                     before=rowid_cursor(request, "events"))
+    return to_json({"events": rows, "next_cursor": next_cursor(request, "events", nxt)})
 
 
 async def get_event(request: web.Request) -> web.Response:
@@ -520,6 +532,7 @@ async def metrics(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     """Register the routes of this module."""
     _ = app[SETTINGS]
+    cursors_setup(app)
     app.router.add_post("/api/agent/process", process)
     app.router.add_post("/api/agent/db-trigger", db_trigger)
     app.router.add_get("/api/agent/decisions", list_decisions)

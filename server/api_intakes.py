@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server.api import _int, loaded, read_json, rowid_cursor, to_json
+from server.api import _int, loaded, next_cursor, read_json, rowid_cursor, to_json
 from server.app import SERVICE, STORE, principal
 from server.errors import ApiError
 from server.schemas import IntakeMove
@@ -29,8 +29,8 @@ async def list_intakes(request: web.Request) -> web.Response:
     intakes, nxt = await request.app[STORE].list_intakes(
         principal(request).org, pipeline=q.get("pipeline"), stage=q.get("stage"), assignee=q.get("assignee"),
         closed=None if open_ is None else open_ == "false", limit=_int(request, "limit", 50, 1, 500),
-        before=rowid_cursor(request))
-    return to_json({"intakes": [i.to_json() for i in intakes], "next_cursor": str(nxt) if nxt is not None else None})
+        before=rowid_cursor(request, "intakes"))
+    return to_json({"intakes": [i.to_json() for i in intakes], "next_cursor": next_cursor(request, "intakes", nxt)})
 
 
 async def get_intake(request: web.Request) -> web.Response:
@@ -93,8 +93,8 @@ async def list_actions(request: web.Request) -> web.Response:
         raise ApiError(400, "bad_request", f"status: one of {', '.join(ACTION_STATUSES)}, not {status!r}",
                        {"field": "status"})
     rows, nxt = await request.app[STORE].list_outbox(principal(request).org, status=status,
-                                                     limit=_int(request, "limit", 50, 1, 500), before=rowid_cursor(request))
-    return to_json({"actions": rows, "next_cursor": str(nxt) if nxt is not None else None})
+                                                     limit=_int(request, "limit", 50, 1, 500), before=rowid_cursor(request, "actions"))
+    return to_json({"actions": rows, "next_cursor": next_cursor(request, "actions", nxt)})
 
 
 async def retry_action(request: web.Request) -> web.Response:

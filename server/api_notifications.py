@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.api import _int, loaded, rowid_cursor, to_json
+from server.api import _int, loaded, next_cursor, rowid_cursor, to_json
 from server.app import STORE, principal
 from server.errors import ApiError
 
@@ -25,7 +25,7 @@ async def list_notifications(request: web.Request) -> web.Response:
     if unread not in UNREAD:
         raise ApiError(400, "bad_request", f"unread: true or false, not {unread!r}", {"field": "unread"})
     limit = _int(request, "limit", 50, 1, 500)
-    before = rowid_cursor(request)
+    before = rowid_cursor(request, "notifications")
     compiled = loaded(request, org)
     if compiled.bundle.org.user(user) is None:
         raise ApiError(404, "not_found", f"no user {user!r} in org '{org}'", {"field": "user"})
@@ -33,7 +33,7 @@ async def list_notifications(request: web.Request) -> web.Response:
     rows, nxt = await store.list_notifications(org, user, unread_only=unread == "true", limit=limit,
                                                before=before)
     return to_json({"notifications": rows, "unread": await store.unread_count(org, user),
-                    "next_cursor": str(nxt) if nxt is not None else None})
+                    "next_cursor": next_cursor(request, "notifications", nxt)})
 
 
 async def mark_read(request: web.Request) -> web.Response:

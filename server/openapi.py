@@ -23,6 +23,7 @@ from engine.loader import ORG_FILE
 from engine.models import IDENTIFIER_PATTERN, MAX_DEPTH, Decision, Status
 from server.api import MODES
 from server.configs import FILE_NAME, MAX_FILES, MAX_NAME_CHARS
+from server.cursors import TOKEN_PATTERN
 from server.schemas import (
     AcceptedOut,
     ConfigUpdate,
@@ -102,7 +103,7 @@ _HAND_WRITTEN: dict[str, dict[str, Any]] = {
         "envelope": {"type": "object", "description": "The event as received (DESIGN §4)."},
     }, description="An event in the inbox, with its processing state."),
     "EventPage": _obj({"events": {"type": "array", "items": _ref("InboxEvent")},
-                       "next_cursor": _nullable({"type": "string", "pattern": "^[0-9]{1,18}$"})},
+                       "next_cursor": _nullable({"type": "string", "pattern": TOKEN_PATTERN})},
                       description="One page of the inbox, newest first."),
     "Analytics": _obj({
         "org": _STR, "since": {"type": "string", "format": "date-time"},
@@ -294,16 +295,18 @@ def _no_control_characters(op: dict[str, Any]) -> None:
 _SSE_DATA = {"type": "string", "contentMediaType": JSON}
 _STREAM_EVENT = {"oneOf": [
     _obj({"event": {"const": "ready"},
-          "data": {**_SSE_DATA, "description": "`{\"org\", \"after\"}`: the key's org and the stream sequence the "
-                   "stream starts after.", "contentSchema": _obj({"org": _STR, "after": {"type": "integer"}})},
+          "data": {**_SSE_DATA, "description": "`{\"org\", \"after\"}`: the key's org and the id (opaque, per org) "
+                   "of the position the stream starts after.", "contentSchema": _obj({
+                       "org": _STR, "after": {"type": "string", "pattern": TOKEN_PATTERN}})},
           "retry": {"type": "integer", "minimum": 0, "description": "Milliseconds to wait before reconnecting."},
-          "id": {"type": "string", "pattern": "^[0-9]+$"}},
+          "id": {"type": "string", "pattern": TOKEN_PATTERN}},
          required=("event", "data"), description="Sent first: the stream is open."),
     _obj({"event": {"type": "string", "enum": ["decision.executed", "decision.awaiting_approval", "decision.failed",
                                               "decision.rejected", "decision.approved"]},
           "data": {**_SSE_DATA, "description": "`{\"kind\", \"new\", \"decision\"}`: what happened, whether the "
                    "decision is new, and the decision."},
-          "id": {"type": "string", "pattern": "^[0-9]+$", "description": "The stream sequence (for Last-Event-ID)."},
+          "id": {"type": "string", "pattern": TOKEN_PATTERN,
+                 "description": "The entry's id (for Last-Event-ID): opaque and per org."},
           "retry": {"type": "integer", "minimum": 0}},
          required=("event", "data", "id"), description="A decision made or reviewed."),
 ], "description": "One server-sent event, as its fields (`event`, `data`, `id`, `retry`)."}
@@ -469,7 +472,7 @@ def _paths() -> dict[str, Any]:
              "schema": {"type": "string", "enum": list(INBOX_STATUSES)}},
             _limit(),
             {"name": "cursor", "in": "query", "required": False, "description": "`next_cursor` of the previous "
-             "page.", "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}},
+             "page.", "schema": {"type": "string", "pattern": TOKEN_PATTERN}},
         ])}
     p["/api/agent/events/{id}"] = {"get": _op(
         "Get an inbox event", "events", {200: _ok(_ref("InboxEvent"), "The event and its processing state.")},
@@ -510,11 +513,11 @@ def _paths() -> dict[str, Any]:
             content_type="text/event-stream")},
         errors=(400,), parameters=[
             {"name": "Last-Event-ID", "in": "header", "required": False,
-             "description": "Resume after this stream sequence number (default: the present).",
-             "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+             "description": "Resume after the event with this id (default: the present).",
+             "schema": {"type": "string", "pattern": TOKEN_PATTERN}},
             {"name": "last_event_id", "in": "query", "required": False,
              "description": "As the Last-Event-ID header, for clients that cannot set headers.",
-             "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+             "schema": {"type": "string", "pattern": TOKEN_PATTERN}},
             {"name": "limit", "in": "query", "required": False,
              "description": "Close the stream after this many decisions (for tools and tests).",
              "schema": {"type": "integer", "minimum": 1, "maximum": 10**18 - 1}},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from server.cursors import TOKEN_PATTERN
 from server.schemas import IntakeMove
 
 MODELS = ((IntakeMove, "validation"),)
@@ -28,7 +29,7 @@ def schemas() -> dict[str, Any]:
                         "description": "The intake after the move; `stage_event_id` names the "
                                        "`pipeline:stage_changed` event raised (null when nothing changed)."},
         "IntakePage": _obj({"intakes": {"type": "array", "items": _ref("Intake")},
-                            "next_cursor": _nullable({"type": "string", "pattern": "^[0-9]{1,18}$"})},
+                            "next_cursor": _nullable({"type": "string", "pattern": TOKEN_PATTERN})},
                            description="One page of intakes, newest first."),
         "Boards": _obj({
             "pipelines": {"type": "array", "items": _obj({
@@ -40,7 +41,7 @@ def schemas() -> dict[str, Any]:
                 "open": {"type": "integer", "description": "Open intakes assigned to the user."}})},
         }, description="Every pipeline with its open intakes per stage, and every user's load."),
         "ActionPage": _obj({"actions": {"type": "array", "items": _ref("OutboxAction")},
-                            "next_cursor": _nullable({"type": "string", "pattern": "^[0-9]{1,18}$"})},
+                            "next_cursor": _nullable({"type": "string", "pattern": TOKEN_PATTERN})},
                            description="One page of the outbox, newest first."),
     }
 
@@ -50,7 +51,7 @@ def paths() -> dict[str, Any]:
     from server.openapi import _body, _error, _id, _limit, _ok, _op, _ref
 
     cursor = {"name": "cursor", "in": "query", "required": False, "description": "`next_cursor` of the previous page.",
-              "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}}
+              "schema": {"type": "string", "pattern": TOKEN_PATTERN}}
 
     def text(name: str, description: str) -> dict[str, Any]:
         return {"name": name, "in": "query", "required": False, "description": description,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from server.cursors import TOKEN_PATTERN
+
 
 def schemas() -> dict[str, Any]:
     """The hand-written component schemas: a notification and a page of them."""
@@ -22,7 +24,7 @@ def schemas() -> dict[str, Any]:
         "NotificationPage": _obj({
             "notifications": {"type": "array", "items": _ref("Notification")},
             "unread": {"type": "integer", "minimum": 0, "description": "How many of the user's notifications are unread."},
-            "next_cursor": _nullable({"type": "string", "pattern": "^[0-9]{1,18}$"}),
+            "next_cursor": _nullable({"type": "string", "pattern": TOKEN_PATTERN}),
         }, description="One page of a user's notifications, newest first."),
     }
 
@@ -44,7 +46,7 @@ def paths() -> dict[str, Any]:
                  "schema": {"type": "string", "enum": ["true", "false"], "default": "false"}},
                 _limit(),
                 {"name": "cursor", "in": "query", "required": False, "description": "`next_cursor` of the previous "
-                 "page (with the same user and unread).", "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}},
+                 "page (with the same user and unread).", "schema": {"type": "string", "pattern": TOKEN_PATTERN}},
             ])},
         "/api/agent/notifications/{id}/read": {"post": _op(
             "Mark a notification read", "notifications",

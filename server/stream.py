@@ -2,7 +2,8 @@
 
 Every change is a row of the `stream` table, written in the transaction that made it (a new decision, an
 approval, a rejection), so the stream never shows what was not committed and a reconnecting client that sends
-`Last-Event-ID: <seq>` receives everything after it, across restarts. Event names: `decision.executed`,
+`Last-Event-ID: <id>` receives everything after it, across restarts. Ids are opaque and per org
+(`server.cursors`): they reveal nothing of other orgs' activity. Event names: `decision.executed`,
 `decision.awaiting_approval`, `decision.failed`, `decision.rejected` (new decisions; `"new": true` in the data)
 and `decision.approved`, `decision.rejected` (reviews). Without Last-Event-ID a client starts at the present.
 """
@@ -17,6 +18,7 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 
 from server.app import SERVICE, STORE, principal
+from server.cursors import cursors
 from server.errors import ApiError
 
 log = logging.getLogger("astralis.stream")
@@ -32,11 +34,13 @@ async def stream(request: web.Request) -> web.StreamResponse:
     """The live stream of decisions for the API key's org."""
     org = principal(request).org
     store, service = request.app[STORE], request.app[SERVICE]
+    ids = cursors(request.app)  # stream ids are opaque and per org: they count nothing of other orgs
     raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
-    if raw is not None and not (raw.strip().isascii() and raw.strip().isdigit() and int(raw) < 2**63):
-        raise ApiError(400, "bad_request", f"Last-Event-ID must be a stream sequence number, not {raw!r}",
-                       {"field": "Last-Event-ID"})
-    last = int(raw) if raw is not None else await store.stream_head(org)
+    opened = ids.open(org, "stream", raw.strip()) if raw is not None else None
+    if raw is not None and opened is None:
+        raise ApiError(400, "bad_request", f"Last-Event-ID must be the id of an event of this stream, not "
+                       f"{raw[:40]!r}", {"field": "Last-Event-ID"})
+    last = opened if opened is not None else await store.stream_head(org)
     poll = NOTIFIED_POLL_SECONDS if hasattr(store, "listen") else POLL_SECONDS
     limit = request.query.get("limit")  # for tests and tools: stop after N events
     if limit is not None and not (limit.isascii() and limit.isdigit() and len(limit) <= 18 and int(limit) > 0):
@@ -46,11 +50,12 @@ async def stream(request: web.Request) -> web.StreamResponse:
     async with sse_response(request, ping_interval=15) as resp:
         # A client that goes away between two is_connected() checks ends its stream; it is not a server error.
         with contextlib.suppress(ConnectionResetError):
-            await resp.send(json.dumps({"org": org, "after": last}), event="ready", retry=2000)
+            await resp.send(json.dumps({"org": org, "after": ids.seal(org, "stream", last)}), event="ready",
+                            retry=2000)
             while resp.is_connected():
                 entries = await store.stream_after(org, last)
                 for seq, kind, payload in entries:
-                    await resp.send(json.dumps(payload), id=str(seq), event=f"decision.{kind}")
+                    await resp.send(json.dumps(payload), id=ids.seal(org, "stream", seq), event=f"decision.{kind}")
                     last = seq
                     if remaining is not None:
                         remaining -= 1

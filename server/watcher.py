@@ -2,6 +2,7 @@
 
 Which orgs a change reloads:
 - `<rulesets>/<org>/<file>.yaml` → that org (a new folder becomes an org once it holds org.yaml);
+- `<rulesets>/<org>` itself (an API update swaps the whole folder in at once) → that org;
   files deeper down (the org's `tests/` cases) are not part of its revision and reload nothing;
 - `<policies>/<org>.yaml` → that org, and any org whose active revision also reads it (`extends: <org>`);
 - any other policy file (`default.yaml`, or a shared one a policy extends) → every org.
@@ -58,7 +59,9 @@ class ConfigWatcher:
         self._filter = DefaultFilter()
 
     def _watched(self, change: Change, path: str) -> bool:
-        return path.endswith(YAML_SUFFIXES) and self._filter(change, path)
+        # An org folder itself changes when an update swaps a staged copy in (server/configs.py): one event for
+        # the whole folder, none for its files.
+        return (path.endswith(YAML_SUFFIXES) or Path(path).parent == self._rulesets) and self._filter(change, path)
 
     def all_orgs(self) -> list[str]:
         """Every org: folders holding org.yaml, and orgs the registry serves (even if their folder went)."""
@@ -70,6 +73,10 @@ class ConfigWatcher:
         everyone: list[str] | None = None
         for raw in paths:
             path = Path(raw).resolve()
+            if path.parent == self._rulesets and path.suffix not in YAML_SUFFIXES:
+                if (path / ORG_FILE).exists() or self.registry.state(path.name) is not None:
+                    orgs.add(path.name)  # the org folder swapped as a whole
+                continue
             if path.suffix not in YAML_SUFFIXES:
                 continue
             if path.is_relative_to(self._rulesets):

@@ -351,6 +351,11 @@ def _time(value: object) -> datetime | None:
         return None
 
 
+PAGED = ("/api/agent/decisions", "/api/agent/events", "/api/agent/intakes", "/api/agent/actions",
+         "/api/agent/notifications")
+"""Listings paged by an opaque `cursor` (server/cursors.py, and the decisions' own)."""
+
+
 def not_applicable(case: schemathesis.Case) -> list[Any]:
     """Checks whose premise does not hold for this case, each for a reason the document cannot express."""
     body = case.body if isinstance(case.body, dict) else {}
@@ -365,8 +370,11 @@ def not_applicable(case: schemathesis.Case) -> list[Any]:
         # A raw email must be readable (a From, Subject or body): 422 if not. And it has no JSON types: a
         # generated "not a string" (71) goes out as the text 71, which is a string again.
         return [positive_data_acceptance, *([] if isinstance(case.body, str) else [negative_data_rejection])]
-    if case.path == "/api/agent/decisions" and "cursor" in query:
+    if case.path in PAGED and "cursor" in query:
         return [positive_data_acceptance]  # an opaque token from a previous page; a made-up one answers 400
+    headers = case.headers or {}
+    if case.path == "/api/stream" and ("Last-Event-ID" in headers or "last_event_id" in query):
+        return [positive_data_acceptance]  # an id this stream sent (opaque, per org); a made-up one answers 400
     if case.path in ("/api/agent/decisions", "/api/agent/analytics"):
         since, until = _time(query.get("since")), _time(query.get("until"))
         if any(t is not None and not EARLIEST <= t <= LATEST for t in (since, until)):
