@@ -35,11 +35,16 @@ async def stream(request: web.Request) -> web.StreamResponse:
     org = principal(request).org
     store, service = request.app[STORE], request.app[SERVICE]
     ids = cursors(request.app)  # stream ids are opaque and per org: they count nothing of other orgs
-    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
-    opened = ids.open(org, "stream", raw.strip()) if raw is not None else None
-    if raw is not None and opened is None:
-        raise ApiError(400, "bad_request", f"Last-Event-ID must be the id of an event of this stream, not "
-                       f"{raw[:40]!r}", {"field": "Last-Event-ID"})
+    opened = None
+    # Both may be given (the header wins): each must be valid, so that a bad one is never silently ignored.
+    for name, raw in (("last_event_id", request.query.get("last_event_id")),
+                      ("Last-Event-ID", request.headers.get("Last-Event-ID"))):
+        if raw is None:
+            continue
+        opened = ids.open(org, "stream", raw.strip())
+        if opened is None:
+            raise ApiError(400, "bad_request", f"{name} must be the id of an event of this stream, not "
+                           f"{raw[:40]!r}", {"field": name})
     last = opened if opened is not None else await store.stream_head(org)
     poll = NOTIFIED_POLL_SECONDS if hasattr(store, "listen") else POLL_SECONDS
     limit = request.query.get("limit")  # for tests and tools: stop after N events
