@@ -217,8 +217,8 @@ async def test_a_config_update_reaches_a_worker_with_folders_of_its_own(tmp_path
                 assert r.status == 200, await r.text()
                 revision = (await r.json())["revision"]
             assert revision != before
-            for _ in range(100):
-                if (w_policies / "acme.yaml").read_text() == policy:
+            for _ in range(100):  # the files are swapped in, then loaded: wait for the worker to say it is active
+                if f"revision {revision} active" in log.read_text():
                     break
                 await asyncio.sleep(0.1)
             assert (w_policies / "acme.yaml").read_text() == policy  # written into the worker's own folder
