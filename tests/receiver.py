@@ -4,23 +4,30 @@ Astralis (intake histories, calendar events, in-app notifications, each unique p
 
 `check_actions_ran_once` is the assertion the scale-out tests (BullMQ, PostgreSQL, shared Redis) make after their
 events are decided: every action of every executed decision is in the outbox, ended `done`, and took effect once
-on the receiving side."""
+on the receiving side. The fixtures `receiver` (one running `Receiver`) and `redis_prefix` (a key prefix of the
+test's own on the machine's Redis) are imported by name where used."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import sqlite3
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from aiohttp import web
 
+ROOT = Path(__file__).resolve().parents[1]
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 HOOK_SECRET_ENV = "ACME_NOTIFY_HOOK_SECRET"
 """The signing secret of acme's notification webhook in `wire_policy`'s policy (set in the processes' env)."""
 NOTIFYING = ("SEND_NOTIFICATION", "ESCALATE")
@@ -64,6 +71,46 @@ class Receiver:
     async def close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+@pytest.fixture
+async def receiver() -> Any:
+    """A running `Receiver`, closed after the test."""
+    r = await Receiver().start()
+    yield r
+    await r.close()
+
+
+@pytest.fixture
+async def redis_prefix() -> Any:
+    """A key prefix of the test's own on the machine's Redis (`REDIS_URL`; skipped, or under CI failed, without
+    one); its keys (ours and BullMQ's `bull:<prefix>-…`) are deleted afterwards."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        await client.ping()
+    except (OSError, aioredis.ConnectionError) as exc:
+        await client.aclose()
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but no Redis answers at {REDIS_URL}: {exc}")
+        pytest.skip(f"no Redis at {REDIS_URL}")
+    prefix = f"astralis-t-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    keys = [k async for k in client.scan_iter(f"*{prefix}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+def wired_copy(tmp: Path, receiver: Receiver) -> tuple[list[str], dict[str, str]]:
+    """A private copy of the shipped rulesets and policies under `tmp`, acme's wired to the receiver
+    (`wire_policy`): (the CLI flags naming the copy, the environment the processes need)."""
+    rulesets, policies = tmp / "rulesets", tmp / "policies"
+    shutil.copytree(ROOT / "rulesets", rulesets)
+    shutil.copytree(ROOT / "policies", policies)
+    env = wire_policy(policies, receiver.url)
+    return ["--rulesets", str(rulesets), "--policies", str(policies)], env
 
 
 def wire_policy(policies: Path, receiver_url: str, *, org: str = "acme") -> dict[str, str]:

@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,15 @@ import pytest
 from engine import registry as registry_module
 from engine.registry import Registry
 from server.dashboard import SESSION_COOKIE
-from tests.receiver import Receiver, check_actions_ran_once, settled, sqlite_effects, wire_policy
+from tests.receiver import (
+    REDIS_URL,
+    Receiver,
+    check_actions_ran_once,
+    redis_prefix,  # noqa: F401  (a fixture, used by name)
+    settled,
+    sqlite_effects,
+    wire_policy,
+)
 from tests.server.conftest import auth, config_dirs, make_client, make_settings, service_env  # noqa: F401
 from tests.server.test_api import HELD
 from tests.server.test_crash import CORPUS, ROOT, deliver, drain, envelopes, free_port
@@ -294,31 +301,6 @@ def test_finding_9_any_exception_loading_one_org_is_that_orgs_load_failed_error(
 
 
 # --------------------------------------------------------------------------- finding 10: scale-out actions
-
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-@pytest.fixture
-async def redis_prefix() -> Any:
-    """A key prefix of this test's own on the machine's Redis (skipped, or under CI failed, without one); its keys
-    are deleted afterwards."""
-    import redis.asyncio as aioredis
-
-    client = aioredis.from_url(REDIS_URL)
-    try:
-        await client.ping()
-    except (OSError, aioredis.ConnectionError) as exc:
-        await client.aclose()
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but no Redis answers at {REDIS_URL}: {exc}")
-        pytest.skip(f"no Redis at {REDIS_URL}")
-    prefix = f"astralis-rt-{uuid.uuid4().hex[:10]}"
-    yield prefix
-    keys = [k async for k in client.scan_iter(f"*{prefix}*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
-
 
 @pytest.mark.timeout(120)
 async def test_finding_10_serve_with_redis_url_runs_the_actions_of_its_decisions(server: Server,

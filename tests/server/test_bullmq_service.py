@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.adapters.test_bullmq_node import _DECISION_WORKER, _PLATFORM_PRODUCER, node_modules, run_node
-from tests.receiver import Receiver, check_actions_ran_once, settled, sqlite_effects, wire_policy
+from tests.receiver import check_actions_ran_once, receiver, settled, sqlite_effects, wired_copy
 from tests.server.conftest import post_event
 from tests.server.test_crash import (
     ROOT,
@@ -37,7 +37,7 @@ from tests.server.test_crash import (
     when_busy,
 )
 
-__all__ = ["node_modules"]  # a fixture, used by name
+__all__ = ["node_modules", "receiver"]  # fixtures, used by name
 
 REDIS_SERVER = shutil.which("redis-server")
 if REDIS_SERVER is None:
@@ -97,29 +97,11 @@ def worker(db: Path, log: Path, redis_url: str, *extra: str, env: dict[str, str]
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
 
-@pytest.fixture
-async def receiver():
-    """A local receiver standing in for the notification webhook and the n8n workflow."""
-    r = await Receiver().start()
-    yield r
-    await r.close()
-
-
-def wired_config(tmp_path: Path, receiver: Receiver) -> tuple[list[str], dict[str, str]]:
-    """A private copy of the rulesets and policies with acme's notifications and sales workflow at the receiver:
-    (the flags naming the copy, the environment the processes need)."""
-    rulesets, policies = tmp_path / "rulesets", tmp_path / "policies"
-    shutil.copytree(ROOT / "rulesets", rulesets)
-    shutil.copytree(ROOT / "policies", policies)
-    env = wire_policy(policies, receiver.url)
-    return ["--rulesets", str(rulesets), "--policies", str(policies)], env
-
-
 @pytest.mark.timeout(330)
 async def test_three_workers_a_kill_and_a_redis_restart_lose_nothing_and_decide_each_event_once(
         serve, redis, tmp_path, receiver):
     await redis.ready()
-    config, env = wired_config(tmp_path, receiver)
+    config, env = wired_copy(tmp_path, receiver)
     front = serve("--no-workers", "--redis-url", redis.url, "--rate-limit", "100000000", *config)
     front.start(env=env)
     await front.ready()

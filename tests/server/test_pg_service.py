@@ -29,12 +29,21 @@ import asyncpg
 import pytest
 
 from adapters.pg_store import DB_TRIGGER_FUNCTION
-from tests.receiver import Receiver, check_actions_ran_once, pg_connect, pg_effects, settled, wire_policy
+from tests.receiver import (
+    REDIS_URL,
+    check_actions_ran_once,
+    pg_connect,
+    pg_effects,
+    receiver,
+    redis_prefix,
+    settled,
+    wired_copy,
+)
 from tests.server.conftest import post_event
 from tests.server.test_crash import ROOT, deliver, envelopes
 from tests.stores import pg_database
 
-__all__ = ["pg_database"]  # a fixture, used by name
+__all__ = ["pg_database", "receiver", "redis_prefix"]  # fixtures, used by name
 
 
 def _key(url: str) -> str:
@@ -49,24 +58,6 @@ def _worker(url: str, log: Path, *extra: str, env: dict[str, str] | None = None)
         return subprocess.Popen([sys.executable, "-m", "server.cli", "worker", "--db", url, "--llm", "off",
                                  "--no-watch", "--no-schedules", "--lease", "2", "--queue", "inprocess", *extra],
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-
-
-@pytest.fixture
-async def receiver():
-    """A local receiver standing in for the notification webhook and the n8n workflow."""
-    r = await Receiver().start()
-    yield r
-    await r.close()
-
-
-def _wired(tmp_path: Path, receiver: Receiver) -> tuple[list[str], dict[str, str]]:
-    """A private copy of the config with acme's notifications and sales workflow at the receiver: (its flags, the
-    environment the processes need)."""
-    rulesets, policies = tmp_path / "rulesets", tmp_path / "policies"
-    shutil.copytree(ROOT / "rulesets", rulesets)
-    shutil.copytree(ROOT / "policies", policies)
-    env = wire_policy(policies, receiver.url)
-    return ["--rulesets", str(rulesets), "--policies", str(policies)], env
 
 
 async def _counts(url: str) -> dict[str, int]:
@@ -109,7 +100,7 @@ async def _read_stream(url: str, key: str, got: list[tuple[str, float]], ready: 
 async def test_front_and_workers_on_postgres_decide_each_event_once_and_stream_across_processes(
         serve, pg_database, tmp_path, receiver):
     url = pg_database
-    config, env = _wired(tmp_path, receiver)
+    config, env = wired_copy(tmp_path, receiver)
     front = serve("--no-workers", "--db", url, *config)
     front.key = _key(url)
     front.start(env=env)
@@ -289,38 +280,13 @@ async def test_postgres_going_away_answers_503_and_the_service_resumes_when_it_i
 
 # --------------------------------------------------------------------------- BullMQ on PostgreSQL
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-@pytest.fixture
-async def redis_prefix():
-    """A key prefix of this test's own on the machine's Redis (skipped, or under CI failed, without one); its keys
-    (ours and BullMQ's `bull:<prefix>-…`) are deleted afterwards."""
-    import redis.asyncio as aioredis
-
-    client = aioredis.from_url(REDIS_URL)
-    try:
-        await client.ping()
-    except (OSError, aioredis.ConnectionError) as exc:
-        await client.aclose()
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but no Redis answers at {REDIS_URL}: {exc}")
-        pytest.skip(f"no Redis at {REDIS_URL}")
-    prefix = f"astralis-pgq-{uuid.uuid4().hex[:10]}"
-    yield prefix
-    keys = [k async for k in client.scan_iter(f"*{prefix}*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
-
-
 @pytest.mark.timeout(180)
 async def test_bullmq_workers_on_postgres_run_every_action_once(serve, pg_database, tmp_path, receiver,
                                                                redis_prefix):
     """Scale-out as the README deploys it — an API process, BullMQ on Redis, workers on PostgreSQL: every action of
     every executed decision ends done, once, at the receiver (finding 10: with BullMQ they stayed pending)."""
     url = f"{pg_database}?schema=bq_{uuid.uuid4().hex[:10]}"
-    config, env = _wired(tmp_path, receiver)
+    config, env = wired_copy(tmp_path, receiver)
     redis = ["--redis-url", REDIS_URL, "--redis-prefix", redis_prefix]
     front = serve("--no-workers", "--db", url, *redis, *config)
     front.key = _key(url)
