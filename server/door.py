@@ -1,26 +1,24 @@
 """Input at the door: request bodies and parameters checked before anything reads them further or writes them.
 
-A JSON body is parsed by `load_json`, which refuses (400 `too_deep`) nesting deeper than `MAX_DEPTH` before the
-parser recurses into it, and names the field (422 `invalid`) of a number Python cannot hold as sent (integers of
-more than 4,300 digits, `NaN`, `Infinity`, `1e999`) or a string that is not text (a lone surrogate). The
-`params_middleware` refuses control characters in path and query parameters (400 naming the parameter): no id
-has them, and some stores cannot even look them up. Events are held to the same limits, and to their own (ids,
-dates), by `Event.model_validate(..., context=DOOR)` (engine/models.py).
+A JSON body is parsed by `load_json`: nesting deeper than `MAX_DEPTH` is a 400 `too_deep` (deeper than the
+parser's own recursion limit, it stops there instead of a RecursionError 500), and a number Python cannot hold as
+sent (an integer of more than 4,300 digits, `NaN`, `Infinity`, `1e999`) or a string that is not text (a lone
+surrogate) is a 422 naming the field. The `params_middleware` refuses control characters in path and query
+parameters (400 naming the parameter): no id has them, and some stores cannot even look them up. Events are held
+to the same limits, and to their own (ids, dates), by `Event.model_validate(..., context=DOOR)` (engine/models.py).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from aiohttp import web
 
-from engine.models import MAX_DEPTH, MAX_INT_DIGITS, identifier_problem, json_problem
+from engine.models import DEPTH_PROBLEM, MAX_DEPTH, MAX_INT_DIGITS, identifier_problem, json_problem
 from server.errors import ApiError, Handler
 
-_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+_TOO_DEEP = f"the body nests objects and arrays more than {MAX_DEPTH} levels deep"
 
 
 class _Unreadable:
@@ -31,14 +29,15 @@ class _Unreadable:
 
 
 def _int(text: str) -> Any:
-    if len(text) - text.startswith("-") > MAX_INT_DIGITS:
-        return _Unreadable(f"an integer of {len(text.lstrip('-'))} digits; at most {MAX_INT_DIGITS} are accepted")
+    digits = len(text) - text.startswith("-")
+    if digits > MAX_INT_DIGITS:
+        return _Unreadable(f"an integer of {digits} digits; at most {MAX_INT_DIGITS} are accepted")
     return int(text)
 
 
 def _float(text: str) -> Any:
     value = float(text)
-    if value in (float("inf"), float("-inf")):
+    if value - value != 0:  # 1e999 is inf
         return _Unreadable(f"{text[:40]} is beyond the range of a double-precision number")
     return value
 
@@ -47,37 +46,25 @@ def _constant(name: str) -> Any:
     return _Unreadable(f"{name} is not a JSON number")
 
 
-def nesting_exceeds(text: str, limit: int = MAX_DEPTH) -> bool:
-    """Whether JSON `text` nests objects and arrays more than `limit` deep, found without recursion: strings
-    removed, each pass then deletes the innermost `[]` and `{}` pairs, so what is left after `limit` passes
-    is deeper than that. Malformed text may answer False: the parser then says what is wrong."""
-    if text.count("[") + text.count("{") <= limit:
-        return False
-    brackets = _NOT_BRACKETS.sub("", _STRINGS.sub("", text))
-    for _ in range(limit):
-        shorter = brackets.replace("[]", "").replace("{}", "")
-        if not shorter or shorter == brackets:
-            return False
-        brackets = shorter
-    return bool(brackets) and brackets.replace("[]", "").replace("{}", "") != brackets
-
-
 def load_json(raw: bytes) -> Any:
     """`raw` parsed as JSON, within the door's limits; ApiError naming what is wrong (and where) otherwise."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ApiError(400, "bad_json", f"the body is not valid JSON: it is not UTF-8 ({exc})") from None
-    if nesting_exceeds(text):
-        raise ApiError(400, "too_deep", f"the body nests objects and arrays more than {MAX_DEPTH} levels deep",
-                       {"field": "body", "limit": MAX_DEPTH})
     try:
-        value = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
+        value = json.loads(text, parse_float=_float, parse_constant=_constant)
+    except RecursionError:  # far deeper than MAX_DEPTH: the parser stopped at its recursion limit
+        raise ApiError(400, "too_deep", _TOO_DEEP, {"field": "body", "limit": MAX_DEPTH}) from None
     except json.JSONDecodeError as exc:
         raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
+    except ValueError:  # an integer beyond Python's digit limit: parsed again, to name where it is
+        value = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
     if problem := json_problem(value):
         path, why = problem
         field = path or "body"
+        if why == DEPTH_PROBLEM.format(MAX_DEPTH):
+            raise ApiError(400, "too_deep", f"{_TOO_DEEP} (at {field})", {"field": field, "limit": MAX_DEPTH})
         raise ApiError(422, "invalid", f"invalid request body: {field}: {why}", [{"field": field, "message": why}])
     return value
 

@@ -22,7 +22,6 @@ from adapters.sqlite_store import InboxItem
 from engine.config import Source
 from engine.models import Event
 from server.app import SERVICE, STORE
-from server.door import nesting_exceeds
 from server.service import GroupCommit
 from server.signing import sign
 from tests.server.conftest import SECRET, auth, config_dirs, make_client, make_settings, service_env  # noqa: F401
@@ -140,12 +139,16 @@ async def test_json_nested_10000_deep_is_400_naming_the_problem(make_client: Cal
     assert await inbox_ids(client, "acme") == set()
 
 
-def test_nesting_is_measured_without_recursion() -> None:
-    assert not nesting_exceeds("[" * 64 + "]" * 64)
-    assert nesting_exceeds("[" * 65 + "]" * 65)
-    assert not nesting_exceeds('["' + "[" * 500 + '"]')  # brackets inside a string are text
-    assert not nesting_exceeds("[[]]" * 1000)  # many shallow arrays are not deep
-    assert nesting_exceeds('{"a":' * 100 + "1" + "}" * 100)
+@pytest.mark.parametrize("depth", [65, 500, 100_000])
+async def test_json_nested_past_the_limit_is_400_at_any_depth(make_client: Callable[..., Any], depth: int) -> None:
+    """Just past the limit (found by the door's walk, which names where), and far past it (the parser stops)."""
+    client, key_for = await make_client()
+    key = {**auth(await key_for()), "Content-Type": "application/json"}
+    body = '{"type": "email:received", "data": ' + '{"a": ' * (depth - 1) + "1" + "}" * depth
+    err = await error_of(await client.post("/api/agent/process", data=body, headers=key), 400)
+    assert err["code"] == "too_deep" and err["details"]["limit"] == 64
+    fits = '{"type": "email:received", "data": ' + '{"a": ' * 62 + "1" + "}" * 63
+    assert (await client.post("/api/agent/process?mode=queue", data=fits, headers=key)).status == 202
 
 
 async def test_integer_over_4300_digits_is_422_naming_the_field(make_client: Callable[..., Any]) -> None:
