@@ -310,6 +310,20 @@ def test_stream_answers_as_documented(live: Live) -> None:
         assert first.startswith(b"id:") or first.startswith(b"event: ready") or first.startswith(b"retry:"), first
 
 
+def test_stream_events_match_the_document(live: Live) -> None:
+    """Each server-sent event, `ready` included, is what the document's event schema says (schemathesis ST108)."""
+    path, key = "/api/stream", {"Authorization": f"Bearer {live.key}"}
+    with requests.get(live.url + path, params={"limit": 1}, headers=key, stream=True, timeout=30) as resp:
+        assert resp.status_code == 200
+        decided = requests.post(live.url + "/api/agent/process?mode=sync", json={**SALES, "id": f"sse-{time.time_ns()}"},
+                                headers=key, timeout=30)
+        assert decided.status_code == 200, decided.text
+        body = resp.content  # the stream ends after one decision (limit=1)
+    events = [block for block in body.decode().replace("\r\n", "\n").split("\n\n") if "data:" in block]
+    assert [e.partition("event: ")[2].split("\n")[0] for e in events] == ["ready", "decision.executed"], body[:500]
+    DOC[path]["GET"].validate_response(resp)  # every event against the document's schema
+
+
 # ---- the fuzzer ----------------------------------------------------------------------------------------
 
 # The email webhook also reads a raw MIME message; send generated text as it is.
