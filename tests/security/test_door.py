@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from typing import Any
 
 import pytest
@@ -21,6 +21,7 @@ import pytest
 from adapters.sqlite_store import InboxItem
 from engine.config import Source
 from engine.models import Event
+from engine.schedule import WorkHours, plan_booking
 from server.app import SERVICE, STORE
 from server.service import GroupCommit
 from server.signing import sign
@@ -243,6 +244,25 @@ async def test_an_event_stored_with_year_one_is_decided_not_retried_until_dead(m
     assert r.status == 200, await r.text()
     out = await r.json()
     assert [(d["event_id"], d["decision_type"]) for d in out["decisions"]] == [("year-one", "ESCALATE")]
+
+
+HOURS = WorkHours("America/New_York", time(9), time(17), time(12), time(13), frozenset(range(5)))
+
+
+@pytest.mark.parametrize("now", [datetime(2026, 12, 1, tzinfo=UTC), datetime(1, 1, 1, tzinfo=UTC),
+                                 datetime.fromisoformat("9999-12-31T23:59:59-05:00"),
+                                 datetime.fromisoformat("0001-01-01T00:00:00+05:00")])
+@pytest.mark.parametrize("requested", [None, "9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+05:00",
+                                       "9999-12-31T10:00:00", "2201-01-01T10:00:00Z"])
+@pytest.mark.parametrize("text", ["on 9999-12-31 at 10:00", "Dec 31 9999 at 3pm", "0001-01-01 10:00"])
+def test_the_planner_escalates_dates_outside_its_years_instead_of_overflowing(now: datetime, requested: str | None,
+                                                                               text: str) -> None:
+    """Whatever date gets in (the event's time, the requested start, a date in the text), the booking planner
+    answers: such a booking escalates, saying which date is outside 1970–2200."""
+    out = plan_booking(requested_start=requested, duration_minutes=30, text=text, host="u-sam", hours=HOURS,
+                       busy=[], now=now)
+    assert out.status == "escalate" and out.start is None
+    assert "outside the years 1970–2200" in out.reason
 
 
 # ---- deep YAML in config validate and simulate ----------------------------------------------------------------
