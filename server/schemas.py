@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic.json_schema import JsonDict
 
 from engine.config import Source
 from engine.models import FIRST_YEAR, IDENTIFIER_PATTERN, LAST_YEAR, Decision, identifier_problem
@@ -23,11 +24,11 @@ def _identifier(v: str) -> str:
 
 Identifier = Annotated[str, AfterValidator(_identifier)]
 """A string naming something (an id, a user, a stage): control characters are refused at the door."""
-_NAMED = {"pattern": IDENTIFIER_PATTERN}
+_NAMED: JsonDict = {"pattern": IDENTIFIER_PATTERN}
 OCCURRED_PATTERN = (r"^(19[7-9][0-9]|2[01][0-9]{2}|2200)-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
                     r"[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")
 """An RFC 3339 date-time in the years the door accepts (engine.models.FIRST_YEAR..LAST_YEAR)."""
-_OCCURRED = {"pattern": OCCURRED_PATTERN,
+_OCCURRED: JsonDict = {"pattern": OCCURRED_PATTERN,
              "description": f"When it happened (RFC 3339, with a UTC offset), in the years {FIRST_YEAR}-{LAST_YEAR}."}
 
 
