@@ -4,7 +4,6 @@ bundles built programmatically from rule dicts, and the acme event corpus."""
 from __future__ import annotations
 
 import itertools
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from engine.loader import OrgBundle, RuleRef, load_org, validate_org
 from engine.models import Event
 from engine.rules import CompiledRules, compile_rules
 from engine.simulator import read_events
+from tests.orgs import copy_org
 
 ROOT = Path(__file__).resolve().parents[2]
 ACME_DIR = ROOT / "rulesets" / "acme"
@@ -63,15 +63,9 @@ class OrgCopy:
         return found[nth - 1]
 
     def add_org(self, org: str) -> Path:
-        """Another org: a copy of acme under a new id (it has no policy of its own: default.yaml applies)."""
-        dest = self.rulesets / org
-        shutil.copytree(ACME_DIR, dest)
-        org_yaml = dest / "org.yaml"
-        # its own webhook secret: acme's is not another org's to name (forbidden_secret)
-        prefix = re.sub(r"[^A-Z0-9]", "_", org.upper())
-        org_yaml.write_text(org_yaml.read_text(encoding="utf-8").replace("org: acme", f"org: {org}")
-                            .replace("ACME_WEBHOOK_SECRET", f"{prefix}_WEBHOOK_SECRET"), encoding="utf-8")
-        return dest
+        """Another org: a copy of acme under a new id and its own secret names (it has no policy of its own:
+        default.yaml applies)."""
+        return copy_org(ACME_DIR, self.rulesets / org, org)
 
     def validate(self, org: str = "acme") -> tuple[OrgBundle | None, list[ConfigError]]:
         return validate_org(self.org_dir(org), self.policies)

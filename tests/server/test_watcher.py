@@ -15,6 +15,7 @@ import pytest
 from engine.errors import ConfigError
 from engine.registry import Registry
 from server.watcher import ConfigWatcher
+from tests.orgs import copy_org
 
 ROOT = Path(__file__).resolve().parents[2]
 SPAM_INTENT = "    then: {intent: SPAM, confidence: 0.95, decision_type: NO_ACTION, priority: 1}\n"
@@ -132,9 +133,7 @@ def test_orgs_for(tree: Tree) -> None:
 async def test_an_org_policy_is_never_extended_so_its_change_reloads_only_its_org(tree: Tree) -> None:
     # `extends` takes `default` or a shared policy of the operator's, never another org's (issue 13, finding 7).
     watcher = ConfigWatcher(tree.registry)
-    beta = tree.path("rulesets/beta")
-    shutil.copytree(tree.path("rulesets/acme"), beta)
-    tree.edit("rulesets/beta/org.yaml", "org: acme\n", "org: beta\n")
+    copy_org(tree.path("rulesets/acme"), tree.path("rulesets/beta"), "beta")
     tree.path("policies/beta.yaml").write_text("extends: acme\n")
     found = (await watcher.reload_paths([tree.path("policies/beta.yaml")]))["beta"]
     assert "unknown_policy" in {f.code for f in found} and tree.registry.get("beta") is None
@@ -222,10 +221,7 @@ async def test_watcher_reloads_every_org_when_the_default_policy_changes(tree: T
 
 
 async def test_watcher_loads_a_new_org_folder(tree: Tree, watching: ConfigWatcher) -> None:
-    beta = tree.path("rulesets/beta")
-    shutil.copytree(tree.path("rulesets/acme"), beta, ignore=shutil.ignore_patterns("org.yaml"))
-    org_yaml = tree.path("rulesets/acme/org.yaml").read_text().replace("org: acme\n", "org: beta\n")
-    tree.write("rulesets/beta/org.yaml", org_yaml)
+    copy_org(tree.path("rulesets/acme"), tree.path("rulesets/beta"), "beta")  # org.yaml written last, atomically
     await eventually(lambda: tree.registry.get("beta") is not None
                      and {r.ruleset for r in tree.registry.get("beta").bundle.rules}  # type: ignore[union-attr]
                      == {"bookings", "intake", "spam"})
