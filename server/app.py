@@ -51,6 +51,9 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     requests_per_minute: int = 600
     burst: int | None = None
+    webhook_requests_per_minute: int = 1200
+    """Webhook deliveries a minute per org and sender address (bursts of a sixth of it); checked before the body
+    is read, so a flood costs the service almost nothing and other orgs nothing."""
     key_cache_seconds: float = 1.0
     processing: Processing = field(default_factory=Processing)
     workers: bool = True
@@ -91,6 +94,7 @@ METRICS = web.AppKey("metrics", Metrics)
 SERVICE = web.AppKey("service", Service)
 KEYS = web.AppKey("keys", KeyCache)
 LIMITER = web.AppKey("limiter", RequestLimiter)
+WEBHOOK_LIMITER = web.AppKey("webhook_limiter", RequestLimiter)
 CONFIG_LOCKS = web.AppKey("config_locks", dict)
 CONFIG_SYNC = web.AppKey("config_sync", object)
 """The `server.config_sync.ConfigSync` of this process, present only with a Redis."""
@@ -444,6 +448,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[LIMITER] = RequestLimiter(settings.requests_per_minute, settings.burst)
+    app[WEBHOOK_LIMITER] = RequestLimiter(settings.webhook_requests_per_minute)
     app[CONFIG_LOCKS] = {}
     for ctx in (_store_ctx, _registry_ctx, _llm_ctx, _http_ctx, _service_ctx, _loops_ctx):
         app.cleanup_ctx.append(ctx)

@@ -125,8 +125,8 @@ class RequestLimiter:
         return (1.0 - tokens) / self.rate
 
 
-def too_many(wait: float) -> ApiError:
+def too_many(wait: float, what: str = "requests for this API key") -> ApiError:
     """The 429 answer, with Retry-After in whole seconds (rounded up)."""
     seconds = max(1, math.ceil(wait))
-    return ApiError(429, "rate_limited", f"too many requests for this API key; retry in {seconds} s",
+    return ApiError(429, "rate_limited", f"too many {what}; retry in {seconds} s",
                     {"retry_after": seconds}, headers={"Retry-After": str(seconds)})

@@ -144,6 +144,7 @@ def _settings(args: argparse.Namespace, settings_cls: Any, processing_cls: Any) 
     rulesets, policies = _dirs(args)
     return settings_cls(db=_db(args), rulesets=rulesets, policies=policies, llm=args.llm,
                         synchronous=args.synchronous, requests_per_minute=getattr(args, "rate_limit", 600),
+                        webhook_requests_per_minute=getattr(args, "webhook_rate_limit", 1200),
                         max_body_bytes=getattr(args, "max_body", 1024 * 1024), watch=not args.no_watch,
                         schedules=not args.no_schedules,
                         workers=args.workers > 0 and not getattr(args, "no_workers", False),
@@ -276,6 +277,9 @@ def parser() -> argparse.ArgumentParser:
                     help="the API alone: accept events and answer queries; `astralis worker` processes decide")
     deciding(sv, "events decided concurrently by in-process workers; 0: none (run `astralis worker` beside it)")
     sv.add_argument("--rate-limit", type=int, default=600, help="requests per minute per API key")
+    sv.add_argument("--webhook-rate-limit", type=int, default=1200,
+                    help="webhook deliveries per minute per org and sender address (429 beyond, before the body "
+                         "is read)")
     sv.add_argument("--max-body", type=int, default=1024 * 1024, help="request body limit in bytes")
     sv.set_defaults(func=cmd_serve)
 

@@ -27,7 +27,8 @@ from engine.config import Source
 from engine.models import DOOR, Event
 from server import logs
 from server.api import submit
-from server.app import METRICS, REGISTRY, SETTINGS, STORE
+from server.app import METRICS, REGISTRY, SETTINGS, STORE, WEBHOOK_LIMITER
+from server.auth import too_many
 from server.door import load_json
 from server.errors import ApiError, invalid
 from server.signing import HEADER, SignatureError, verify
@@ -110,6 +111,11 @@ async def receive(request: web.Request) -> web.Response:
     """One signed delivery → one event (queued, or decided at once when urgent)."""
     org, kind = request.match_info["org"], request.match_info["kind"]
     app = request.app
+    # Counted per org and sender address before the body is read: a flood of large deliveries (signed or not) is
+    # answered 429 at almost no cost, and one sender's flood does not use up another sender's deliveries.
+    wait = app[WEBHOOK_LIMITER].take(f"{org}\0{request.remote or ''}")
+    if wait > 0:
+        raise too_many(wait, "deliveries to this webhook from this address")
     raw = await request.read()  # size-capped by the app's client_max_size (413 beyond)
     secrets = _secrets(app, org) if kind in KINDS else []
     if not secrets:

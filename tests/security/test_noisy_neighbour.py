@@ -130,7 +130,9 @@ pathlib.Path(out).write_text(json.dumps(statuses))
 """
 
 
-EXPECTED = {"regex": 200, "template": 200, "yaml": 422, "email": 413, "none": 200}
+EXPECTED = {"regex": {200}, "template": {200}, "yaml": {422}, "email": {413, 429}, "none": {200}}
+"""What A's attacks are answered. The email flood (one sender, back to back) is refused for its headers (413) until
+its webhook bucket is empty, then 429 before its body is read (`--webhook-rate-limit`, per org and sender)."""
 
 
 @pytest.mark.parametrize("attack", ["none", "regex", "template", "yaml", "email"])
@@ -181,5 +183,5 @@ async def test_org_b_keeps_p99_under_250_ms_while_org_a_attacks(make_client, con
               f"max {latencies[-1] * 1000:.1f} ms; loop worst lag {worst_lag * 1000:.1f} ms, "
               f"p99 lag {sorted(lag.lags)[int(len(lag.lags) * 0.99)] * 1000:.1f} ms; "
               f"{len(statuses)} attacks, statuses {sorted(set(statuses))}")
-    assert statuses and set(statuses) == {EXPECTED[attack]}, statuses
+    assert statuses and set(statuses) <= EXPECTED[attack] and EXPECTED[attack] & {statuses[0]}, statuses
     assert p99 < P99_LIMIT, f"{attack}: org B's p99 was {p99 * 1000:.0f} ms"
