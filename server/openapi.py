@@ -485,7 +485,7 @@ def _paths() -> dict[str, Any]:
         "Receive a signed webhook delivery", "webhooks", {
             200: _ok(_ref("Decision"), "An urgent delivery, decided at once.", _HDR_MODE),
             202: _ok(_ref("AcceptedOut"), "Accepted into the inbox."),
-        }, security=SIGNED, errors=(400, 413, 415, 422), parameters=[
+        }, security=SIGNED, errors=(400, 413, 415, 422, 429), parameters=[
             {"name": "org", "in": "path", "required": True, "description": "The receiving org.",
              "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]*$", "maxLength": 64}},
             {"name": "kind", "in": "path", "required": True, "description": "What is delivered.",
