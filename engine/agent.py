@@ -235,7 +235,7 @@ def _trace(compiled: CompiledRules, engine: str, matches: list[Any], res: Resolu
         "revision": compiled.revision,
         "engine": engine,
         "rules": [{"rule": m.key, "intent": str(m.rule.then.intent) if m.rule.then.intent else None,
-                   "confidence": m.rule.then.confidence, "at": f"{m.path}:{m.line}"} for m in matches],
+                   "confidence": m.rule.then.confidence, "at": m.at} for m in matches],
         "resolution": {"ambiguous": res.ambiguous, "reason": res.reason, "scores": res.scores},
         "fields": dict(res.candidate.fields) if res.candidate else {},
         "urgency_words": hits,

@@ -183,7 +183,7 @@ class _Checker:
         out = []
         for ref, parts in zip(self.compiled.rules, self.parts, strict=True):
             then = ref.rule.then
-            rc = RuleCheck(ref.key, f"{ref.path}:{ref.line}", str(then.intent) if then.intent else None,
+            rc = RuleCheck(ref.key, ref.at, str(then.intent) if then.intent else None,
                            then.confidence, ref.rule.salience, True, 0, len(parts))
             for kind, cond, spec in parts:
                 if evaluate(cond, fact):

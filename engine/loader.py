@@ -63,11 +63,19 @@ class RuleRef:
     rule: Rule
     path: str
     line: int
+    shown: str = ""
+    """The file as the org knows it (`rulesets/acme/intake.yaml`), wherever the operator keeps the folder: what
+    decision traces and explanations show, never a host path (`path` is the real one, for the operator)."""
 
     @property
     def key(self) -> str:
         """`ruleset/rule-id`, the name decisions report."""
         return f"{self.ruleset}/{self.rule.id}"
+
+    @property
+    def at(self) -> str:
+        """`file:line` of the rule as decision traces show it: `rulesets/acme/intake.yaml:14`."""
+        return f"{self.shown or self.path}:{self.line}"
 
 
 @dataclass(frozen=True)
@@ -530,7 +538,8 @@ def validate_org(org_dir: Path, policies_dir: Path, *,
                                       f"ruleset '{rs.ruleset}' is also defined in {ruleset_names[rs.ruleset]}"))
         ruleset_names[rs.ruleset] = str(path)
         for i, rule in enumerate(rs.rules):
-            rules.append(RuleRef(rs.ruleset, rule, str(path), doc.line(("rules", i, "id"))))
+            rules.append(RuleRef(rs.ruleset, rule, str(path), doc.line(("rules", i, "id")),
+                                 shown=f"rulesets/{org_dir.name}/{path.name}"))
 
     owners = {d.name for d in org_dirs(org_dir.parent)} if orgs is None else set(orgs)
     policy, policy_errors, policy_docs = load_policy(policies_dir, org_dir.name, orgs=owners | {org_dir.name})

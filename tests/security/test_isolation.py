@@ -333,3 +333,43 @@ async def test_finding_7_decision_ids_are_random_not_sequential(make_client) -> 
         r = await client.post("/api/agent/process?mode=sync", json=ev(SALES, id=f"r{i}"), headers=auth(key))
         ids.append((await r.json())["id"])
     assert all(re.fullmatch(r"dec_[0-9a-f]{20}", i) for i in ids) and len(set(ids)) == 3
+
+
+# --------------------------------------------------------------------------- host paths in decisions
+
+def _host_paths(text: str, *folders: Path) -> list[str]:
+    """Every absolute path of the host in `text`: the given folders, and any `/...yaml` path."""
+    found = [str(f) for f in folders if str(f) in text]
+    return found + re.findall(r"(?<![\w.:/])/[^\s\"':]+\.ya?ml", text)
+
+
+async def test_decision_traces_name_rule_files_as_the_org_knows_them_never_a_host_path(
+        make_client, config_dirs) -> None:
+    # `astralis serve --rulesets /abs/path`: each matched rule's `at` used to be the file as the registry was
+    # given it, so GET /api/agent/decisions/{id} showed the operator's absolute path to the org.
+    rulesets, policies = config_dirs
+    assert rulesets.is_absolute() and policies.is_absolute()
+    client, key_for = await make_client()
+    key = await key_for("acme")
+    r = await client.post("/api/agent/process?mode=sync", json=ev(SALES, id="paths-1"), headers=auth(key))
+    assert r.status == 200, await r.text()
+    decision_id = (await r.json())["id"]
+    r = await client.get(f"/api/agent/decisions/{decision_id}", headers=auth(key))
+    text = await r.text()
+    at = [m["at"] for m in (await r.json())["trace"]["rules"]]
+    assert at and all(re.fullmatch(r"rulesets/acme/[a-z]+\.yaml:\d+", a) for a in at), at
+    assert _host_paths(text, rulesets.parent, ROOT) == []
+    listing = await (await client.get("/api/agent/decisions", headers=auth(key))).text()
+    assert decision_id in listing and _host_paths(listing, rulesets.parent, ROOT) == []
+
+    # simulate, against the active configuration and against a proposed one (compiled in a scratch folder)
+    proposed = {"files": {"extra.yaml": GOOD_RULES}}
+    for body in ({"events": [ev(SALES)]}, {"events": [ev(SALES, data={"text": "a quotation for a kiosk"})],
+                                           "config": proposed}):
+        r = await client.post("/api/agent/simulate", json=body, headers=auth(key))
+        assert r.status == 200, await r.text()
+        text = await r.text()
+        at = [m["at"] for d in (await r.json())["decisions"] for m in d["trace"]["rules"]]
+        assert at and all(re.fullmatch(r"rulesets/acme/[a-z]+\.yaml:\d+", a) for a in at), (body, at)
+        assert _host_paths(text, rulesets.parent, ROOT) == [], body
+    assert "rulesets/acme/extra.yaml:3" in text  # the proposed file, by the name the org gave it
