@@ -306,13 +306,13 @@ def bundles_of(registry: Registry) -> Callable[[str], OrgBundle | None]:
 
 def make_outbox(settings: Settings, service: Service, registry: Registry, store: SQLiteStore, metrics: Metrics,
                 session: Callable[[], aiohttp.ClientSession]) -> OutboxRunner:
-    """The outbox runner of this process (it shares the service's lease-owner name)."""
+    """The outbox runner of this process (it shares the service's lease-owner name and lease length, `--lease`)."""
     bundles = bundles_of(registry)
     secrets = SecretResolver(os.environ, lambda: registry.known)  # names under each org's own prefix only
     return OutboxRunner(store, build_executors(store, bundles, session, public_url=settings.public_url,
                                                secrets=secrets), bundles,
-                        metrics, owner=service.owner,
-                        concurrency=settings.processing.action_workers, on_change=service.notify)
+                        metrics, owner=service.owner, concurrency=settings.processing.action_workers,
+                        lease_seconds=settings.processing.lease_seconds, on_change=service.notify)
 
 
 def config_sync(settings: Settings, service: Service, registry: Registry, store: SQLiteStore,

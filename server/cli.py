@@ -241,7 +241,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--llm", choices=["policy", "off"], default="policy",
                         help="policy (default): each org's policy provider when its API key is set; off: never")
         sp.add_argument("--workers", type=int, default=16, help=workers_help)
-        sp.add_argument("--lease", type=float, default=30.0, help="seconds a worker's claim on an event lasts unrenewed")
+        sp.add_argument("--lease", type=float, default=30.0, help="seconds a claim on an event or an outbox action lasts unrenewed")
         sp.add_argument("--max-attempts", type=int, default=5, help="failed attempts before an event is dead-lettered")
         sp.add_argument("--shutdown-grace", type=float, default=10.0,
                         help="seconds in-flight events get to finish on SIGTERM before going back to the queue")

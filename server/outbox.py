@@ -8,18 +8,23 @@ address hears of it. A runner that dies mid-action loses its lease, and the acti
 same idempotency key: every executor records its effect under that key (intakes, calendar events, in-app
 notifications) or sends it along (the automation's `Idempotency-Key`, the e-mail's `Message-ID`), so an
 attempt repeated after a crash has no second effect inside Astralis and can be recognised outside it.
+
+The store may be away for a while (a restart, a failover, a full disk): the runner outlives it. Claiming backs off
+while it fails; an outcome that cannot be written is written again with a backoff for as long as the action's
+lease would last, and past that given up — the lease then runs out and the action runs again under its key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -33,6 +38,11 @@ from server import logs
 from server.metrics import Metrics
 
 log = logging.getLogger("astralis.outbox")
+
+T = TypeVar("T")
+STORE_BACKOFF_SECONDS = 0.1
+"""The first wait after the store failed (claiming, or writing an outcome); doubled at each failure in a row."""
+STORE_BACKOFF_MAX_SECONDS = 5.0
 
 
 def build_executors(store: SQLiteStore, bundles: Callable[[str], OrgBundle | None],
@@ -54,6 +64,10 @@ def build_executors(store: SQLiteStore, bundles: Callable[[str], OrgBundle | Non
         "SEND_NOTIFICATION": notify, "ESCALATE": notify,
     }
     return executors
+
+
+class OutcomeLost(Exception):
+    """An action's outcome the store did not take within the action's lease (logged where it is given up)."""
 
 
 def backoff_delay(execution: Execution, failures: int, *, rand: Callable[[], float] = random.random,
@@ -90,6 +104,8 @@ class OutboxRunner:
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self.store_failures = 0
+        """Store calls that raised since the runner started (claims, outcomes, lease upkeep): for logs and tests."""
 
     async def start(self, *, dead_owners: list[str] | None = None) -> None:
         """Take back the actions of runners known dead, then start running."""
@@ -137,22 +153,30 @@ class OutboxRunner:
     # ---- the loop -----------------------------------------------------------------------------------
 
     async def _loop(self) -> None:
+        claim_failures = 0  # in a row: the wait before claiming again grows while the store is away
         while not self._stopping:
             free = self.concurrency - len(self._inflight)
             jobs: list[ActionJob] = []
             if free > 0:
                 try:
                     jobs = await self.store.claim_actions(self.owner, limit=free, lease_seconds=self.lease_seconds)
-                except Exception:
-                    log.exception("claiming actions failed; retrying")
+                    claim_failures = 0
+                except Exception as exc:
+                    self.store_failures += 1
+                    claim_failures += 1
+                    delay = self._store_backoff(claim_failures)
+                    log.warning("claiming actions failed (%s: %s); retrying in %.2f s", type(exc).__name__, exc, delay)
+                    await asyncio.sleep(delay)
+                    continue
             if self._stopping:
                 if jobs:
-                    await self.store.recover_actions(release_owner=self.owner)
+                    with contextlib.suppress(Exception):  # else their leases run out: they run again, same keys
+                        await self.store.recover_actions(release_owner=self.owner)
                 break
             for job in jobs:
-                task = asyncio.create_task(self._run(job))
+                task = asyncio.create_task(self._guarded(job))
                 self._inflight[job.key] = task
-                task.add_done_callback(lambda _t, k=job.key: (self._inflight.pop(k, None), self._wake.set()))
+                task.add_done_callback(functools.partial(self._done, job.key))
             if not jobs or len(jobs) == free:
                 self._wake.clear()
                 wait = self.poll_seconds
@@ -173,7 +197,52 @@ class OutboxRunner:
                 if await self.store.recover_actions():
                     self._wake.set()
             except Exception:
+                self.store_failures += 1
                 log.exception("outbox lease upkeep failed")
+
+    def _done(self, key: str, _task: asyncio.Task[None]) -> None:
+        self._inflight.pop(key, None)
+        self._wake.set()  # a slot is free
+
+    def _store_backoff(self, failures: int) -> float:
+        """Seconds to wait after the `failures`-th store failure in a row (doubling, capped, equal jitter)."""
+        ceiling = min(STORE_BACKOFF_MAX_SECONDS, STORE_BACKOFF_SECONDS * 2 ** max(0, failures - 1))
+        return ceiling * (0.5 + 0.5 * self._rand())
+
+    async def _record(self, job: ActionJob, what: str, write: Callable[[], Awaitable[T]]) -> T:
+        """Write an action's outcome; while the store fails, write it again after a backoff, for as long as the
+        action's lease would last (the keeper renews it meanwhile, when the store answers). Past that, or when
+        the runner is stopping, give up (`OutcomeLost`): the lease runs out and the action runs again under its
+        key (its executor recognises the key: at least once, as after a crash)."""
+        deadline = time.monotonic() + self.lease_seconds
+        failures = 0
+        while True:
+            try:
+                return await write()
+            except Exception as exc:
+                self.store_failures += 1
+                failures += 1
+                delay = self._store_backoff(failures)
+                if self._stopping or time.monotonic() + delay > deadline:
+                    log.error("%s attempt %d: writing %s failed %d times (%s: %s); given up, the action runs again "
+                              "under its key when its lease runs out", job.type, job.attempt, what, failures,
+                              type(exc).__name__, exc)
+                    raise OutcomeLost(f"{job.key}: {what} not written") from exc
+                log.warning("%s attempt %d: writing %s failed (%s: %s); again in %.2f s", job.type, job.attempt,
+                            what, type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _guarded(self, job: ActionJob) -> None:
+        """Run one action; whatever goes wrong around it is logged here, never left in a task nobody awaits."""
+        try:
+            await self._run(job)
+        except asyncio.CancelledError:
+            raise
+        except OutcomeLost:
+            pass  # logged where it was given up
+        except Exception:
+            log.exception("%s %s: the runner failed around the action; it runs again under its key when its lease "
+                          "runs out", job.type, job.key)
 
     def _execution(self, org: str) -> Execution:
         bundle = self.bundles(org)
@@ -208,9 +277,11 @@ class OutboxRunner:
             except asyncio.CancelledError:
                 raise
             except ActionDeferred as d:
-                await self.store.defer_action(job.key, self.owner, d.until, str(d))
+                until, reason = d.until, str(d)
+                await self._record(job, "its deferral",
+                                   lambda: self.store.defer_action(job.key, self.owner, until, reason))
                 self.metrics.action_attempt(job.org, job.type, "deferred", None)
-                log.info("%s deferred until %s: %s", job.type, d.until.isoformat(), d)
+                log.info("%s deferred until %s: %s", job.type, until.isoformat(), reason)
             except ActionFailed as f:
                 await self._failed(job, execution, str(f), permanent=f.permanent, retry_after=f.retry_after,
                                    seconds=time.perf_counter() - t0)
@@ -223,7 +294,9 @@ class OutboxRunner:
                                    retry_after=None, seconds=time.perf_counter() - t0)
             else:
                 seconds = time.perf_counter() - t0
-                if await self.store.finish_action(job.key, self.owner, result, duration_ms=seconds * 1000):
+                finished = await self._record(job, "its success", lambda: self.store.finish_action(
+                    job.key, self.owner, result, duration_ms=seconds * 1000))
+                if finished:
                     self.metrics.action_attempt(job.org, job.type, "done", seconds)
                     log.info("%s done (attempt %d, %.0f ms)", job.type, job.attempt, seconds * 1000)
                 else:
@@ -236,14 +309,16 @@ class OutboxRunner:
             await self._dead(job, why, seconds)
             return
         delay = backoff_delay(execution, job.attempt, rand=self._rand, retry_after=retry_after)
-        await self.store.retry_action(job.key, self.owner, error, delay_seconds=delay, duration_ms=seconds * 1000)
+        await self._record(job, "its failure", lambda: self.store.retry_action(
+            job.key, self.owner, error, delay_seconds=delay, duration_ms=seconds * 1000))
         self.metrics.action_attempt(job.org, job.type, "retry", seconds)
         log.warning("%s attempt %d failed, retry in %.2f s: %s", job.type, job.attempt, delay, error)
 
     async def _dead(self, job: ActionJob, error: str, seconds: float | None) -> None:
-        decision = await self.store.kill_action(job.key, self.owner, error,
-                                                duration_ms=seconds * 1000 if seconds is not None else None,
-                                                escalation=self._escalation(job, error))
+        escalation = self._escalation(job, error)
+        decision = await self._record(job, "its dead letter", lambda: self.store.kill_action(
+            job.key, self.owner, error, duration_ms=seconds * 1000 if seconds is not None else None,
+            escalation=escalation))
         self.metrics.action_attempt(job.org, job.type, "dead", seconds)
         log.error("%s dead-lettered: %s", job.type, error)
         if decision is not None:

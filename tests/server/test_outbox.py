@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,10 @@ from adapters.stores import open_store
 from engine.config import DecisionType, Execution, Intent
 from engine.models import Action, Decision, new_id
 from engine.registry import Registry
-from server.app import bundles_of
+from server.app import SERVICE, bundles_of
 from server.metrics import Metrics
 from server.outbox import OutboxRunner, backoff_delay, build_executors
+from server.service import Processing
 
 BASE = 0.2  # backoff_seconds in the test policy
 
@@ -76,9 +79,10 @@ class Harness:
         self.bundles = bundles_of(registry)
         self.runners: list[OutboxRunner] = []
 
-    def runner(self, owner: str = "host:1:test", **kw: Any) -> OutboxRunner:
-        r = OutboxRunner(self.store, build_executors(self.store, self.bundles, lambda: self.session), self.bundles,
-                         Metrics(), owner=owner, poll_seconds=0.05, **kw)
+    def runner(self, owner: str = "host:1:test", *, store: Any = None, **kw: Any) -> OutboxRunner:
+        """A runner over the harness's store (or `store`, a wrapper of it), whose executors write to the store."""
+        r = OutboxRunner(store or self.store, build_executors(self.store, self.bundles, lambda: self.session),
+                         self.bundles, Metrics(), owner=owner, poll_seconds=0.05, **kw)
         self.runners.append(r)
         return r
 
@@ -95,6 +99,30 @@ class Harness:
 
     async def actions(self, decision: Decision) -> list[dict[str, Any]]:
         return await self.store.list_actions("acme", decision.id)
+
+
+class StoreAway:
+    """The real store, whose methods named in `failing` raise `OSError` on their next n calls, as a store that is
+    away (restarting, failing over) does; every other call, and every call after those, goes to the store."""
+
+    def __init__(self, store: Any, failing: dict[str, int]) -> None:
+        self._store = store
+        self.failing = dict(failing)
+        self.raised: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._store, name)
+        if name not in self.failing:
+            return method
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if self.failing[name] > 0:
+                self.failing[name] -= 1
+                self.raised[name] += 1
+                raise OSError(f"connection to the store lost during {name}")
+            return await method(*args, **kwargs)
+
+        return call
 
 
 @pytest.fixture
@@ -298,3 +326,76 @@ async def test_retrying_a_dead_action(harness: Harness, receiver: Receiver) -> N
     assert rows[0]["status"] == "done" and rows[1]["status"] == "done"
     stored = await harness.store.get_decision("acme", decision.id)
     assert stored is not None and stored.status == "EXECUTED" and stored.trace["action_retries"][0]["by"] == "pat"
+
+
+# --------------------------------------------------------------------------- the store away
+
+async def test_an_outcome_the_store_refuses_once_is_written_again_and_the_action_runs_once(
+        harness: Harness, receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
+    # The store fails while the runner records that the action succeeded. Its task used to die with the exception
+    # ("Task exception was never retrieved") and the action stayed `running` until its lease ran out.
+    caplog.set_level(logging.WARNING, logger="astralis.outbox")
+    away = StoreAway(harness.store, {"finish_action": 1})
+    decision = await harness.decide("crm")
+    runner = harness.runner(store=away)
+    await runner.start()
+    assert await runner.idle(10)
+    [row] = await harness.actions(decision)
+    assert away.raised == {"finish_action": 1}
+    assert row["status"] == "done" and row["attempts"] == 1 and [e["outcome"] for e in row["attempt_log"]] == ["done"]
+    assert receiver.successes == {f"{decision.id}:0": 1} and len(receiver.calls) == 1  # done once, at the receiver
+    assert any("writing its success failed (OSError: connection to the store lost" in r.message for r in caplog.records)
+    # ... and the runner is still running: the next decision's action runs too
+    assert not any(t.done() for t in runner._tasks)
+    later = await harness.decide("crm")
+    runner.wake()
+    assert await runner.idle(10)
+    assert [r["status"] for r in await harness.actions(later)] == ["done"]
+    assert receiver.successes == {f"{decision.id}:0": 1, f"{later.id}:0": 1}
+
+
+async def test_a_failure_or_dead_letter_the_store_refuses_once_is_written_again(
+        harness: Harness, receiver: Receiver) -> None:
+    receiver.plan["flaky"] = [500]
+    receiver.plan["broken"] = [400]
+    away = StoreAway(harness.store, {"retry_action": 1, "kill_action": 1})
+    flaky, broken = await harness.decide("flaky"), await harness.decide("broken")
+    runner = harness.runner(store=away)
+    await runner.start()
+    assert await runner.idle(15)
+    assert away.raised == {"retry_action": 1, "kill_action": 1}
+    [flaky_row] = await harness.actions(flaky)
+    assert flaky_row["status"] == "done" and [e["outcome"] for e in flaky_row["attempt_log"]] == ["failed", "done"]
+    assert receiver.keys("flaky") == [f"{flaky.id}:0"] * 2
+    rows = {r["key"]: r for r in await harness.actions(broken)}
+    assert rows[f"{broken.id}:0"]["status"] == "dead" and rows[f"{broken.id}:0"]["attempts"] == 1
+    assert receiver.keys("broken") == [f"{broken.id}:0"]  # a permanent failure: never sent again
+    assert rows[f"{broken.id}:failure"]["status"] == "done"  # the failure notice, queued once
+    stored = await harness.store.get_decision("acme", broken.id)
+    assert stored is not None and stored.status == "FAILED"
+
+
+async def test_an_outcome_the_store_does_not_take_within_the_lease_runs_the_action_again_under_its_key(
+        harness: Harness, receiver: Receiver) -> None:
+    # Writing the outcome fails again and again (waits 0.1, 0.2, 0.4, 0.8 s): past the 2 s lease the runner gives
+    # up, the lease runs out, and the action runs again with the same key — at least once, as after a crash.
+    away = StoreAway(harness.store, {"finish_action": 5})
+    decision = await harness.decide("crm")
+    runner = harness.runner(store=away, lease_seconds=2, rand=lambda: 1.0)
+    await runner.start()
+    for _ in range(300):
+        [row] = await harness.actions(decision)
+        if row["status"] == "done":
+            break
+        await asyncio.sleep(0.05)
+    assert row["status"] == "done" and row["attempts"] == 2, row
+    assert [e["outcome"] for e in row["attempt_log"]] == ["interrupted", "done"]
+    assert receiver.keys("crm") == [f"{decision.id}:0"] * 2
+    assert away.raised["finish_action"] == 5 and not any(t.done() for t in runner._tasks)
+
+
+async def test_the_action_lease_is_the_services_lease(make_client: Any) -> None:
+    # It was 60 s whatever `--lease` said (server.app.make_outbox).
+    client, _ = await make_client(processing=Processing(workers=2, lease_seconds=7, poll_seconds=0.05))
+    outbox = client.app[SERVICE].outbox
+    assert outbox is not None and outbox.lease_seconds == 7
