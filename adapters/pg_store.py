@@ -105,6 +105,15 @@ class PGStore(PGInboxTables, PGOutboxTables, PGIntakeTables, PGCalendarTables, P
                 "WHERE org = $1 AND id = $2", org, event_id)
         return common.event_record(row) if row is not None else None
 
+    async def envelopes(self, org: str, event_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """As `SQLiteStore.envelopes`."""
+        ids = list(dict.fromkeys(event_ids))[:500]
+        if not ids:
+            return {}
+        async with self._read() as db:
+            rows = await db.fetch("SELECT id, envelope FROM events WHERE org = $1 AND id = ANY($2::text[])", org, ids)
+        return {r["id"]: json.loads(r["envelope"]) for r in rows}
+
     async def set_event_status(self, org: str, event_id: str, status: str, error: str | None = None) -> None:
         """As `SQLiteStore.set_event_status`."""
         async with self._write() as db:

@@ -89,6 +89,16 @@ class SQLiteStore(InboxTables, OutboxTables, IntakeTables, CalendarTables, Notif
                 "WHERE org = ? AND id = ?", (org, event_id)))
         return event_record(rows[0]) if rows else None
 
+    async def envelopes(self, org: str, event_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """`{event id: envelope}` of those of `event_ids` that `org`'s inbox holds (one query; at most 500 ids)."""
+        ids = list(dict.fromkeys(event_ids))[:500]
+        if not ids:
+            return {}
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                f"SELECT id, envelope FROM events WHERE org = ? AND id IN ({', '.join('?' * len(ids))})", (org, *ids))
+        return {r["id"]: json.loads(r["envelope"]) for r in rows}
+
     async def set_event_status(self, org: str, event_id: str, status: str, error: str | None = None) -> None:
         """Move an inbox event to `status` (with `error`, cleared when None); KeyError if unknown."""
         async with self._write() as db:

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 from engine.config import OrgConfig, Threshold
 from engine.errors import ConfigError
+from engine.text import extract
 
 SUBJECT_MAX = 300
 BODY_MAX = 100_000
@@ -671,6 +672,17 @@ def _summary(data: Mapping[str, Any]) -> str:
             return _clip(" ".join(data[k].split()), 120)
     excerpt = _excerpt(data)
     return _clip(excerpt.splitlines()[0], 80) if excerpt else ""
+
+
+SNIPPET_CHARS = 240
+
+
+def event_summary(data: Mapping[str, Any]) -> dict[str, str]:
+    """What a person reads to decide on an event without opening it: the sender, the subject (or title or
+    purpose) and the first lines of the new text (quoted replies, signature and hidden instructions left out)."""
+    text = extract(dict(data))
+    return {"sender": _sender(data), "subject": _clip(" ".join(text.subject.split()), 200),
+            "snippet": _clip(" ".join(text.body.split()), SNIPPET_CHARS)}
 
 
 def _decision_dict(decision: Any) -> dict[str, Any]:

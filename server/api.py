@@ -24,6 +24,7 @@ from engine.config import DecisionType, Intent, Source
 from engine.models import DOOR, DecidedBy, Decision, Event, Status
 from engine.rules import CompiledRules
 from engine.simulator import summarize
+from engine.templates import event_summary
 from server import configs
 from server.app import METRICS, REGISTRY, SERVICE, SETTINGS, STORE, principal
 from server.cursors import cursors
@@ -271,8 +272,12 @@ def _public(d: Decision) -> dict[str, Any]:
 
 
 async def list_decisions(request: web.Request) -> web.Response:
-    """GET /api/agent/decisions?status=&intent=&decision_type=&source=&decided_by=&since=&until=&limit=&cursor="""
+    """GET /api/agent/decisions?status=&intent=&decision_type=&source=&decided_by=&since=&until=&limit=&cursor=
+    &include=event (adds `events`: each decision's event as sender, subject and first lines, by event id)."""
     org = principal(request).org
+    include = request.query.get("include")
+    if include not in (None, "event"):
+        raise ApiError(400, "bad_request", f"include: event, not {include!r}", {"field": "include"})
     try:
         page, cursor = await request.app[STORE].list_decisions(
             org, status=_multi(request, "status", get_args(Status)), intent=_multi(request, "intent", tuple(Intent)),
@@ -283,7 +288,11 @@ async def list_decisions(request: web.Request) -> web.Response:
             limit=_int(request, "limit", 50, 1, 500), cursor=request.query.get("cursor"))
     except ValueError as exc:
         raise ApiError(400, "bad_request", str(exc), {"field": "cursor"}) from None
-    return to_json({"decisions": [_public(d) for d in page], "next_cursor": cursor})
+    out: dict[str, Any] = {"decisions": [_public(d) for d in page], "next_cursor": cursor}
+    if include == "event":
+        envelopes = await request.app[STORE].envelopes(org, [d.event_id for d in page])
+        out["events"] = {i: event_summary(e.get("data") or {}) for i, e in envelopes.items()}
+    return to_json(out)
 
 
 async def get_decision(request: web.Request) -> web.Response:

@@ -86,6 +86,15 @@ async def pipelines(request: web.Request) -> web.Response:
                   for u in bundle.org.users]})
 
 
+async def org_profile(request: web.Request) -> web.Response:
+    """GET /api/agent/org: the org's name, time zone, users and pipelines (the dashboard's names for ids)."""
+    org = _bundle(request).org
+    return to_json({"id": org.org, "name": org.name, "timezone": org.timezone,
+                    "users": [{"id": u.id, "name": u.name, "role": u.role, "takes_bookings": u.takes_bookings}
+                              for u in org.users],
+                    "pipelines": [{"id": pl.id, "name": pl.name} for pl in org.pipelines]})
+
+
 async def list_actions(request: web.Request) -> web.Response:
     """GET /api/agent/actions?status=dead: the outbox, newest first."""
     status = request.query.get("status")
@@ -118,5 +127,6 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/api/agent/intakes/{id}", get_intake)
     app.router.add_post("/api/agent/intakes/{id}/move", move_intake)
     app.router.add_get("/api/agent/pipelines", pipelines)
+    app.router.add_get("/api/agent/org", org_profile)
     app.router.add_get("/api/agent/actions", list_actions)
     app.router.add_post("/api/agent/actions/{key}/retry", retry_action)

@@ -400,6 +400,8 @@ def _paths() -> dict[str, Any]:
             _limit(),
             {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string", "minLength": 1},
              "description": "`next_cursor` of the previous page (with the same filters)."},
+            {"name": "include", "in": "query", "required": False, "schema": {"type": "string", "enum": ["event"]},
+             "description": "`event`: add `events`, each decision's event as sender, subject and first lines."},
         ])}
     p["/api/agent/decisions/{id}"] = {"get": _op(
         "Get a decision", "decisions", {200: _ok(_ref("DecisionDetail"), "The decision, its trace and outbox.")},

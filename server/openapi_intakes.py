@@ -40,6 +40,14 @@ def schemas() -> dict[str, Any]:
                 "id": _STR, "name": _STR, "role": _STR, "capacity": {"type": "integer"},
                 "open": {"type": "integer", "description": "Open intakes assigned to the user."}})},
         }, description="Every pipeline with its open intakes per stage, and every user's load."),
+        "OrgProfile": _obj({
+            "id": _STR, "name": _STR,
+            "timezone": {"type": "string", "description": "The org's IANA time zone: the dashboard shows every "
+                         "time in it, labelled."},
+            "users": {"type": "array", "items": _obj({
+                "id": _STR, "name": _STR, "role": _STR, "takes_bookings": {"type": "boolean"}})},
+            "pipelines": {"type": "array", "items": _obj({"id": _STR, "name": _STR})},
+        }, description="The org's name, time zone, users and pipelines: what pages need to put names on ids."),
         "ActionPage": _obj({"actions": {"type": "array", "items": _ref("OutboxAction")},
                             "next_cursor": _nullable({"type": "string", "pattern": TOKEN_PATTERN})},
                            description="One page of the outbox, newest first."),
@@ -77,6 +85,9 @@ def paths() -> dict[str, Any]:
         extra={409: _error("The org has no configuration loaded, or the intake's pipeline no longer exists.")})}
     p["/api/agent/pipelines"] = {"get": _op(
         "Pipeline boards", "pipelines", {200: _ok(_ref("Boards"), "The boards and the users' loads.")},
+        extra={409: _error("The org has no valid configuration loaded (org_not_loaded).")})}
+    p["/api/agent/org"] = {"get": _op(
+        "Org profile", "pipelines", {200: _ok(_ref("OrgProfile"), "The org's name, time zone, users, pipelines.")},
         extra={409: _error("The org has no valid configuration loaded (org_not_loaded).")})}
     p["/api/agent/actions"] = {"get": _op(
         "List outbox actions", "actions", {200: _ok(_ref("ActionPage"), "A page of the outbox, newest first.")},

@@ -132,11 +132,21 @@ class AcceptedOut(BaseModel):
     mode: str
 
 
+class EventSummary(BaseModel):
+    """An event as a person reads it to decide without opening it."""
+
+    sender: str
+    subject: str
+    snippet: str = Field(description="The first lines of the new text (quoted replies and signature left out).")
+
+
 class DecisionPage(BaseModel):
     """One page of decisions, newest first."""
 
     decisions: list[Decision]
     next_cursor: str | None
+    events: dict[str, EventSummary] | None = None
+    """With `include=event`: each decision's event (by event id) as a person reads it."""
 
 
 class ErrorOut(BaseModel):
