@@ -1,104 +1,162 @@
-// The approvals inbox: decisions awaiting a person, oldest first; verdicts arrive live for every viewer.
+// The approvals inbox: decisions awaiting a person, oldest first, each readable and decidable from the list (who,
+// what, what the agent proposes, why, confidence); keyboard shortcuts for a long queue; verdicts arrive live.
 "use strict";
 
 (() => {
-  const { api, esc, nav, when } = Astralis;
+  const A = Astralis;
+  const { api, esc, nav } = A;
   const AWAITING = ["REQUIRES_APPROVAL", "PENDING"];
   const MAX_PAGES = 20; // 20 × 500: more than anyone reviews by hand
   const rows = document.getElementById("rows");
   const errorBox = document.getElementById("error");
   const resolved = document.getElementById("resolved");
   const live = document.getElementById("live");
+  const events = new Map(); // event id → {sender, subject, snippet}
 
-  const findRow = (id) => rows.querySelector(`tr[data-id="${CSS.escape(id)}"]`);
+  const findRow = (id) => rows.querySelector(`[data-id="${CSS.escape(id)}"]`);
+  const open = () => [...rows.querySelectorAll(".item:not(.done)")];
 
   function count() {
-    const n = rows.querySelectorAll("tr:not(.done)").length;
+    const n = open().length;
     document.getElementById("count").textContent = String(n);
     document.getElementById("empty").hidden = n > 0;
   }
 
-  function row(d) {
-    const tr = document.createElement("tr");
-    tr.dataset.id = d.id;
-    tr.dataset.created = d.created_at;
-    tr.innerHTML = `<td><a href="/decisions/${encodeURIComponent(d.id)}">${esc(when(d.created_at))}</a><br>
-        <code class="muted">${esc(d.input?.source)} ${esc(d.input?.type)}</code></td>
-      <td><span class="pill ${esc(d.status)}">${esc(d.status)}</span></td>
-      <td>${esc(d.intent)} → ${esc(d.decision_type)}<br><span class="muted">by ${esc(d.decided_by)}</span></td>
-      <td>${typeof d.confidence === "number" ? d.confidence.toFixed(2) : ""}</td>
-      <td class="reasoning">${esc(d.reasoning)}</td>
-      <td class="verdict"><button class="primary approve" type="button">Approve</button>
-        <input class="reason" placeholder="reason" aria-label="reason for rejecting" size="14">
-        <button class="danger reject" type="button">Reject</button>
-        <div class="error" hidden></div></td>`;
-    tr.querySelector(".approve").addEventListener("click", () => review(tr, "approve"));
-    tr.querySelector(".reject").addEventListener("click", () => review(tr, "reject"));
-    return tr;
+  function item(d) {
+    const ev = events.get(d.event_id) || {};
+    const el = document.createElement("article");
+    el.className = "item card";
+    el.setAttribute("role", "listitem");
+    el.tabIndex = 0;
+    el.dataset.id = d.id;
+    el.dataset.created = d.created_at;
+    el.dataset.status = d.status;
+    const who = ev.sender ? `<span class="who" title="${esc(ev.sender)}">${esc(A.senderName(ev.sender))}</span>`
+      : `<span class="who muted">${esc(A.label(d.input?.source))}</span>`;
+    const subject = ev.subject || ev.snippet?.slice(0, 80) || A.label(d.input?.type?.replace(":", "_").toUpperCase());
+    const snippet = ev.subject ? ev.snippet : "";
+    el.innerHTML = `<div class="meta">${who}<span class="muted">·</span> ${A.ago(d.created_at)}
+        ${d.status !== "REQUIRES_APPROVAL" ? A.pill(d.status) : ""}
+        <span class="conf" title="confidence ${esc(d.confidence)}">${esc(A.percent(d.confidence))} sure</span></div>
+      <a class="subject" href="/decisions/${encodeURIComponent(d.id)}">${esc(subject)}</a>
+      ${snippet ? `<p class="snippet">${esc(snippet)}</p>` : ""}
+      <p class="proposal"><span class="muted">Proposes:</span> ${esc(A.proposal(d))}</p>
+      <p class="why"><span class="muted">Why:</span> ${esc(A.why(d))}</p>
+      <div class="verdict">
+        <button class="primary approve" type="button" title="approve (a)">Approve</button>
+        <button class="danger reject" type="button" title="reject (r)">Reject…</button>
+        <form class="reject-form" hidden>
+          <input class="reason" name="reason" list="reasons" placeholder="Why reject? (required)"
+            aria-label="reason for rejecting" autocomplete="off">
+          <button class="danger confirm-reject" type="submit">Reject</button>
+          <button class="cancel" type="button">Cancel</button>
+        </form>
+        <div class="error" role="alert" hidden></div>
+      </div>`;
+    el.querySelector(".approve").addEventListener("click", () => review(el, "approve"));
+    el.querySelector(".reject").addEventListener("click", () => askReason(el));
+    el.querySelector(".cancel").addEventListener("click", () => closeReason(el));
+    el.querySelector(".reject-form").addEventListener("submit", (e) => { e.preventDefault(); review(el, "reject"); });
+    el.addEventListener("focus", () => select(el, false));
+    return el;
   }
 
-  /** Put a row in created order (oldest first): new decisions go to the end, normally. */
-  function insert(tr) {
-    const later = [...rows.children].find((r) => r.dataset.created > tr.dataset.created);
-    rows.insertBefore(tr, later || null);
+  function askReason(el) {
+    select(el, false);
+    el.querySelector(".reject-form").hidden = false;
+    el.querySelector(".reject").hidden = true;
+    el.querySelector(".reason").focus();
+  }
+
+  function closeReason(el) {
+    el.querySelector(".reject-form").hidden = true;
+    el.querySelector(".reject").hidden = false;
+    el.querySelector(".verdict .error").hidden = true;
+    el.focus();
+  }
+
+  /** Mark `el` as the current item (keyboard target). */
+  function select(el, focus = true) {
+    for (const x of rows.querySelectorAll(".item.current")) if (x !== el) x.classList.remove("current");
+    if (!el) return;
+    el.classList.add("current");
+    if (focus) { el.focus({ preventScroll: true }); el.scrollIntoView({ block: "nearest" }); }
+  }
+
+  const current = () => rows.querySelector(".item.current:not(.done)");
+
+  /** Put an item in created order (oldest first): new decisions go to the end, normally. */
+  function insert(el) {
+    const later = [...rows.children].find((r) => r.dataset.created > el.dataset.created);
+    rows.insertBefore(el, later || null);
   }
 
   function settle(d) {
-    const tr = findRow(d.id);
-    const review = d.trace?.review || {};
+    const el = findRow(d.id);
+    const rv = d.trace?.review || {};
     const li = document.createElement("li");
     li.dataset.id = d.id;
-    li.innerHTML = `<a href="/decisions/${encodeURIComponent(d.id)}">${esc(d.intent)} ${esc(d.id)}</a>:
-      <span class="pill ${esc(d.status)}">${esc(d.status)}</span>
-      ${review.by ? `${esc(review.verdict === "approve" ? "approved" : "rejected")} by ${esc(review.by)}` : ""}
-      ${review.note ? `— “${esc(review.note)}”` : ""}`;
+    const ev = events.get(d.event_id);
+    li.innerHTML = `<a href="/decisions/${encodeURIComponent(d.id)}">${esc(ev?.subject || A.label(d.intent))}</a>
+      <span class="muted">(${esc(d.id)})</span>: ${A.pill(d.status)}
+      ${rv.by ? `${esc(rv.verdict === "approve" ? "approved" : "rejected")} by ${esc(rv.by)}` : ""}
+      ${rv.note ? `— “${esc(rv.note)}”` : ""}`;
     resolved.prepend(li);
-    if (!tr || tr.classList.contains("done")) return;
-    tr.classList.add("done");
-    tr.querySelector(".verdict").innerHTML = `<span class="pill ${esc(d.status)}">${esc(d.status)}</span>`;
-    tr.children[1].innerHTML = `<span class="pill ${esc(d.status)}">${esc(d.status)}</span>`;
+    if (!el || el.classList.contains("done")) return;
+    const wasCurrent = el.classList.contains("current");
+    el.classList.add("done");
+    el.dataset.status = d.status;
+    el.querySelector(".verdict").innerHTML = A.pill(d.status);
+    if (wasCurrent) {
+      const next = open().find((x) => x.dataset.created >= el.dataset.created) || open().pop();
+      select(next || null, document.activeElement === el || el.contains(document.activeElement));
+    }
     count();
-    setTimeout(() => { tr.remove(); count(); }, 1500);
+    setTimeout(() => { el.remove(); count(); }, 1500);
   }
 
-  async function review(tr, verdict) {
-    const box = tr.querySelector(".verdict .error");
+  async function review(el, verdict) {
+    const box = el.querySelector(".verdict .error");
     box.hidden = true;
     const body = {};
     if (verdict === "reject") {
-      body.reason = tr.querySelector(".reason").value.trim();
+      body.reason = el.querySelector(".reason").value.trim();
       if (!body.reason) {
-        box.textContent = "Say why.";
+        box.textContent = "Say why: the reason is kept with the decision.";
         box.hidden = false;
+        el.querySelector(".reason").focus();
         return;
       }
     }
-    for (const b of tr.querySelectorAll("button")) b.disabled = true;
+    for (const b of el.querySelectorAll("button")) b.disabled = true;
     try {
-      const d = await api(`/api/agent/decisions/${encodeURIComponent(tr.dataset.id)}/${verdict}`, { method: "POST", body });
+      const d = await api(`/api/agent/decisions/${encodeURIComponent(el.dataset.id)}/${verdict}`, { method: "POST", body });
       if (!findRow(d.id)?.classList.contains("done")) settle(d); // the stream may have said so already
     } catch (err) {
-      box.textContent = err.status === 409 ? `Already resolved: ${err.details?.status ?? err.message}` : err.message;
+      box.textContent = err.status === 409 ? `Already resolved: ${A.label(err.details?.status ?? "")}` : err.message;
       box.hidden = false;
-      for (const b of tr.querySelectorAll("button")) b.disabled = false;
+      for (const b of el.querySelectorAll("button")) b.disabled = false;
     }
   }
 
   async function load() {
     try {
+      await A.ready;
+      document.getElementById("zone").textContent = `${A.zoneLabel()}.`;
       const found = [];
       let cursor = null;
       for (let i = 0; i < MAX_PAGES; i++) {
-        const q = new URLSearchParams({ status: AWAITING.join(","), limit: "500" });
+        const q = new URLSearchParams({ status: AWAITING.join(","), limit: "500", include: "event" });
         if (cursor) q.set("cursor", cursor);
         const page = await api(`/api/agent/decisions?${q}`);
+        for (const [k, v] of Object.entries(page.events || {})) events.set(k, v);
         found.push(...page.decisions);
         cursor = page.next_cursor;
         if (!cursor) break;
       }
       found.sort((a, b) => (a.created_at < b.created_at ? -1 : a.created_at > b.created_at ? 1 : 0));
       const frag = document.createDocumentFragment();
-      for (const d of found) if (!findRow(d.id)) frag.append(row(d));
+      for (const d of found) if (!findRow(d.id)) frag.append(item(d));
       rows.append(frag);
       count();
       document.body.dataset.loaded = "1";
@@ -108,17 +166,43 @@
     }
   }
 
-  function onDecision(msg) {
+  async function onDecision(msg) {
     let data;
     try { data = JSON.parse(msg.data); } catch { return; }
     const d = data.decision;
     if (!d?.id) return;
     if (AWAITING.includes(d.status)) {
-      if (!findRow(d.id)) { const tr = row(d); tr.classList.add("fresh"); insert(tr); count(); }
+      if (findRow(d.id)) return;
+      if (!events.has(d.event_id)) { // fetched once; a second message for it waits for the same answer
+        events.set(d.event_id, A.eventSummary(d.event_id).then((v) => { events.set(d.event_id, v); return v; }));
+      }
+      await events.get(d.event_id);
+      if (findRow(d.id)) return;
+      const el = item(d);
+      el.classList.add("fresh");
+      insert(el);
+      count();
     } else if (!data.new) {
       settle(d);
     }
   }
+
+  // keyboard: j/k move, a approve, r reject, o open, Esc cancel; ignored while typing a reason
+  document.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    const typing = e.target instanceof HTMLInputElement || e.target instanceof HTMLTextAreaElement;
+    const el = current() || (e.target.closest?.(".item:not(.done)") ?? null);
+    if (e.key === "Escape" && el) { closeReason(el); return; }
+    if (typing) return;
+    const list = open();
+    const i = el ? list.indexOf(el) : -1;
+    if (e.key === "j" || e.key === "ArrowDown") { select(list[Math.min(i + 1, list.length - 1)]); e.preventDefault(); }
+    else if (e.key === "k" || e.key === "ArrowUp") { select(list[Math.max(i - 1, 0)]); e.preventDefault(); }
+    else if (!el) return;
+    else if (e.key === "a") { review(el, "approve"); e.preventDefault(); }
+    else if (e.key === "r") { askReason(el); e.preventDefault(); }
+    else if (e.key === "o" || (e.key === "Enter" && e.target === el)) { location.href = el.querySelector("a.subject").href; }
+  });
 
   nav();
   const source = new EventSource("/api/stream");

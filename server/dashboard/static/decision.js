@@ -2,7 +2,8 @@
 "use strict";
 
 (() => {
-  const { api, esc, nav, when } = Astralis;
+  const A = Astralis;
+  const { api, esc, nav, when } = A;
   const id = decodeURIComponent(location.pathname.split("/").pop());
   const story = document.getElementById("story");
   const errorBox = document.getElementById("error");
@@ -126,7 +127,7 @@
       const log = r?.attempt_log?.length ? `<ul class="muted">${r.attempt_log.map((x) =>
         `<li>${esc(when(x.attempt_at))}: ${esc(x.outcome)}${x.ms != null ? ` (${fmt(x.ms, 1)} ms)` : ""}
         ${x.error ? esc(x.error) : ""}</li>`).join("")}</ul>` : "";
-      return `<li class="action"><strong>${esc(a.type)}</strong> <code>${esc(JSON.stringify(a.params))}</code><br>${state}${log}</li>`;
+      return `<li class="action"><strong>${esc(a.type)}</strong>: ${esc(A.action(a))}<br><code>${esc(JSON.stringify(a.params))}</code><br>${state}${log}</li>`;
     });
     return section("actions", "7. Actions", `<ol>${items.join("")}</ol>`);
   }
@@ -134,9 +135,9 @@
   function render(d, ev) {
     const t = d.trace || {};
     document.title = `Astralis — ${d.intent} ${d.id}`;
-    document.getElementById("title").innerHTML = `${esc(d.intent)} → ${esc(d.decision_type)}
-      <span class="pill ${esc(d.status)}">${esc(d.status)}</span> <small class="muted">${esc(d.id)},
-      ${esc(when(d.created_at))}</small>`;
+    document.getElementById("title").innerHTML = `${esc(A.label(d.intent))} → ${esc(A.label(d.decision_type))}
+      ${A.pill(d.status)} <small class="muted">${esc(d.id)}, ${A.ago(d.created_at)}</small>`;
+    document.getElementById("proposal").textContent = `Proposes: ${A.proposal(d)}. ${A.zoneLabel()}.`;
     story.innerHTML = `<p class="card reasoning">${esc(d.reasoning)}</p>` + eventSection(d, ev) + rulesSection(t)
       + resolutionSection(d, t) + llmSection(d, t) + planSection(t) + gateSection(d, t) + actionsSection(d)
       + (t.timings_ms ? `<p class="muted">Timings: ${Object.entries(t.timings_ms).map(([k, v]) =>
@@ -147,6 +148,7 @@
 
   async function load() {
     try {
+      await A.ready;
       const d = await api(`/api/agent/decisions/${encodeURIComponent(id)}`);
       let ev = null;
       try { ev = await api(`/api/agent/events/${encodeURIComponent(d.event_id)}`); } catch { /* not stored */ }

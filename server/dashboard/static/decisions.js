@@ -2,7 +2,9 @@
 "use strict";
 
 (() => {
-  const { api, esc, nav, when } = Astralis;
+  const A = Astralis;
+  const { api, esc, nav } = A;
+  const events = new Map(); // event id → {sender, subject, snippet}
   const FILTERS = ["status", "intent", "decision_type", "source", "decided_by", "since", "until"];
   const form = document.getElementById("filters");
   const rows = document.getElementById("rows");
@@ -20,13 +22,12 @@
     return out;
   }
 
-  function toIso(local) { // datetime-local (the browser's zone) → ISO UTC for the API
-    const d = new Date(local);
-    return Number.isNaN(d.getTime()) ? local : d.toISOString();
+  function toIso(local) { // datetime-local (a wall clock in the org's zone) → ISO UTC for the API
+    return A.fromLocal(local) || local;
   }
 
   function query(filters, after) {
-    const q = new URLSearchParams({ limit: "50" });
+    const q = new URLSearchParams({ limit: "50", include: "event" });
     for (const [k, v] of Object.entries(filters)) q.set(k, k === "since" || k === "until" ? toIso(v) : v);
     if (after) q.set("cursor", after);
     return q.toString();
@@ -45,11 +46,16 @@
   }
 
   function cells(d) {
-    const conf = typeof d.confidence === "number" ? d.confidence.toFixed(2) : "";
-    return `<td><a href="/decisions/${encodeURIComponent(d.id)}">${esc(when(d.created_at))}</a></td>
-      <td><span class="pill ${esc(d.status)}">${esc(d.status)}</span></td>
-      <td>${esc(d.intent)}</td><td>${esc(d.decision_type)}</td><td>${esc(d.input?.source)}</td>
-      <td>${esc(d.decided_by)}</td><td>${conf}</td><td><code>${esc(d.input?.type)}</code></td>`;
+    const ev = events.get(d.event_id) || {};
+    const subject = ev.subject || ev.snippet?.slice(0, 80) || `${A.label(d.input?.source)} ${d.input?.type || ""}`;
+    const from = ev.sender ? `<span title="${esc(ev.sender)}">${esc(A.senderName(ev.sender))}</span> · ` : "";
+    return `<td class="what"><a href="/decisions/${encodeURIComponent(d.id)}">${esc(subject)}</a>
+        <div class="from muted">${from}${esc(A.label(d.input?.source))}</div></td>
+      <td>${A.pill(d.status)}</td>
+      <td data-label="Decision">${esc(A.label(d.intent))} → ${esc(A.label(d.decision_type))}</td>
+      <td data-label="By">${esc(A.label(d.decided_by))}</td>
+      <td data-label="Confidence">${esc(A.percent(d.confidence))}</td>
+      <td>${A.ago(d.created_at)}</td>`;
   }
 
   function row(d) {
@@ -72,8 +78,10 @@
     const mine = append ? generation : ++generation;
     errorBox.hidden = true;
     try {
+      await A.ready;
       const page = await api(`/api/agent/decisions?${query(current(), append ? cursor : null)}`);
       if (mine !== generation) return;
+      for (const [k, v] of Object.entries(page.events || {})) events.set(k, v);
       if (!append) rows.replaceChildren();
       const frag = document.createDocumentFragment();
       for (const d of page.decisions) if (!findRow(d.id)) frag.append(row(d));
@@ -109,11 +117,15 @@
   window.addEventListener("popstate", () => { fillForm(); load(false); });
   older.addEventListener("click", () => load(true));
 
-  function onDecision(msg) {
+  async function onDecision(msg) {
     let data;
     try { data = JSON.parse(msg.data); } catch { return; }
     const d = data.decision;
     if (!d?.id) return;
+    if (!events.has(d.event_id)) { // fetched once; a second message for it waits for the same answer
+      events.set(d.event_id, A.eventSummary(d.event_id).then((v) => { events.set(d.event_id, v); return v; }));
+    }
+    await events.get(d.event_id);
     const existing = findRow(d.id);
     if (existing) {
       existing.innerHTML = cells(d);
@@ -141,6 +153,10 @@
   }
 
   nav();
+  A.ready.then(() => {
+    document.getElementById("zone").textContent = `${A.zoneLabel()}; hover a time for the date.`;
+    for (const el of document.querySelectorAll(".zone-label")) el.textContent = `(${A.zoneName()})`;
+  });
   fillForm();
   connect(); // first, so nothing decided while the first page loads is missed (rows are de-duplicated)
   load(false);
