@@ -166,6 +166,7 @@ class PGStore(PGInboxTables, PGOutboxTables, PGIntakeTables, PGCalendarTables, P
         until: datetime | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        oldest_first: bool = False,
     ) -> tuple[list[Decision], str | None]:
         """As `SQLiteStore.list_decisions`. Cursors are the SQLite store's: a cursor from one store continues on
         the other."""
@@ -184,9 +185,9 @@ class PGStore(PGInboxTables, PGOutboxTables, PGIntakeTables, PGCalendarTables, P
         if cursor is not None:
             after_created, after_id = _decode_cursor(cursor)
             c, i = arg(args, after_created), arg(args, after_id)
-            where.append(f"(created_at < {c} OR (created_at = {c} AND id > {i}))")
+            where.append(f"(created_at {'>' if oldest_first else '<'} {c} OR (created_at = {c} AND id > {i}))")
         sql = (f"SELECT id, created_at, record FROM decisions WHERE {' AND '.join(where)} "
-               f"ORDER BY created_at DESC, id ASC LIMIT {arg(args, limit + 1)}")
+               f"ORDER BY created_at {'ASC' if oldest_first else 'DESC'}, id ASC LIMIT {arg(args, limit + 1)}")
         async with self._read() as db:
             rows = await db.fetch(sql, *args)
         return common.decisions_page(rows, limit)

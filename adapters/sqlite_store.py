@@ -158,12 +158,14 @@ class SQLiteStore(InboxTables, OutboxTables, IntakeTables, CalendarTables, Notif
         until: datetime | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        oldest_first: bool = False,
     ) -> tuple[list[Decision], str | None]:
         """A page of `org`'s decisions, newest first, and the cursor of the next page (None at the end).
 
         Filters take one value or several (any of). `since` is inclusive, `until` exclusive (both need a
         timezone). Ties on `created_at` are ordered by id, ascending. `limit` is capped at 500. Pass the
-        same filters with the returned cursor to continue; ValueError on a malformed cursor.
+        same filters with the returned cursor to continue; ValueError on a malformed cursor. `oldest_first`
+        reverses the order (ties still by id, ascending): an approvals queue is worked from its oldest end.
         """
         limit = decisions_limit(limit)
         where, args = ["org = ?"], [org]
@@ -180,10 +182,10 @@ class SQLiteStore(InboxTables, OutboxTables, IntakeTables, CalendarTables, Notif
             args.append(_bound(until, "until"))
         if cursor is not None:
             after_created, after_id = _decode_cursor(cursor)
-            where.append("(created_at < ? OR (created_at = ? AND id > ?))")
+            where.append(f"(created_at {'>' if oldest_first else '<'} ? OR (created_at = ? AND id > ?))")
             args.extend([after_created, after_created, after_id])
         sql = (f"SELECT id, created_at, record FROM decisions WHERE {' AND '.join(where)} "
-               "ORDER BY created_at DESC, id ASC LIMIT ?")
+               f"ORDER BY created_at {'ASC' if oldest_first else 'DESC'}, id ASC LIMIT ?")
         async with self._read() as db:
             rows = list(await db.execute_fetchall(sql, [*args, limit + 1]))
         return decisions_page(rows, limit)

@@ -273,11 +273,14 @@ def _public(d: Decision) -> dict[str, Any]:
 
 async def list_decisions(request: web.Request) -> web.Response:
     """GET /api/agent/decisions?status=&intent=&decision_type=&source=&decided_by=&since=&until=&limit=&cursor=
-    &include=event (adds `events`: each decision's event as sender, subject and first lines, by event id)."""
+    &include=event (adds `events`: each decision's event as sender, subject and first lines, by event id)
+    &order=newest|oldest (the approvals inbox works from the oldest)."""
     org = principal(request).org
-    include = request.query.get("include")
+    include, order = request.query.get("include"), request.query.get("order", "newest")
     if include not in (None, "event"):
         raise ApiError(400, "bad_request", f"include: event, not {include!r}", {"field": "include"})
+    if order not in ("newest", "oldest"):
+        raise ApiError(400, "bad_request", f"order: newest or oldest, not {order!r}", {"field": "order"})
     try:
         page, cursor = await request.app[STORE].list_decisions(
             org, status=_multi(request, "status", get_args(Status)), intent=_multi(request, "intent", tuple(Intent)),
@@ -285,7 +288,8 @@ async def list_decisions(request: web.Request) -> web.Response:
             source=_multi(request, "source", tuple(Source)),
             decided_by=_multi(request, "decided_by", get_args(DecidedBy)),
             since=_time(request, "since"), until=_time(request, "until"),
-            limit=_int(request, "limit", 50, 1, 500), cursor=request.query.get("cursor"))
+            limit=_int(request, "limit", 50, 1, 500), cursor=request.query.get("cursor"),
+            oldest_first=order == "oldest")
     except ValueError as exc:
         raise ApiError(400, "bad_request", str(exc), {"field": "cursor"}) from None
     out: dict[str, Any] = {"decisions": [_public(d) for d in page], "next_cursor": cursor}

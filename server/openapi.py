@@ -402,6 +402,9 @@ def _paths() -> dict[str, Any]:
              "description": "`next_cursor` of the previous page (with the same filters)."},
             {"name": "include", "in": "query", "required": False, "schema": {"type": "string", "enum": ["event"]},
              "description": "`event`: add `events`, each decision's event as sender, subject and first lines."},
+            {"name": "order", "in": "query", "required": False,
+             "schema": {"type": "string", "enum": ["newest", "oldest"], "default": "newest"},
+             "description": "`oldest`: oldest first (ties by id either way); keep it with the cursor."},
         ])}
     p["/api/agent/decisions/{id}"] = {"get": _op(
         "Get a decision", "decisions", {200: _ok(_ref("DecisionDetail"), "The decision, its trace and outbox.")},

@@ -6,19 +6,20 @@
   const A = Astralis;
   const { api, esc, nav } = A;
   const AWAITING = ["REQUIRES_APPROVAL", "PENDING"];
-  const MAX_PAGES = 20; // 20 × 500: more than anyone reviews by hand
+  const MAX_PAGES = 21; // 50 + 20 × 500: more than anyone reviews by hand
   const rows = document.getElementById("rows");
   const errorBox = document.getElementById("error");
   const resolved = document.getElementById("resolved");
   const live = document.getElementById("live");
   const events = new Map(); // event id → {sender, subject, snippet}
+  let more = true; // older pages still loading: the count is a lower bound
 
   const findRow = (id) => rows.querySelector(`[data-id="${CSS.escape(id)}"]`);
   const open = () => [...rows.querySelectorAll(".item:not(.done)")];
 
   function count() {
     const n = open().length;
-    document.getElementById("count").textContent = String(n);
+    document.getElementById("count").textContent = `${n}${more ? "+" : ""}`;
     document.getElementById("empty").hidden = n > 0;
   }
 
@@ -93,6 +94,7 @@
 
   function settle(d) {
     const el = findRow(d.id);
+    if (resolved.querySelector(`li[data-id="${CSS.escape(d.id)}"]`)) return; // the answer and the stream both tell
     const rv = d.trace?.review || {};
     const li = document.createElement("li");
     li.dataset.id = d.id;
@@ -139,28 +141,30 @@
     }
   }
 
+  /** The oldest page first (shown at once), then the rest in the background, appended in order. */
   async function load() {
     try {
       await A.ready;
       document.getElementById("zone").textContent = `${A.zoneLabel()}.`;
-      const found = [];
       let cursor = null;
       for (let i = 0; i < MAX_PAGES; i++) {
-        const q = new URLSearchParams({ status: AWAITING.join(","), limit: "500", include: "event" });
+        const q = new URLSearchParams({ status: AWAITING.join(","), limit: i === 0 ? "50" : "500", include: "event",
+                                        order: "oldest" });
         if (cursor) q.set("cursor", cursor);
         const page = await api(`/api/agent/decisions?${q}`);
         for (const [k, v] of Object.entries(page.events || {})) events.set(k, v);
-        found.push(...page.decisions);
+        const frag = document.createDocumentFragment();
+        for (const d of page.decisions) if (!findRow(d.id)) frag.append(item(d));
+        rows.append(frag);
         cursor = page.next_cursor;
+        more = Boolean(cursor);
+        count();
+        document.body.dataset.loaded = "1";
         if (!cursor) break;
       }
-      found.sort((a, b) => (a.created_at < b.created_at ? -1 : a.created_at > b.created_at ? 1 : 0));
-      const frag = document.createDocumentFragment();
-      for (const d of found) if (!findRow(d.id)) frag.append(item(d));
-      rows.append(frag);
-      count();
-      document.body.dataset.loaded = "1";
+      document.body.dataset.complete = "1";
     } catch (err) {
+      more = false;
       errorBox.textContent = `Could not load: ${err.message}`;
       errorBox.hidden = false;
     }
