@@ -178,6 +178,31 @@ def test_the_calendar_shows_the_agents_booking_in_its_week(site: Site, tmp_path:
     assert errors == []
 
 
+def test_the_calendar_opens_on_the_hosts_who_take_bookings_and_the_week_of_the_next_booking(site: Site,
+                                                                                          tmp_path: Path) -> None:
+    [event] = site.booked
+    week = (site.booking_start - timedelta(days=site.booking_start.weekday())).date()
+    with browser_page(site) as (page, errors):
+        page.goto(f"{site.url}/calendar")  # no host, no week: the page chooses
+        page.wait_for_url(f"**week={week}")  # the week after next, where the booking is; not this (empty) one
+        shown = page.locator(f"[data-event-id='{event['id']}']")
+        shown.wait_for()
+        assert page.locator("#host").input_value() == ""
+        assert "Sam Carter, Lee Park" in page.locator("#host option[value='']").inner_text()  # takes_bookings
+        assert "10:00–10:30 · Sam Carter" in shown.inner_text()
+        assert shown.locator("q.their-words").inner_text() == "Discuss the new menu pages"  # the sender's words
+        assert "— Luca Bianchi" in shown.inner_text()
+        assert "Times in America/New_York" in page.locator("main").inner_text()
+        assert "1 booking this week" in page.locator("#summary").inner_text()
+        page.click("#today")
+        page.wait_for_url(f"**week={datetime.now(NEW_YORK).date() - timedelta(days=datetime.now(NEW_YORK).weekday())}")
+        page.click("#upcoming")
+        page.wait_for_url(f"**week={week}")
+        shown.wait_for()
+        page.screenshot(path=str(tmp_path / "calendar-opened.png"), full_page=True)
+    assert errors == []
+
+
 def test_the_boards_show_each_intake_in_its_stage(site: Site, tmp_path: Path) -> None:
     with browser_page(site) as (page, errors):
         page.goto(f"{site.url}/pipelines")
