@@ -415,13 +415,14 @@ async def simulate(request: web.Request) -> web.Response:
             raise ApiError(422, "invalid", f"{name}: needs a UTC offset, e.g. 2026-12-08T10:00:00Z", {"field": name})
     store = request.app[STORE]
     replay: ReplayProvider | None = None
+    past: dict[str, Decision] = {}
     if body.events is not None:
         events = [event_from(e, org) for e in body.events]
     else:
         rows, _ = await store.list_events(org, limit=body.past or 1, since=body.since, until=body.until)
         events = [Event.model_validate(r["envelope"]) for r in reversed(rows)]
         # Past events are decided with the LLM answers recorded the first time: no provider is called, no cost.
-        originals = await store.decisions_for_events(org, [e.id for e in events])
+        originals = past = await store.decisions_for_events(org, [e.id for e in events])
         replay = ReplayProvider({e.id: originals[e.id].llm if e.id in originals else None for e in events})
     service = request.app[SERVICE]
     llm = replay_stage(replay) if replay is not None else service.agent.llm
@@ -446,8 +447,12 @@ async def simulate(request: web.Request) -> web.Response:
         before = await run(active)
         baseline = Side(before, active.bundle.policy.llm, _prompt_sizes(active, events), active.revision)
     report = compare(candidate, baseline, org=org)
+    flipped = {f["event_id"] for f in report.flips}
     return to_json({"revision": compiled.revision, "summary": summarize(decisions), "report": report.to_dict(),
-                    "decisions": [d.model_dump(mode="json") for d in decisions]})
+                    "decisions": [d.model_dump(mode="json") for d in decisions],
+                    # for a person reading the flips: each changed event's words and the past decision it names
+                    "events": {e.id: event_summary(e.data) for e in events if e.id in flipped},
+                    "past_decisions": {i: d.id for i, d in past.items() if i in flipped}})
 
 
 def _prompt_sizes(compiled: Any, events: list[Event]) -> dict[str, int]:

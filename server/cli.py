@@ -10,13 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.config import OrgConfig, Policy, Ruleset
+from engine.config_schemas import schema_texts
 from engine.errors import ConfigError
 from engine.loader import org_dirs
 from engine.registry import build
 from engine.rules import CompiledRules
 
-SCHEMAS = {"org.schema.json": OrgConfig, "ruleset.schema.json": Ruleset, "policy.schema.json": Policy}
 
 
 def _dirs(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -68,17 +67,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- schema
-
-def schema_texts() -> dict[str, str]:
-    """The JSON Schemas of the config files, as written to schemas/."""
-    out = {}
-    for name, model in SCHEMAS.items():
-        schema = model.model_json_schema(by_alias=True)
-        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-        schema["$id"] = f"https://astralis.example/schemas/{name}"
-        out[name] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
-    return out
-
 
 def cmd_schema(args: argparse.Namespace) -> int:
     """Write (or with --check, verify) the JSON Schemas for org, ruleset and policy files."""

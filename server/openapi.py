@@ -149,6 +149,10 @@ _HAND_WRITTEN: dict[str, dict[str, Any]] = {
                    "(`baseline`), the changes in every rate and count, the decisions that flip and the flip "
                    "matrices."},
         "decisions": {"type": "array", "items": _ref("Decision")},
+        "events": {"type": "object", "additionalProperties": _ref("EventSummary"),
+                   "description": "Each flipped event (by id) as a person reads it: sender, subject, first lines."},
+        "past_decisions": {"type": "object", "additionalProperties": _STR,
+                           "description": "With `past`: the stored decision id of each flipped event (by id)."},
     }, description="Dry-run decisions (nothing written, nothing executed), their summary and the report."),
     "Health": _obj({
         "status": {"type": "string", "enum": ["ok", "unavailable"]}, "live": {"type": "boolean"},
@@ -532,6 +536,15 @@ def _paths() -> dict[str, Any]:
             200: _ok(_ref("Health"), "Ready."),
             503: _ok(_ref("Health"), "Not ready: the database does not answer or an org has no rulesets loaded."),
         }, security=[{}, {"operator": []}], extra={401: _error("A bearer token that is not the operator token.")})}
+    p["/schemas/{name}"] = {"get": _op(
+        "Config file JSON Schema", "config", {
+            200: _ok({"type": "object"}, "The JSON Schema (draft 2020-12) of org, ruleset or policy files, for "
+                     "editors' completion and validation (a YAML file's `$schema` line may point here).",
+                     content_type="application/schema+json"),
+            404: _error("No such schema.")},
+        parameters=[{"name": "name", "in": "path", "required": True, "description": "The schema's file name.",
+                     "schema": {"type": "string", "enum": ["org.schema.json", "ruleset.schema.json",
+                                                           "policy.schema.json"]}}], security=[])}
     p["/metrics"] = {"get": _op(
         "Prometheus metrics", "operations",
         {200: _ok({"type": "string"}, "The Prometheus text exposition format.", content_type="text/plain")},

@@ -12,8 +12,10 @@ Cross-site requests (CSRF): every state-changing request that a session cookie a
 (`Sec-Fetch-Site` other than same-origin, or an `Origin` that is not this host); API calls must also carry the
 header `X-Astralis-Dashboard: 1`, which a page of another site cannot send. The cookie is `SameSite=Strict` too.
 
-The pages are plain HTML files with their own small scripts and one style sheet (`pages/`, `static/`): no build
-step, nothing fetched from elsewhere at run time.
+The pages are plain HTML files with their own small scripts and one style sheet (`pages/`, `static/`), and two
+vendored libraries built from npm with a pinned lockfile (`frontend/` → `static/vendor/`: CodeMirror 6 for the
+rules editor, uPlot for the charts; `npm ci && npm run build` remakes them). Nothing is fetched from elsewhere at
+run time.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from engine.config_schemas import schema_texts
 from server.auth import Principal, hash_key
 from server.errors import ApiError
 
@@ -216,6 +219,16 @@ def _page(name: str):  # type: ignore[no-untyped-def]
     return page
 
 
+async def schema(request: web.Request) -> web.StreamResponse:
+    """GET /schemas/{name}: a config file's JSON Schema (org, ruleset, policy), for the editor's completion and hover
+    and for any editor that follows a YAML file's `$schema` line to this server. Public: it holds no org's data."""
+    text = schema_texts().get(request.match_info["name"])
+    if text is None:
+        raise ApiError(404, "not_found", f"no schema {request.match_info['name']!r}: one of {', '.join(schema_texts())}",
+                       {"name": request.match_info["name"]})
+    return web.Response(text=text, content_type="application/schema+json", headers={"Cache-Control": "max-age=3600"})
+
+
 async def favicon(request: web.Request) -> web.StreamResponse:
     """GET /favicon.ico (browsers ask for it on every site): the dashboard's icon."""
     return web.FileResponse(STATIC / "favicon.svg", headers={"Content-Type": "image/svg+xml",
@@ -227,6 +240,7 @@ def setup(app: web.Application) -> None:
     app[SECRET] = {}
     app[REVOKED] = set()
     app.router.add_get("/favicon.ico", favicon)
+    app.router.add_get("/schemas/{name}", schema)
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login)
     app.router.add_post("/logout", logout)

@@ -1,12 +1,43 @@
-// The ruleset editor: the org's YAML files, validated as you type (the same findings as `astralis validate`, at
-// their line), simulated against past events before saving, saved (hot-reloaded), with the revision history,
-// its diffs and rollback.
+// The ruleset editor: the org's YAML files in CodeMirror (the vendored bundle, static/vendor/editor.js) with
+// completion and hover from the files' JSON Schemas, validated as you type (the same findings as `astralis
+// validate`, as diagnostics at their line), simulated against past events before saving (the decisions that would
+// change, linked to the past decisions), saved (hot-reloaded), with the revision history, its diffs and rollback.
 "use strict";
 
 (() => {
-  const { api, esc, nav, when } = Astralis;
+  const A = Astralis;
+  const { api, esc, nav } = A;
   const $ = (id) => document.getElementById(id);
   const state = { org: "", saved: {}, edited: {}, current: "", findings: [], timer: null, seq: 0 };
+  const schemas = {};
+  let opening = false; // a file being opened: its text is not an edit
+  const editor = AstralisEditor.create({
+    parent: $("editor"),
+    onChange(text) {
+      if (opening) return;
+      state.edited[state.current] = text;
+      renderProblems();
+      validateSoon();
+    },
+    onSave: () => { if (!$("save").disabled) save(); },
+  });
+
+  /** The schema of a file: the org file, the policy, or a ruleset. */
+  function schemaFor(name) {
+    if (name === "org.yaml") return schemas["org.schema.json"];
+    if (name.startsWith("policies/")) return schemas["policy.schema.json"];
+    return schemas["ruleset.schema.json"];
+  }
+
+  async function loadSchemas() {
+    await Promise.all(["org.schema.json", "ruleset.schema.json", "policy.schema.json"].map(async (n) => {
+      try {
+        const r = await fetch(`/schemas/${n}`);
+        if (r.ok) schemas[n] = await r.json();
+      } catch { /* no completion for that kind of file; everything else works */ }
+    }));
+    editor.setSchema(schemaFor(state.current || ""));
+  }
 
   /** The update body for every edited file: ruleset files by name, the org's policy as `policy`. */
   function body() {
@@ -31,13 +62,9 @@
       `${esc(name)}${state.edited[name] !== state.saved[name] ? " *" : ""}</li>`).join("");
   }
 
-  function renderGutter() {
-    const lines = $("text").value.split("\n").length;
-    const bad = new Set(state.findings.filter((f) => f.file === state.current && f.severity === "error").map((f) => f.line));
-    const out = [];
-    for (let i = 1; i <= lines; i++) out.push(bad.has(i) ? `<span class="bad">${i}</span>` : `${i}`);
-    $("gutter").innerHTML = out.join("\n");
-    $("gutter").scrollTop = $("text").scrollTop;
+  /** The findings of the open file, as diagnostics at their line. */
+  function renderDiagnostics() {
+    editor.setFindings(state.findings.filter((f) => f.file === state.current));
   }
 
   function renderProblems() {
@@ -47,13 +74,15 @@
     $("state").textContent = !changed() ? "saved" : errors ? `${errors} error(s): cannot be saved` : "valid, not saved";
     $("save").disabled = !changed() || errors > 0;
     renderFiles();
-    renderGutter();
+    renderDiagnostics();
   }
 
   function open(name) {
     state.current = name;
     $("current").textContent = name;
-    $("text").value = state.edited[name];
+    opening = true;
+    try { editor.setText(state.edited[name] ?? ""); } finally { opening = false; }
+    editor.setSchema(schemaFor(name));
     renderProblems();
   }
 
@@ -79,36 +108,56 @@
 
   function goTo(finding) {
     if (finding.file !== state.current && finding.file in state.edited) open(finding.file);
-    const text = $("text");
-    const lines = text.value.split("\n");
-    const start = lines.slice(0, Math.max(0, finding.line - 1)).join("\n").length + (finding.line > 1 ? 1 : 0);
-    text.focus();
-    text.setSelectionRange(start, start + (lines[finding.line - 1] || "").length);
-    text.scrollTop = Math.max(0, (finding.line - 5) * 18);
-    renderGutter();
+    editor.goTo(finding.line);
+  }
+
+  /** An error's details, whatever their shape: a list of messages, or an object of fields. */
+  function detailsHtml(details) {
+    if (details == null) return "";
+    const items = Array.isArray(details) ? details.map((d) => (typeof d === "object" ? JSON.stringify(d) : String(d)))
+      : typeof details === "object" ? Object.entries(details).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`)
+      : [String(details)];
+    return items.length ? `<ul class="problems">${items.map((d) => `<li>${esc(d)}</li>`).join("")}</ul>` : "";
+  }
+
+  const outcome = (v) => `${A.label(v.intent)} → ${A.label(v.decision_type)}, ${A.label(v.status).toLowerCase()}`;
+
+  /** One flip as a person reads it: the event's words, before → after, the rule that made the difference. */
+  function flipHtml(f, events, past) {
+    const ev = events[f.event_id] || {};
+    const what = ev.subject || ev.snippet || `${f.type} ${f.event_id}`;
+    const id = past[f.event_id];
+    const link = id ? `<a href="/decisions/${encodeURIComponent(id)}">${esc(what)}</a>` : esc(what);
+    const rules = [...(f.rules_added || []).map((r) => `now matches <code>${esc(r)}</code>`),
+                   ...(f.rules_removed || []).map((r) => `no longer matches <code>${esc(r)}</code>`)];
+    const why = rules.length ? rules.join("; ") : `changed: ${esc(f.changed.join(", "))}`;
+    return `<li data-event-id="${esc(f.event_id)}">${link}${ev.sender ? ` <span class="muted">— ${esc(A.senderName(ev.sender))}</span>` : ""}
+      <div><span class="before">${esc(outcome(f.baseline))}</span> → <span class="after">${esc(outcome(f.candidate))}</span></div>
+      <div class="muted">${why}</div></li>`;
   }
 
   async function simulate() {
     const days = Math.max(1, Math.min(90, Number($("days").value) || 7));
+    if (!changed()) {
+      $("report").innerHTML = `<p id="simulated">Nothing edited yet: the saved rules decide past events as they
+        were decided. Edit a file, then simulate to see which decisions would change.</p>`;
+      return;
+    }
     const since = new Date(Date.now() - days * 86400e3).toISOString();
     $("report").innerHTML = `<p class="muted">Simulating the last ${days} day(s)…</p>`;
+    $("simulate").disabled = true;
     try {
       const r = await api("/api/agent/simulate", { method: "POST", body: { past: 1000, since, config: body() } });
       const rep = r.report;
-      const flips = (rep.flips || []).slice(0, 50).map((f) =>
-        `<tr><td><a href="/decisions?event=${encodeURIComponent(f.event_id)}">${esc(f.event_id)}</a></td>` +
-        `<td>${esc(f.type)}</td><td>${esc(f.changed.join(", "))}</td>` +
-        `<td>${esc(f.baseline.intent)} / ${esc(f.baseline.status)}</td><td>${esc(f.candidate.intent)} / ${esc(f.candidate.status)}</td></tr>`).join("");
-      const changes = Object.entries(rep.changes || {}).slice(0, 12).map(([k, v]) =>
-        `<li>${esc(k)}: ${esc(typeof v === "object" ? JSON.stringify(v) : v)}</li>`).join("");
+      const flips = (rep.flips || []).slice(0, 100).map((f) => flipHtml(f, r.events || {}, r.past_decisions || {})).join("");
+      const more = (rep.flips || []).length > 100 ? `<p class="muted">and ${rep.flips.length - 100} more.</p>` : "";
       $("report").innerHTML =
         `<h3 id="simulated">${rep.changed_events} of ${rep.events} past decisions would change</h3>` +
-        (changes ? `<ul class="muted">${changes}</ul>` : "") +
-        (flips ? `<table><thead><tr><th>Event</th><th>Type</th><th>Changes</th><th>Now</th><th>With this edit</th></tr></thead>` +
-                 `<tbody>${flips}</tbody></table>` : "");
+        (flips ? `<ul class="flips">${flips}</ul>${more}` : `<p class="muted">None would change.</p>`);
     } catch (e) {
-      $("report").innerHTML = `<p class="error">${esc(e.message)}</p>` +
-        (e.details ? `<ul class="problems">${e.details.map((d) => `<li>${esc(d)}</li>`).join("")}</ul>` : "");
+      $("report").innerHTML = `<p class="error">Could not simulate: ${esc(e.message)}</p>${detailsHtml(e.details)}`;
+    } finally {
+      $("simulate").disabled = false;
     }
   }
 
@@ -131,9 +180,10 @@
 
   async function loadHistory() {
     const h = await api("/api/agent/config/history");
+    $("no-history").hidden = h.history.length > 0;
     $("history").innerHTML = h.history.map((row, i) =>
       `<tr><td><code>${esc(row.revision)}</code>${row.active ? ' <span class="pill EXECUTED">active</span>' : ""}</td>` +
-      `<td>${esc(when(row.created_at))}</td><td>${esc(row.by || "")}</td><td>` +
+      `<td>${A.ago(row.created_at)}</td><td>${esc(row.by || "")}</td><td>` +
       `<button data-diff="${i}">Diff</button> ` +
       (row.active ? "" : `<button data-rollback="${esc(row.revision)}">Roll back</button>`) + `</td></tr>` +
       `<tr hidden id="diff-${i}"><td colspan="4"><pre class="diff">${diffHtml(row.diff || "(no change)")}</pre></td></tr>`).join("");
@@ -153,8 +203,6 @@
 
   nav();
   $("files").addEventListener("click", (e) => { const li = e.target.closest("li"); if (li) open(li.dataset.name); });
-  $("text").addEventListener("input", () => { state.edited[state.current] = $("text").value; renderProblems(); validateSoon(); });
-  $("text").addEventListener("scroll", () => { $("gutter").scrollTop = $("text").scrollTop; });
   $("problems").addEventListener("click", (e) => { const li = e.target.closest("li"); if (li) goTo(state.findings[li.dataset.i]); });
   $("simulate").addEventListener("click", simulate);
   $("save").addEventListener("click", save);
@@ -172,5 +220,6 @@
       }
     }
   });
-  load().catch((e) => { $("report").innerHTML = `<p class="error">${esc(e.message)}</p>`; });
+  A.ready.then(loadSchemas).then(load).then(() => { document.body.dataset.loaded = "1"; })
+    .catch((e) => { $("report").innerHTML = `<p class="error">${esc(e.message)}</p>`; });
 })();
