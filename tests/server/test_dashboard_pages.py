@@ -126,23 +126,40 @@ def browser_page(site: Site) -> Iterator[tuple[Any, list[str]]]:
 def test_analytics_draws_its_charts(site: Site, tmp_path: Path) -> None:
     with browser_page(site) as (page, errors):
         page.goto(f"{site.url}/analytics")
-        page.wait_for_selector("[data-chart=by-type] svg rect.bar")
+        page.wait_for_selector("[data-chart=by-type] .uplot canvas")
+        # counts over time: uPlot, a time axis in sensible buckets (24 h → 30 min), every decision counted
+        by_type = page.locator("[data-chart=by-type] > div")
+        assert by_type.get_attribute("data-step") == "1800" and by_type.get_attribute("data-buckets") in ("48", "49")
+        total = len(site.decisions)
+        assert by_type.get_attribute("data-total") == str(total)
+        assert page.locator("[data-chart=by-status] > div").get_attribute("data-total") == str(total)
+        legend = page.locator("[data-chart=by-type] .u-legend").inner_text()
+        assert "Book a meeting" in legend and "Assign to a pipeline" in legend  # human labels
+        assert "(per 30 min, EST)" in page.locator("[data-chart=by-type] figcaption").inner_text() or \
+            "(per 30 min, EDT)" in page.locator("[data-chart=by-type] figcaption").inner_text()
+        # with the LLM off there are no calls: said in words, no bar for zero
+        assert page.locator("[data-chart=llm-rate] canvas").count() == 0
+        assert "No LLM calls in this window" in page.locator("[data-chart=llm-rate]").inner_text()
+        # categories: a zero shows its number and no bar
         bars = {name: page.locator(f"[data-chart={name}] svg rect.bar").count()
-                for name in ("by-type", "by-status", "llm-rate", "decided-by", "approvals", "top-rules")}
+                for name in ("decided-by", "approvals", "top-rules")}
         assert all(n > 0 for n in bars.values()), bars
-        assert page.locator("[data-chart=by-type] .legend").inner_text().split() != []
+        approvals = page.locator("[data-chart=approvals] svg")
+        assert approvals.locator("rect.bar").count() == 2  # approved 1, awaiting 1; rejected 0 draws nothing
+        assert "rejected" in (approvals.text_content() or "")
         top = page.locator("[data-chart=top-rules] svg").text_content() or ""
         assert "bookings/booking-form" in top
         never = page.locator("[data-chart=unmatched-rules] li").all_inner_texts()
         assert never and "bookings/booking-form" not in never and "spam/" in " ".join(never)
         assert page.locator("#summary").inner_text().startswith("Decisions")
         assert page.locator("#failures").inner_text().count("No dead-lettered actions") == 1
-        # another window: the last 7 days, by day
+        page.screenshot(path=str(tmp_path / "analytics-24h.png"), full_page=True)
+        # another window: the last 7 days, in 3-hour buckets
         page.select_option("#range", "7d")
         page.click("#window button[type=submit]")
         page.wait_for_url("**/analytics?range=7d")
-        page.wait_for_selector("[data-chart=by-status] svg rect.bar")
-        assert page.locator("[data-chart=by-status] svg text.axis").count() >= 7
+        page.wait_for_function("document.querySelector('[data-chart=by-status] > div')?.dataset.step === '10800'")
+        page.wait_for_selector("[data-chart=by-status] .uplot canvas")
         page.screenshot(path=str(tmp_path / "analytics.png"), full_page=True)
     assert errors == []
 

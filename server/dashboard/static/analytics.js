@@ -10,14 +10,20 @@
   const HOUR = 3600e3, DAY = 24 * HOUR;
   const RANGES = { "24h": DAY, "7d": 7 * DAY, "30d": 30 * DAY };
   const MAX_PAGES = 20; // 20 × 500 decisions at most are read for the charts over time
-  const STATUS_COLORS = { EXECUTED: "#1b7f4b", REQUIRES_APPROVAL: "#a86400", PENDING: "#d9a400", REJECTED: "#b3261e",
-                          FAILED: "#7a1a14" };
+  const STATUS_COLORS = { EXECUTED: "#1b7f4b", REQUIRES_APPROVAL: "#d08a00", PENDING: "#e3c15a", REJECTED: "#8a93a3",
+                          FAILED: "#b3261e" };
+  // one colour per decision type; doing nothing is grey, not an error
+  const TYPE_COLORS = { ASSIGN_PIPELINE: "#2f5fd0", CREATE_EVENT: "#0f8b8d", UPDATE_EVENT: "#3e8ed0",
+                        CANCEL_EVENT: "#7b4bd0", SEND_NOTIFICATION: "#1b7f4b", TRIGGER_AUTOMATION: "#8d6e00",
+                        ESCALATE: "#d08a00", NO_ACTION: "#b7bfcc" };
+  const labelsOf = (names) => Object.fromEntries(names.map((n) => [n, Astralis.label(n)]));
 
-  function chart(name, html) { document.querySelector(`[data-chart="${name}"] > div`).innerHTML = html; }
+  const box = (name) => document.querySelector(`[data-chart="${name}"] > div`);
+  function chart(name, html) { box(name).innerHTML = html; }
 
+  /** A datetime-local value: the wall clock in the org's zone. */
   function localInput(date) {
-    const d = new Date(date.getTime() - date.getTimezoneOffset() * 60e3);
-    return d.toISOString().slice(0, 16);
+    return `${Astralis.ymd(date)}T${Astralis.clock(date)}`;
   }
 
   function windowFromUrl() {
@@ -63,39 +69,6 @@
     return names;
   }
 
-  /** The window's buckets: local hours (up to 2 days) or local days (DST-safe), with labels and an index of a
-   * time into them. */
-  function buckets(since, until) {
-    const hourly = until - since <= 2 * DAY;
-    const first = new Date(since);
-    first.setMinutes(0, 0, 0);
-    if (!hourly) first.setHours(0);
-    const starts = [];
-    for (let t = new Date(first); t < until && starts.length < 1000;) {
-      starts.push(new Date(t));
-      if (hourly) t.setTime(t.getTime() + HOUR); else t.setDate(t.getDate() + 1);
-    }
-    if (!starts.length) starts.push(first);
-    const labels = starts.map((t) => (hourly ? `${String(t.getHours()).padStart(2, "0")}:00`
-      : t.toLocaleDateString(undefined, { month: "short", day: "numeric" })));
-    const index = (iso) => {
-      const t = new Date(iso);
-      let k = 0;
-      while (k + 1 < starts.length && starts[k + 1] <= t) k += 1;
-      return k;
-    };
-    return { labels, index };
-  }
-
-  function overTime(decisions, b, key, colors) {
-    const names = [...new Set(decisions.map((d) => d[key]))].sort();
-    return names.map((name, i) => {
-      const values = b.labels.map(() => 0);
-      for (const d of decisions) if (d[key] === name) values[b.index(d.created_at)] += 1;
-      return { name, values, color: colors?.[name] || Charts.color(i) };
-    });
-  }
-
   const secs = (v) => (v == null ? "—" : v < 120 ? `${Math.round(v)} s` : v < 7200 ? `${Math.round(v / 60)} min`
     : `${(v / 3600).toFixed(1)} h`);
 
@@ -116,7 +89,7 @@
         Astralis.api("/api/agent/actions?status=dead&limit=200"),
         Astralis.api("/api/agent/config").catch(() => ({ files: {} }))]);
       render(report, decisions, dead.actions || [], config, since, until);
-      $("#status").textContent = `${since.toLocaleString()} – ${until.toLocaleString()}` +
+      $("#status").textContent = `${Astralis.when(since.toISOString())} – ${Astralis.when(until.toISOString())}` +
         (truncated ? ` (charts over time use the newest ${decisions.length} decisions)` : "");
     } catch (err) {
       $("#error").textContent = `Could not load analytics: ${err.message}`;
@@ -133,22 +106,31 @@
       stat("Decision latency p50 / p90", `${report.latency_ms?.p50 ?? "—"} / ${report.latency_ms?.p90 ?? "—"} ms`),
       stat("Awaiting approval", appr.awaiting ?? 0), stat("Dead actions", dead.length)].join("");
 
-    const b = buckets(since, until);
-    chart("by-type", Charts.stacked("Decisions by type over time", b.labels, overTime(decisions, b, "decision_type")));
-    chart("by-status", Charts.stacked("Decisions by status over time", b.labels,
-      overTime(decisions, b, "status", STATUS_COLORS)));
-    const withLlm = decisions.map((d) => ({ ...d, llm_used: d.llm ? "LLM consulted" : "rules only" }));
-    chart("llm-rate", Charts.stacked("LLM calls over time", b.labels,
-      overTime(withLlm, b, "llm_used", { "LLM consulted": "#7b4bd0", "rules only": "#c5ccd6" })) +
-      `<p class="muted">${llm.calls || 0} calls for ${report.total} decisions; LLM latency p50 ${llm.latency_ms?.p50 ?? "—"} ms,
-       p90 ${llm.latency_ms?.p90 ?? "—"} ms.</p>`);
+    const size = Charts.step(since.getTime(), until.getTime());
+    const buckets = Charts.starts(since.getTime(), until.getTime(), size);
+    const at = (d) => d.created_at;
+    const every = (name, title, key, colors) => {
+      const series = Charts.count(decisions, at, key, buckets, size, colors);
+      Charts.timeline(box(name), title, buckets, size, series, { labels: labelsOf(series.map((x) => x.name)) });
+    };
+    every("by-type", "Decisions by type over time", (d) => d.decision_type, TYPE_COLORS);
+    every("by-status", "Decisions by status over time", (d) => d.status, STATUS_COLORS);
+    const calls = Charts.count(decisions, at, (d) => (d.llm ? "LLM calls" : null), buckets, size, { "LLM calls": "#7b4bd0" });
+    Charts.timeline(box("llm-rate"), "LLM calls over time", buckets, size, calls);
+    if (!calls.length) {
+      box("llm-rate").innerHTML = `<p class="muted chart-empty">No LLM calls in this window: the rules decided
+        ${report.total ? "every decision" : "(no decisions)"}.</p>`;
+    }
+    $("#llm-note").textContent = `${llm.calls || 0} calls for ${report.total} decisions; LLM latency p50 `
+      + `${llm.latency_ms?.p50 ?? "—"} ms, p90 ${llm.latency_ms?.p90 ?? "—"} ms.`;
+    for (const el of document.querySelectorAll(".bucket")) el.textContent = `(${Charts.label(size)}, ${Astralis.zoneName()})`;
     chart("llm-tokens", Charts.bars("LLM tokens", [["input tokens", llm.input_tokens || 0],
       ["output tokens", llm.output_tokens || 0]]) +
       (llm.cost_usd === null || llm.cost_usd === undefined
         ? `<p class="muted">Cost: no price for ${Astralis.esc(llm.model || "the model")} in the policy's llm.prices.</p>`
         : `<p id="llm-cost">Estimated cost: $${Number(llm.cost_usd).toFixed(4)} (${Astralis.esc(llm.model)}, the policy's prices)</p>`));
     chart("decided-by", Charts.bars("Decided by", Object.entries(report.by_decided_by || {})
-      .sort((x, y) => y[1] - x[1])));
+      .sort((x, y) => y[1] - x[1]).map(([k, v]) => [Astralis.label(k), v])));
     chart("approvals", Charts.bars("Approvals", [["approved", appr.approved || 0], ["rejected", appr.rejected || 0],
       ["awaiting", appr.awaiting || 0]]) +
       `<p>Turnaround: p50 <b>${secs(turn.p50)}</b>, p90 <b>${secs(turn.p90)}</b>, max <b>${secs(turn.max)}</b>
@@ -180,7 +162,7 @@
     e.preventDefault();
     const q = new URLSearchParams({ range: $("#range").value });
     if ($("#range").value === "custom") {
-      const since = new Date($("#since").value), until = new Date($("#until").value);
+      const since = new Date(Astralis.fromLocal($("#since").value)), until = new Date(Astralis.fromLocal($("#until").value));
       if (isNaN(since) || isNaN(until) || since >= until) {
         $("#error").textContent = "Choose a since before the until.";
         $("#error").hidden = false;
@@ -193,5 +175,5 @@
     load();
   });
   window.addEventListener("popstate", load);
-  load();
+  Astralis.ready.then(load);
 })();

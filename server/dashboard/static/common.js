@@ -255,6 +255,6 @@ const Astralis = (() => {
   }
 
   return { api, esc, nav, when, clock, day, ymd, span, relative, ago, zoneLabel, zoneName, label, pill, senderName,
-           ready, userName, fromLocal, eventSummary, pipelineName, proposal, action, why, percent, get zone() { return zone; },
+           ready, userName, fromLocal, offsetAt, eventSummary, pipelineName, proposal, action, why, percent, get zone() { return zone; },
            get org() { return org; }, get users() { return [...users.values()]; } };
 })();
