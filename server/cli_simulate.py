@@ -319,7 +319,8 @@ def _simulate(args: argparse.Namespace, tmp: Path) -> int:
                      org=args.org)
     to_tty = not args.out and sys.stdout.isatty()
     width = shutil.get_terminal_size((160, 40)).columns if to_tty else 160
-    text = render(args.format, report, cand, base, color=to_tty, width=width)
+    text = render(args.format, report, cand, base, color=to_tty, width=width,
+                  events={e.id: e.data for e in data.events}, timing=args.timing)
     if args.out:
         Path(args.out).write_text(text + "\n", encoding="utf-8")
     else:
@@ -355,6 +356,8 @@ def register(sub: Any) -> None:
                    "replay (default for --from-db): the answers recorded with the original decisions")
     m.add_argument("--format", choices=list(FORMATS), default="table")
     m.add_argument("--out", metavar="FILE", help="write the output here instead of stdout")
+    m.add_argument("--timing", action="store_true",
+                   help="html: show the decision timings as a section (default: folded away, they are noise here)")
     m.add_argument("--fail-on-change", action="store_true",
                    help=f"exit {EXIT_CHANGED} when any decision differs from the baseline (for CI of rulesets)")
     m.add_argument("--jobs", type=int, metavar="N",

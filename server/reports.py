@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
@@ -18,19 +18,21 @@ from rich.table import Table
 from engine.compare import Report, changed_fields
 from engine.models import Decision
 from engine.simulator import render_table, summarize
+from engine.templates import event_summary
 
 FORMATS = ("table", "json", "jsonl", "html")
 
 
 def render(fmt: str, report: Report, candidate: Sequence[Decision], baseline: Sequence[Decision] | None = None,
-           *, color: bool = False, width: int = 160) -> str:
-    """The report in one of FORMATS (no trailing newline)."""
+           *, color: bool = False, width: int = 160, events: Mapping[str, Mapping[str, Any]] | None = None,
+           timing: bool = False) -> str:
+    """The report in one of FORMATS (no trailing newline). `events` (event id → data) and `timing`: for html."""
     if fmt == "json":
         return as_json(report, candidate)
     if fmt == "jsonl":
         return as_jsonl(candidate, baseline)
     if fmt == "html":
-        return as_html(report)
+        return as_html(report, events, timing=timing)
     if fmt == "table":
         return as_table(report, candidate, baseline, color=color, width=width)
     raise ValueError(f"format '{fmt}' is not one of {', '.join(FORMATS)}")
@@ -140,7 +142,11 @@ body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem au
 h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #e4e7eb}
 .sub{color:#616e7c;margin-top:0}table{border-collapse:collapse;width:100%;margin:.5rem 0}
 th,td{border-bottom:1px solid #e4e7eb;padding:.3rem .5rem;text-align:left;vertical-align:top}
-td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}.up{color:#b44d12}.down{color:#0c6b58}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}.worse{color:#b44d12}.better{color:#0c6b58}
+.headline{font-size:1.25rem;font-weight:600;margin:.4rem 0 0}
+.group h3{font-size:1rem;margin:1rem 0 .3rem}.group ul{margin:0;padding-left:1.2rem}.group li{margin:.35rem 0}
+.before{color:#616e7c}.after{color:#1f2933}.why{color:#3e4c59}.acts{color:#616e7c;font-size:.85em}
+code.id{color:#7b8794;font-size:.8em}details{margin-top:2rem}summary{cursor:pointer;color:#616e7c}
 .charts{display:flex;flex-wrap:wrap;gap:1.5rem}.chart{flex:1 1 480px}
 .legend span{display:inline-block;width:.8rem;height:.8rem;margin:0 .3rem 0 .8rem;vertical-align:middle}
 code{font-size:.85em;background:#f5f7fa;padding:0 .2rem;border-radius:3px}
@@ -205,8 +211,12 @@ def matrix_svg(title: str, matrix: dict[str, dict[str, int]]) -> str:
     cells are flips, shaded by count."""
     rows = sorted(matrix)
     cols = sorted({c for r in matrix.values() for c in r} | set(rows))
-    cell, left, top = 46, 150, 150
-    width, height = left + cell * len(cols) + 10, top + cell * len(rows) + 10
+    cell = 46
+    longest = max((len(x) for x in [*rows, *cols]), default=8)
+    left = 16 + 7 * longest  # room for the longest row label at 12 px (~7 px a character)
+    top = 40 + round(7 * longest * 0.87)  # and for the column labels, turned 60°
+    width = left + cell * len(cols) + 10 + round(7 * longest * 0.5)  # the last column's label leans right
+    height = top + cell * len(rows) + 10
     most = max([n for r, cs in matrix.items() for c, n in cs.items() if r != c] + [1])
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}"><title>{escape(title)}</title>',
@@ -235,13 +245,74 @@ def matrix_svg(title: str, matrix: dict[str, dict[str, int]]) -> str:
     return "".join(out)
 
 
-def _delta_class(change: str) -> str:
-    return "up" if change.startswith("+") else "down" if change.startswith("-") else ""
+_TIMING = ("decision p50 (ms)", "decision p99 (ms)")
+_LOWER_IS_BETTER = ("LLM input tokens", "LLM output tokens", "LLM cost (USD)")
 
 
-def as_html(report: Report) -> str:
-    """One self-contained HTML page: charts (types before/after, the flip matrix, the confidence histogram),
-    the aggregate table and the list of flips."""
+def _delta_class(metric: str, change: str) -> str:
+    """Colour only where a direction is good or bad (tokens and cost: lower is better); a rate that moved is
+    neither by itself: it is shown plainly."""
+    if metric not in _LOWER_IS_BETTER or not change.startswith(("+", "-")):
+        return ""
+    return "worse" if change.startswith("+") else "better"
+
+
+def _words(v: dict[str, Any]) -> str:
+    label = lambda x: str(x).replace("_", " ").lower()  # noqa: E731 (a one-line helper)
+    return f"{label(v['intent'])} → {label(v['decision_type'])}, {label(v['status'])}"
+
+
+def _why(f: dict[str, Any]) -> str:
+    b, c = f["baseline"], f["candidate"]
+    out = [f"now matches {r}" for r in f["rules_added"]] + [f"no longer matches {r}" for r in f["rules_removed"]]
+    if "confidence" in f["changed"] or not out:
+        if b["confidence"] != c["confidence"]:
+            out.append(f"confidence {b['confidence']:.2f} → {c['confidence']:.2f}")
+    if b["decided_by"] != c["decided_by"]:
+        out.append(f"decided by {b['decided_by']} → {c['decided_by']}")
+    if c.get("gate") and b.get("status") != c.get("status"):
+        out.append(f"gate: {c['gate']}")
+    return "; ".join(out) or ", ".join(f["changed"])
+
+
+def _flip_groups(report: Report, events: Mapping[str, Mapping[str, Any]]) -> str:
+    """The flips grouped by what changed (before → after), largest group first, each flip led by its event's
+    subject and sender, with the rule (or the gate) that made the difference."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for f in report.flips:
+        groups.setdefault((_words(f["baseline"]), _words(f["candidate"])), []).append(f)
+    parts = []
+    for (before, after), flips in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        items = []
+        for f in flips:
+            data = events.get(f["event_id"]) or {}
+            summary = event_summary(data) if data else {"sender": "", "subject": "", "snippet": ""}
+            what = summary["subject"] or summary["snippet"][:100] or f["type"]
+            who = f' <span class="sub">— {escape(summary["sender"])}</span>' if summary["sender"] else ""
+            b_acts, c_acts = f["baseline"]["actions"], f["candidate"]["actions"]
+            acts = [f"− {a}" for a in b_acts if a not in c_acts] + [f"+ {a}" for a in c_acts if a not in b_acts]
+            items.append(f'<li><b>{escape(what)}</b>{who} <code class="id">{escape(f["event_id"])}</code>'
+                         f'<div class="why">{escape(_why(f))}</div>'
+                         + (f'<div class="acts">{escape("; ".join(acts))}</div>' if acts else "") + "</li>")
+        parts.append(f'<section class="group"><h3>{len(flips)} × <span class="before">{escape(before)}</span> → '
+                     f'<span class="after">{escape(after)}</span></h3><ul>{"".join(items)}</ul></section>')
+    return "".join(parts)
+
+
+def _cost_note(report: Report) -> str:
+    c = report.candidate["stats"]["llm"]
+    b = report.baseline["stats"]["llm"] if report.baseline else None
+    missing = sorted(set(c["unpriced_models"]) | set(b["unpriced_models"] if b else []))
+    return (f'<p class="sub">Cost is not comparable: no price for {escape(", ".join(missing))} (add it under '
+            "llm.prices in the policy).</p>" if missing else "")
+
+
+def as_html(report: Report, events: Mapping[str, Mapping[str, Any]] | None = None, *, timing: bool = False) -> str:
+    """One self-contained HTML page that leads with what changed and why (the flips, grouped, each with its
+    event's subject and the rule that made the difference), then the rates that moved, then the charts (types
+    before/after, the flip matrices, the confidence histogram) and every metric. Decision timings are noise at
+    these sizes: folded away unless `timing`. `events`: event id → its data (for subjects and senders)."""
+    events = events or {}
     c = report.candidate["stats"]
     b = report.baseline["stats"] if report.baseline else None
 
@@ -262,26 +333,39 @@ def as_html(report: Report) -> str:
         f'candidate <code>{escape(report.candidate["revision"])}</code>'
     headline = (f"{report.changed_events} of {report.events} decisions change" if report.baseline
                 else f"{report.events} events, no baseline")
-    agg = "".join(f'<tr><td>{escape(m)}</td><td class="n">{escape(x)}</td><td class="n">{escape(y)}</td>'
-                  f'<td class="n {_delta_class(d)}">{escape(d)}</td></tr>' for m, x, y, d in aggregate_rows(report))
-    flips = "".join(
-        f"<tr><td><code>{escape(f['event_id'])}</code></td><td>{escape(', '.join(f['changed']))}</td>"
-        f"<td>{escape(_side(f['baseline']))}<br><small>{escape('; '.join(f['baseline']['actions']))}</small></td>"
-        f"<td>{escape(_side(f['candidate']))}<br><small>{escape('; '.join(f['candidate']['actions']))}</small></td>"
-        f"<td>{escape(' '.join(['+' + r for r in f['rules_added']] + ['-' + r for r in f['rules_removed']]))}</td></tr>"
-        for f in report.flips)
-    flips_html = (f"<table><thead><tr><th>event</th><th>changed</th><th>baseline</th><th>candidate</th>"
-                  f"<th>rules +/-</th></tr></thead><tbody>{flips}</tbody></table>" if report.flips
-                  else "<p>No decision changes.</p>")
+    rows = aggregate_rows(report)
+    unpriced = bool(_cost_note(report))
+
+    def row(m: str, x: str, y: str, d: str) -> str:
+        if m == "LLM cost (USD)" and unpriced:
+            d = "n/a"
+        return (f'<tr><td>{escape(m)}</td><td class="n">{escape(x)}</td><td class="n">{escape(y)}</td>'
+                f'<td class="n {_delta_class(m, d)}">{escape(d)}</td></tr>')
+
+    head = ('<thead><tr><th>metric</th><th class="n">baseline</th><th class="n">candidate</th>'
+            '<th class="n">change</th></tr></thead>')
+    moved = [r for r in rows if r[0] not in _TIMING and r[3] not in ("", "0")]
+    others = [r for r in rows if r[0] not in _TIMING and r not in moved]
+    timings = [r for r in rows if r[0] in _TIMING]
+    moved_html = (f"<table>{head}<tbody>{''.join(row(*r) for r in moved)}</tbody></table>" if moved
+                  else "<p>No rate or count moved.</p>")
+    timing_html = (f"<table>{head}<tbody>{''.join(row(*r) for r in timings)}</tbody></table>"
+                   "<p class=\"sub\">Per-decision timings of two short dry runs on one machine differ by chance; "
+                   "measure with bench/ before reading anything into them.</p>")
+    flips_html = _flip_groups(report, events) if report.flips else "<p>No decision changes.</p>"
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>astralis simulate: {escape(report.org)}</title><style>{CSS}</style></head><body>"
-        f"<h1>Simulation: {escape(report.org)}</h1><p class=\"sub\">{revs} · {escape(headline)}</p>"
-        f"<h2>Charts</h2>{_legend(b is not None)}<div class=\"charts\">"
+        f"<h1>Simulation: {escape(report.org)}</h1><p class=\"sub\">{revs}</p>"
+        f"<p class=\"headline\">{escape(headline)}</p>"
+        + (f"<h2>What changed, and why</h2>{flips_html}" if report.baseline else "")
+        + (f"<h2>Rates and counts that moved</h2>{moved_html}{_cost_note(report)}" if report.baseline else "")
+        + f"<h2>Charts</h2>{_legend(b is not None)}<div class=\"charts\">"
         + "".join(f'<div class="chart">{svg}</div>' for svg in charts) + "</div>"
-        "<h2>Aggregate changes</h2><table><thead><tr><th>metric</th><th class=\"n\">baseline</th>"
-        f"<th class=\"n\">candidate</th><th class=\"n\">change</th></tr></thead><tbody>{agg}</tbody></table>"
-        + (f"<h2>Flips</h2>{flips_html}" if report.baseline else "")
+        + (f"<h2>{'Everything else (unchanged)' if b else 'Every metric'}</h2>"
+           f"<table>{head}<tbody>{''.join(row(*r) for r in others)}</tbody></table>")
+        + (f"<h2>Timing</h2>{timing_html}" if timing else
+           f"<details><summary>Timing (noise at this size; not a change)</summary>{timing_html}</details>")
         + "</body></html>"
     )

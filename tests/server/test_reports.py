@@ -150,6 +150,50 @@ def test_html_has_the_charts_the_tables_and_escapes_text(report):
     assert [t for t, _ in c.tags].count("tr") >= 1 + 2 + 5  # aggregate header, flips, metrics
 
 
+def test_html_leads_with_what_changed_and_why(report):
+    events = {"e2": {"from": "Jo <jo@shop.example>", "subject": "Pricing for the pro plan", "text": "How much?"},
+              "e3": {"from": "news@promo.example", "subject": "Weekly newsletter", "text": "Unsubscribe."}}
+    page = reports.as_html(report, events)
+    check_html(page)
+    order = [page.index(x) for x in ("2 of 3 decisions change", "What changed, and why", "Rates and counts that moved",
+                                     "Charts", "Everything else")]
+    assert order == sorted(order)
+    # each flip: the subject and sender first, before → after in words, the rule that made the difference
+    assert "Weekly newsletter</b> <span class=\"sub\">— news@promo.example</span>" in page
+    assert "spam → no action, executed</span> → <span class=\"after\">other → escalate, requires approval" in page
+    assert "no longer matches spam/x" in page
+    assert page.index("Weekly newsletter") < page.index("<h2>Charts")
+    # timing is noise: folded away, never coloured as a change; shown as a section when asked
+    assert "<details><summary>Timing" in page
+    timing = page[page.index("<details>"):]
+    assert "better" not in timing and "worse" not in timing
+    assert "<h2>Timing</h2>" in reports.as_html(report, events, timing=True)
+
+
+def test_html_colours_only_tokens_and_cost_and_says_when_cost_cannot_be_compared():
+    from engine.models import LLMTrace
+
+    with_llm = [decision(f"e{i}", decided_by="llm", llm=LLMTrace(provider="openai", model="gpt-x", prompt="p",
+                                                                 response="{}", input_tokens=900, output_tokens=90,
+                                                                 latency_ms=5.0)) for i in range(2)]
+    fewer = [decision(f"e{i}", decided_by="llm", llm=LLMTrace(provider="openai", model="gpt-x", prompt="p",
+                                                              response="{}", input_tokens=300, output_tokens=30,
+                                                              latency_ms=5.0)) for i in range(2)]
+    page = reports.as_html(compare(Side(fewer), Side(with_llm), org="acme"))
+    assert '<td class="n better">-1200</td>' in page  # fewer tokens: better, in green
+    assert "Cost is not comparable: no price for gpt-x" in page
+    assert '<td class="n ">n/a</td>' in page  # not a red "cost went down"
+
+
+def test_the_heat_map_has_room_for_its_longest_label():
+    svg = reports.matrix_svg("Flips", {"TRIGGER_AUTOMATION": {"SEND_NOTIFICATION": 2}, "NO_ACTION": {"NO_ACTION": 3}})
+    import re
+
+    width = float(re.search(r'width="(\d+)"', svg).group(1))
+    left = 16 + 7 * len("TRIGGER_AUTOMATION")
+    assert f'x="{left - 6}"' in svg and width >= left + 46 * 3
+
+
 def test_html_without_a_baseline_has_no_matrix():
     r = compare(Side(CANDIDATE), org="acme")
     c = check_html(reports.as_html(r))
