@@ -6,9 +6,12 @@ from __future__ import annotations
 import functools
 import json
 
+from pydantic import BaseModel
+
 from engine.config import OrgConfig, Policy, Ruleset
 
-SCHEMAS = {"org.schema.json": OrgConfig, "ruleset.schema.json": Ruleset, "policy.schema.json": Policy}
+SCHEMAS: dict[str, type[BaseModel]] = {"org.schema.json": OrgConfig, "ruleset.schema.json": Ruleset,
+                                       "policy.schema.json": Policy}
 """File name → the model it describes."""
 
 

@@ -66,9 +66,10 @@ async def read_json(request: web.Request, model: type[M], *, optional: bool = Fa
 
 
 def to_json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    """A JSON response (pydantic models and datetimes included)."""
+    """A JSON response (pydantic models and datetimes included), ending with a newline as a text answer should
+    (a shell prompt after `curl` starts on its own line)."""
     text = data.model_dump_json() if isinstance(data, BaseModel) else json.dumps(data, default=_default)
-    return web.Response(text=text, status=status, content_type="application/json", headers=headers)
+    return web.Response(text=text + "\n", status=status, content_type="application/json", headers=headers)
 
 
 def _default(o: Any) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -81,7 +82,7 @@ async def calendar_feed(request: web.Request) -> web.Response:
 
 
 def _json(data: Any) -> web.Response:
-    return web.json_response(data)
+    return web.json_response(data, dumps=lambda d: json.dumps(d) + "\n")
 
 
 async def list_events(request: web.Request) -> web.Response:

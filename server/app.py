@@ -515,7 +515,12 @@ async def serve(settings: Settings, host: str, port: int, stop: asyncio.Event | 
         if (exc := starting.exception()) is not None:
             log.error("the service could not start: %s: %s", type(exc).__name__, exc, exc_info=exc)
             return 1
-        await web.TCPSite(runner, host, port).start()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:  # the port is taken, or the address is not this host's
+            log.error("cannot listen on %s:%d: %s (choose another --port or $ASTRALIS_PORT)", host, port,
+                      exc.strerror or exc)
+            return 1
         await stop.wait()
         log.info("stopping (signal received)")
         return 0

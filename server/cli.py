@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
+import sqlite3
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,62 @@ from engine.loader import org_dirs
 from engine.registry import build
 from engine.rules import CompiledRules
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def version() -> str:
+    """The installed package's version (the source tree's when not installed)."""
+    try:
+        return metadata.version("astralis-orchestrator")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+class Help(argparse.HelpFormatter):
+    """Every option's help ends with its default, when it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"astralis: ${name} has value {raw!r}: not a whole number") from None
+
+
+def _level(text: str) -> str:
+    level = text.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _log_level(args: argparse.Namespace) -> str:
+    """--log-level, else $ASTRALIS_LOG_LEVEL, else INFO — moved by -v (DEBUG) and -q (WARNING)."""
+    if args.log_level:
+        return str(args.log_level)
+    env = os.environ.get("ASTRALIS_LOG_LEVEL")
+    if env:
+        try:
+            return _level(env)
+        except argparse.ArgumentTypeError as exc:
+            raise SystemExit(f"astralis: $ASTRALIS_LOG_LEVEL: {exc}") from None
+    if getattr(args, "verbose", 0):
+        return "DEBUG"
+    return "WARNING" if getattr(args, "quiet", False) else "INFO"
 
 
 def _dirs(args: argparse.Namespace) -> tuple[Path, Path]:
-    rulesets = Path(args.rulesets or os.environ.get("ASTRALIS_RULESETS", "rulesets"))
-    policies = Path(args.policies or os.environ.get("ASTRALIS_POLICIES", "policies"))
+    rulesets = Path(args.rulesets or os.environ.get("ASTRALIS_RULESETS") or "rulesets")
+    policies = Path(args.policies or os.environ.get("ASTRALIS_POLICIES") or "policies")
     return rulesets, policies
 
 
@@ -36,7 +88,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     rulesets, policies = _dirs(args)
     targets: list[Path] = []
     for p in map(Path, args.paths or []):
-        if p.is_dir() and (p / "org.yaml").exists():
+        if not p.exists() and len(p.parts) == 1 and (rulesets / p.name / "org.yaml").exists():
+            targets.append(rulesets / p.name)  # an org's name, as `astralis test acme` takes it
+        elif p.is_dir() and (p / "org.yaml").exists():
             targets.append(p)
         elif p.is_dir():
             targets += org_dirs(p)
@@ -45,7 +99,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         elif p.exists() and (p.parent / "org.yaml").exists():
             targets.append(p.parent)
         else:
-            print(f"{p}:0: missing_file: not an org folder, a file in one, or an org's policy", file=sys.stderr)
+            print(f"{p}:0: missing_file: not an org's name (under {rulesets}), an org folder, a file in one, "
+                  "or an org's policy", file=sys.stderr)
             return 1
     if not args.paths:
         targets = org_dirs(rulesets)
@@ -61,8 +116,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             n = sum(f.severity == "error" for f in findings)
             print(f"FAIL {org_dir.name}: {n} error{'s' if n != 1 else ''}")
         else:
-            print(f"ok   {org_dir.name}: revision {compiled.revision}, {len(compiled.rules)} rules, "
-                  f"{len(compiled.text_features)} text features")
+            if not getattr(args, "quiet", False):
+                print(f"ok   {org_dir.name}: revision {compiled.revision}, {len(compiled.rules)} rules, "
+                      f"{len(compiled.text_features)} text features")
     return 1 if failed else 0
 
 
@@ -109,9 +165,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from server.app import Settings, run
     from server.service import Processing
 
-    logs.configure(args.log_level, json_format=args.log_format == "json")
+    _require_rulesets(args)
+    logs.configure(_log_level(args), json_format=args.log_format == "json")
     settings = _settings(args, Settings, Processing)
     return run(settings, args.host, args.port, loop=args.loop)
+
+
+def _require_rulesets(args: argparse.Namespace) -> None:
+    """Refuse to start without any org folder: a service with no rulesets answers 503 forever. The message names
+    the folders looked in and how each was chosen; nothing (no database) is created."""
+    rulesets, policies = _dirs(args)
+    if org_dirs(rulesets):
+        return
+    how = ("--rulesets" if args.rulesets else "$ASTRALIS_RULESETS" if os.environ.get("ASTRALIS_RULESETS")
+           else "the default, ./rulesets")
+    raise SystemExit(f"astralis: no rulesets found: {rulesets.resolve()} ({how}) has no org folder with an org.yaml. "
+                     f"Policies would be read from {policies.resolve()}. Point --rulesets/--policies (or "
+                     "$ASTRALIS_RULESETS/$ASTRALIS_POLICIES) at your config, or run from the folder that holds them.")
 
 
 def _egress_allow(args: argparse.Namespace) -> str:
@@ -153,7 +223,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from server.service import Processing
     from server.worker import run_worker
 
-    logs.configure(args.log_level, json_format=args.log_format == "json")
+    logs.configure(_log_level(args), json_format=args.log_format == "json")
     if args.workers < 1:
         print("--workers must be at least 1 for a worker process", file=sys.stderr)
         return 2
@@ -169,8 +239,17 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from adapters.stores import open_store
     from server.auth import new_key
 
+    db = _db(args)
+    if "://" not in db and args.action in ("revoke", "list") and not Path(db).is_file():
+        print(f"{db}:0: missing_file: no such database (nothing was created; pass --db or $ASTRALIS_DB)",
+              file=sys.stderr)
+        return 1
+    if "://" not in db and not Path(db).resolve().parent.is_dir():
+        print(f"{db}:0: missing_file: the folder {Path(db).resolve().parent} does not exist", file=sys.stderr)
+        return 1
+
     async def go() -> int:
-        async with await open_store(_db(args)) as store:
+        async with await open_store(db) as store:
             if args.action == "create":
                 rulesets, _ = _dirs(args)
                 if not (rulesets / args.org / "org.yaml").exists() and not args.force:
@@ -194,27 +273,54 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 print(f"{k['id']}  {k['org']:<16} {k['name']:<24} created {k['created_at']}  {state}")
             return 0
 
-    return asyncio.run(go())
+    try:
+        return asyncio.run(go())
+    except (OSError, sqlite3.Error) as exc:
+        print(f"{db}:0: store_unavailable: {exc}", file=sys.stderr)
+        return 1
 
 
 # --------------------------------------------------------------------------- main
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the `astralis` command."""
-    p = argparse.ArgumentParser(prog="astralis", description="Astralis Orchestrator")
-    sub = p.add_subparsers(dest="command", required=True)
+    def shared(default: bool) -> argparse.ArgumentParser:
+        """-v/-q, before the command or after it (after it, unset flags must not undo the ones before)."""
+        holder = argparse.ArgumentParser(add_help=False)
+        holder.add_argument("-v", "--verbose", action="count", default=0 if default else argparse.SUPPRESS,
+                            help="more output: debug logs for serve and worker")
+        holder.add_argument("-q", "--quiet", action="store_true", default=False if default else argparse.SUPPRESS,
+                            help="less output: warnings and errors only (validate prints only what fails)")
+        return holder
+
+    common = shared(True)
+    p = argparse.ArgumentParser(prog="astralis", description="Astralis Orchestrator: rules first, an LLM only when "
+                                "they are unsure; every decision recorded.", formatter_class=Help, parents=[common])
+    p.add_argument("--version", action="version", version=f"astralis {version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_parser = sub.add_parser
+
+    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
+        kw.setdefault("formatter_class", Help)
+        kw.setdefault("parents", [shared(False)])
+        if "help" in kw:
+            kw.setdefault("description", kw["help"])
+        return _add_parser(name, **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]  # every command: the shared flags and the help style
 
     def dirs(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--rulesets", help="rulesets folder (default: ./rulesets or $ASTRALIS_RULESETS)")
         sp.add_argument("--policies", help="policies folder (default: ./policies or $ASTRALIS_POLICIES)")
 
     v = sub.add_parser("validate", help="check rulesets and policies; errors as path:line: code: message")
-    v.add_argument("paths", nargs="*")
+    v.add_argument("paths", nargs="*", help="org names (acme), org folders, files in them, or policy files "
+                   "(default: every org under --rulesets)")
     dirs(v)
     v.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("schema", help="write the JSON Schemas of org, ruleset and policy files")
-    s.add_argument("--out", default="schemas")
+    s.add_argument("--out", default="schemas", help="folder to write org/ruleset/policy .schema.json into")
     s.add_argument("--check", action="store_true", help="exit 1 if the files under --out are stale")
     s.set_defaults(func=cmd_schema)
 
@@ -228,7 +334,8 @@ def parser() -> argparse.ArgumentParser:
         dirs(sp)
         sp.add_argument("--llm", choices=["policy", "off"], default="policy",
                         help="policy (default): each org's policy provider when its API key is set; off: never")
-        sp.add_argument("--workers", type=int, default=16, help=workers_help)
+        sp.add_argument("--workers", type=int, default=_env_int("ASTRALIS_WORKERS", 16),
+                        help=f"{workers_help} (or $ASTRALIS_WORKERS)")
         sp.add_argument("--lease", type=float, default=30.0, help="seconds a claim on an event or an outbox action lasts unrenewed")
         sp.add_argument("--max-attempts", type=int, default=5, help="failed attempts before an event is dead-lettered")
         sp.add_argument("--shutdown-grace", type=float, default=10.0,
@@ -255,12 +362,15 @@ def parser() -> argparse.ArgumentParser:
                         help="addresses and CIDR ranges actions may reach besides public ones, comma-separated, e.g. "
                         "10.0.0.0/8,127.0.0.1 (default: $ASTRALIS_EGRESS_ALLOW; loopback, private and link-local "
                         "addresses and this service's own are refused otherwise)")
-        sp.add_argument("--log-level", default="INFO")
-        sp.add_argument("--log-format", choices=["json", "text"], default="json")
+        sp.add_argument("--log-level", type=_level, metavar="LEVEL",
+                        help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default: $ASTRALIS_LOG_LEVEL, else INFO; "
+                        "-v: DEBUG, -q: WARNING)")
+        sp.add_argument("--log-format", choices=["json", "text"], default="json", help="log lines as")
 
     sv = sub.add_parser("serve", help="run the HTTP service (SQLite file, in-process workers)")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--host", default=os.environ.get("ASTRALIS_HOST", "127.0.0.1"),
+                    help="address to listen on (or $ASTRALIS_HOST)")
+    sv.add_argument("--port", type=int, default=_env_int("ASTRALIS_PORT", 8080), help="port (or $ASTRALIS_PORT)")
     sv.add_argument("--no-workers", action="store_true",
                     help="the API alone: accept events and answer queries; `astralis worker` processes decide")
     deciding(sv, "events decided concurrently by in-process workers; 0: none (run `astralis worker` beside it)")
@@ -278,13 +388,13 @@ def parser() -> argparse.ArgumentParser:
     k = sub.add_parser("keys", help="API keys: create (printed once, stored hashed), list, revoke")
     ksub = k.add_subparsers(dest="action", required=True)
     kc = ksub.add_parser("create", help="print a new API key for an org")
-    kc.add_argument("--org", required=True)
+    kc.add_argument("--org", required=True, help="the org the key acts for (a folder under --rulesets)")
     kc.add_argument("--name", help="a label for the key (shown in logs and as the default approver)")
     kc.add_argument("--force", action="store_true", help="create even if the org has no folder yet")
     kl = ksub.add_parser("list", help="list keys (never their secrets)")
-    kl.add_argument("--org")
+    kl.add_argument("--org", help="only this org's keys")
     kr = ksub.add_parser("revoke", help="revoke a key by its id (or the key itself)")
-    kr.add_argument("key_id")
+    kr.add_argument("key_id", help="the key's id (as `keys list` shows it) or the whole key")
     for sp in (kc, kl, kr):
         sp.add_argument("--db", help="the store: a SQLite file, or postgresql://user@host/db (default: $DATABASE_URL, "
                         "else $ASTRALIS_DB, else ./astralis.db)")

@@ -163,14 +163,14 @@ def register(sub: Any) -> None:
     t.add_argument("--update", action="store_true",
                    help="record the current decisions as each case's `expect` (rewritten in place), then run")
     t.add_argument("--fail-on-empty", action="store_true", help="fail when an org has no cases")
-    t.add_argument("--format", choices=["text", "json"], default="text")
+    t.add_argument("--format", choices=["text", "json"], default="text", help="the results as")
     t.set_defaults(func=cmd_test)
 
     e = sub.add_parser("explain", help="trace one event: each rule, the resolution, the LLM question, plan, gate")
-    e.add_argument("--org", required=True)
+    e.add_argument("--org", required=True, help="the org whose rules decide the event")
     e.add_argument("event", help="a JSON file holding one event envelope (org and id may be left out)")
     dirs(e)
     e.add_argument("--state", help='JSON: {"calendar": [{"host","start","end","title"}], "loads": {"user": n}}')
-    e.add_argument("--format", choices=["text", "json"], default="text")
+    e.add_argument("--format", choices=["text", "json"], default="text", help="the explanation as")
     e.add_argument("--brief", action="store_true", help="text: only matched rules and the nearest misses")
     e.set_defaults(func=cmd_explain)

@@ -103,6 +103,8 @@ class _Input:
 
 def _read_input(args: argparse.Namespace, org: Any) -> _Input:
     if args.events:
+        if not Path(args.events).is_file():
+            raise InputError(f"{args.events}:0: missing_file: no such events file (JSONL, one event envelope a line)")
         events, errors = read_events(Path(args.events), args.org)
         for e in errors:
             print(e, file=sys.stderr)
@@ -337,7 +339,7 @@ def register(sub: Any) -> None:
     m = sub.add_parser("simulate", help="dry run: decisions for past events, with no side effects; "
                        "with a baseline, what a rules change would change",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    m.add_argument("--org", required=True)
+    m.add_argument("--org", required=True, help="the org whose rules decide the events")
     src = m.add_mutually_exclusive_group(required=True)
     src.add_argument("--events", help="JSONL file of event envelopes")
     src.add_argument("--from-db", metavar="PATH", help="the service's SQLite file: replay its logged events (read only)")
@@ -354,7 +356,8 @@ def register(sub: Any) -> None:
     m.add_argument("--llm", choices=["off", "live", "replay"], default=None,
                    help="off (default for --events): fallback rules; live: ask the policy's provider; "
                    "replay (default for --from-db): the answers recorded with the original decisions")
-    m.add_argument("--format", choices=list(FORMATS), default="table")
+    m.add_argument("--format", choices=list(FORMATS), default="table",
+                   help="table (terminal), json, jsonl (one decision a line) or html (a self-contained page)")
     m.add_argument("--out", metavar="FILE", help="write the output here instead of stdout")
     m.add_argument("--timing", action="store_true",
                    help="html: show the decision timings as a section (default: folded away, they are noise here)")

@@ -30,8 +30,8 @@ class ApiError(web.HTTPException):
 
 
 def error_text(code: str, message: str, details: Any = None) -> str:
-    """The JSON error body."""
-    return json.dumps({"error": {"code": code, "message": message, "details": details}})
+    """The JSON error body (ending with a newline)."""
+    return json.dumps({"error": {"code": code, "message": message, "details": details}}) + "\n"
 
 
 def validation_details(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]]:

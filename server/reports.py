@@ -265,9 +265,8 @@ def _words(v: dict[str, Any]) -> str:
 def _why(f: dict[str, Any]) -> str:
     b, c = f["baseline"], f["candidate"]
     out = [f"now matches {r}" for r in f["rules_added"]] + [f"no longer matches {r}" for r in f["rules_removed"]]
-    if "confidence" in f["changed"] or not out:
-        if b["confidence"] != c["confidence"]:
-            out.append(f"confidence {b['confidence']:.2f} → {c['confidence']:.2f}")
+    if ("confidence" in f["changed"] or not out) and b["confidence"] != c["confidence"]:
+        out.append(f"confidence {b['confidence']:.2f} → {c['confidence']:.2f}")
     if b["decided_by"] != c["decided_by"]:
         out.append(f"decided by {b['decided_by']} → {c['decided_by']}")
     if c.get("gate") and b.get("status") != c.get("status"):
