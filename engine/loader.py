@@ -511,10 +511,14 @@ def validate_org(org_dir: Path, policies_dir: Path, *,
             return None
         docs[str(path)] = doc
         found = check_schema(doc, model)
-        if found:
-            errors.extend(found)
-            return None
         obj = build_model(doc, model)
+        if found:
+            # The model stage still runs so that a second, independent mistake (a value out of range elsewhere in
+            # the file) is reported in the same run; a line the schema stage already reported is not said twice.
+            errors.extend(found)
+            seen = {e.line for e in found}
+            errors.extend(e for e in obj if e.line not in seen) if isinstance(obj, list) else None
+            return None
         if isinstance(obj, list):
             errors.extend(obj)
             return None
@@ -547,12 +551,18 @@ def validate_org(org_dir: Path, policies_dir: Path, *,
     docs.update((d.path, d) for d in policy_docs)
     policy_paths = [Path(d.path) for d in policy_docs]
 
-    if org is None or policy is None or any(e.severity == "error" for e in errors):
+    if org is None or policy is None:
         return None, errors
+    # References are checked even when another file failed: every independent finding in one run (the rules of
+    # a file that did not load are simply not among those checked).
     org_policy_path = str(policy_paths[0]) if policy_paths else str(policies_dir / f"{org_dir.name}.yaml")
     errors.extend(_check_references(org, docs[str(org_path)], policy, org_policy_path, rules, docs))
-    # Secret names are tenant input: checked against the org's prefix and the other orgs here.
-    errors.extend(boundary_errors(org, docs[str(org_path)], policy, policy_docs, owners))
+    # Secret names are tenant input: checked against the org's prefix and the other orgs here (the prefix comes
+    # from the org id: with a mismatched id its findings would only repeat that one mistake).
+    if not any(e.code == "org_mismatch" for e in errors):
+        errors.extend(boundary_errors(org, docs[str(org_path)], policy, policy_docs, owners))
+    if any(e.severity == "error" for e in errors):
+        return None, errors
     enabled = [r for r in rules if r.rule.enabled]
     if not enabled:
         errors.append(ConfigError(str(org_dir), 0, "no_rules", f"org '{org.org}' has no enabled rules"))

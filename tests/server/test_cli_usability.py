@@ -160,3 +160,21 @@ async def test_the_config_schemas_are_served_from_the_package(make_client) -> No
         assert r.status == 200 and r.content_type == "application/schema+json"
         assert json.loads(await r.text()) == json.loads(text)
     await asyncio.sleep(0)
+
+
+def test_validate_reports_every_independent_mistake_in_one_run(config_dirs) -> None:
+    rulesets, policies = config_dirs
+    acme = rulesets / "acme"
+    # 1. a YAML syntax error in one file; 2. an unknown intent (schema) in another; 3. a route to a pipeline the org
+    # does not define (a reference, once checked only when every file was clean)
+    (acme / "spam.yaml").write_text((acme / "spam.yaml").read_text() + "\n  - id: [unclosed\n")
+    intake = (acme / "intake.yaml").read_text()
+    (acme / "intake.yaml").write_text(intake.replace("intent: BILLING_QUESTION,", "intent: BILLING_QUESTIONS,", 1))
+    policy = (policies / "acme.yaml").read_text()
+    (policies / "acme.yaml").write_text(policy.replace("pipeline: sales-inquiries", "pipeline: sales-team", 1))
+    r = astralis("validate", "acme", "--rulesets", str(rulesets), "--policies", str(policies))
+    assert r.returncode == 1
+    codes = [line.split(": ")[1] for line in r.stderr.splitlines() if ": " in line]
+    assert "yaml_syntax" in codes and "schema" in codes and "unknown_pipeline" in codes, r.stderr
+    assert "FAIL acme" in r.stdout
+    no_traceback(r)
