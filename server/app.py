@@ -134,6 +134,12 @@ async def load_registry(settings: Settings, metrics: Metrics) -> Registry:
             (log.error if e.severity == "error" else log.info)("%s", e, extra={"org": org})
         report_org(metrics, registry, org)
     log.info("rulesets loaded: %s", ", ".join(registry.orgs) or "none")
+    for org in registry.orgs:
+        compiled = registry.get(org)
+        env = compiled.bundle.org.webhook_secret_env if compiled is not None else None
+        if env and not os.environ.get(env):
+            log.warning("org %s: %s is not set: its signed webhooks (email, form, booking, n8n) answer 401 until it "
+                        "is", org, env, extra={"org": org})
     broken = [o for o in registry.known if (st := registry.state(o)) is not None and not st.ok]
     if broken:
         log.error("orgs not loaded, their files are broken (their errors are above; fixing a file reloads it): %s",

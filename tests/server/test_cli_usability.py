@@ -178,3 +178,21 @@ def test_validate_reports_every_independent_mistake_in_one_run(config_dirs) -> N
     assert "yaml_syntax" in codes and "schema" in codes and "unknown_pipeline" in codes, r.stderr
     assert "FAIL acme" in r.stdout
     no_traceback(r)
+
+
+async def test_start_up_names_an_org_whose_webhook_secret_is_missing(make_settings, monkeypatch, caplog) -> None:
+    import logging
+
+    from server.app import load_registry
+    from server.metrics import Metrics
+
+    monkeypatch.delenv("ACME_WEBHOOK_SECRET", raising=False)
+    with caplog.at_level(logging.INFO, logger="astralis.app"):
+        await load_registry(make_settings(), Metrics())
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("org acme: ACME_WEBHOOK_SECRET is not set: its signed webhooks") for m in said), said
+    caplog.clear()
+    monkeypatch.setenv("ACME_WEBHOOK_SECRET", "whsec-acme-test-0123456789")
+    with caplog.at_level(logging.INFO, logger="astralis.app"):
+        await load_registry(make_settings(), Metrics())
+    assert not any("ACME_WEBHOOK_SECRET" in r.getMessage() for r in caplog.records)
