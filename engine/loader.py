@@ -270,9 +270,18 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+ENV_OVERRIDES = ("AGENT_DEFAULT_PROVIDER", "AGENT_AUTO_EXECUTE_THRESHOLD", "AGENT_REQUIRE_APPROVAL_THRESHOLD")
+"""The operator's policy overrides (DESIGN §7), each also read as ASTRALIS_<name without AGENT_> so that every
+variable of the service can carry one prefix; the ASTRALIS_ spelling wins when both are set."""
+
+
 def _env_overrides() -> dict[str, str]:
-    names = ("AGENT_DEFAULT_PROVIDER", "AGENT_AUTO_EXECUTE_THRESHOLD", "AGENT_REQUIRE_APPROVAL_THRESHOLD")
-    return {n: os.environ[n] for n in names if os.environ.get(n)}
+    out = {}
+    for n in ENV_OVERRIDES:
+        value = os.environ.get("ASTRALIS_" + n.removeprefix("AGENT_")) or os.environ.get(n)
+        if value:
+            out[n] = value
+    return out
 
 
 def _shown(value: object) -> str:
@@ -294,7 +303,8 @@ def load_policy(policies_dir: Path, org: str, *, orgs: Iterable[str] = ()) -> tu
     for a name that exists and one that does not, so a tenant learns nothing of other orgs or of the host.
 
     `AGENT_DEFAULT_PROVIDER` sets the provider of the default policy (an org that names its own keeps
-    it); `AGENT_AUTO_EXECUTE_THRESHOLD` / `AGENT_REQUIRE_APPROVAL_THRESHOLD` override every threshold.
+    it); `AGENT_AUTO_EXECUTE_THRESHOLD` / `AGENT_REQUIRE_APPROVAL_THRESHOLD` override every threshold. Each is also
+    read as `ASTRALIS_DEFAULT_PROVIDER`, `ASTRALIS_AUTO_EXECUTE_THRESHOLD`, `ASTRALIS_REQUIRE_APPROVAL_THRESHOLD`.
     """
     errors: list[ConfigError] = []
     chain: list[Located] = []
@@ -336,16 +346,17 @@ def load_policy(policies_dir: Path, org: str, *, orgs: Iterable[str] = ()) -> tu
         name = str(ext) if ext else None
 
     merged: dict[str, Any] = {}
+    overrides = _env_overrides()
     for doc in reversed(chain):
         data = dict(doc.data)
         data.pop("extends", None)
-        if doc is chain[-1] and os.environ.get("AGENT_DEFAULT_PROVIDER"):
-            data = _deep_merge(data, {"llm": {"provider": os.environ["AGENT_DEFAULT_PROVIDER"]}})
+        if doc is chain[-1] and overrides.get("AGENT_DEFAULT_PROVIDER"):
+            data = _deep_merge(data, {"llm": {"provider": overrides["AGENT_DEFAULT_PROVIDER"]}})
         merged = _deep_merge(merged, data)
     policy = build_model(chain[0], Policy, merged)
     if isinstance(policy, list):
         return None, policy, chain
-    env = _env_overrides()
+    env = overrides
     if "AGENT_AUTO_EXECUTE_THRESHOLD" in env or "AGENT_REQUIRE_APPROVAL_THRESHOLD" in env:
         try:
             thresholds: dict[DecisionType | Literal["default"], Threshold] = {}

@@ -196,3 +196,16 @@ async def test_start_up_names_an_org_whose_webhook_secret_is_missing(make_settin
     with caplog.at_level(logging.INFO, logger="astralis.app"):
         await load_registry(make_settings(), Metrics())
     assert not any("ACME_WEBHOOK_SECRET" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("prefix", ["AGENT_", "ASTRALIS_"])
+def test_policy_overrides_read_either_prefix(monkeypatch: pytest.MonkeyPatch, prefix: str) -> None:
+    from engine.loader import load_policy
+
+    for n in ("AGENT_", "ASTRALIS_"):
+        for v in ("DEFAULT_PROVIDER", "AUTO_EXECUTE_THRESHOLD", "REQUIRE_APPROVAL_THRESHOLD"):
+            monkeypatch.delenv(n + v, raising=False)
+    monkeypatch.setenv(prefix + "AUTO_EXECUTE_THRESHOLD", "0.97")
+    policy, errors, _ = load_policy(ROOT / "policies", "acme", orgs={"acme", "brightsmile"})
+    assert errors == [] and policy is not None
+    assert {t.auto_execute for k, t in policy.thresholds.items() if k != "ESCALATE"} == {0.97}
