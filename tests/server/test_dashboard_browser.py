@@ -265,3 +265,4 @@ def test_page_sizes_and_first_render_over_10000_decisions(serve: Callable[..., S
     assert first_render < 2.0
     assert min(inbox_timings) < 3.0
     assert sizes["/decisions"] < 100_000 and sizes["/approvals"] < 100_000
+    assert sizes["/analytics"] < 120_000 and sizes["/rules"] < 250_000  # uPlot, CodeMirror (gzipped): no bloat

@@ -181,6 +181,7 @@
   async function loadHistory() {
     const h = await api("/api/agent/config/history");
     $("no-history").hidden = h.history.length > 0;
+    $("history").closest("table").hidden = h.history.length === 0;
     $("history").innerHTML = h.history.map((row, i) =>
       `<tr><td><code>${esc(row.revision)}</code>${row.active ? ' <span class="pill EXECUTED">active</span>' : ""}</td>` +
       `<td>${A.ago(row.created_at)}</td><td>${esc(row.by || "")}</td><td>` +
