@@ -138,8 +138,8 @@ async def load_registry(settings: Settings, metrics: Metrics) -> Registry:
         compiled = registry.get(org)
         env = compiled.bundle.org.webhook_secret_env if compiled is not None else None
         if env and not os.environ.get(env):
-            log.warning("org %s: %s is not set: its signed webhooks (email, form, booking, n8n) answer 401 until it "
-                        "is", org, env, extra={"org": org})
+            log.warning("%s is not set: the signed webhooks of org %s (email, form, booking, n8n) answer 401 until "
+                        "it is", env, org, extra={"org": org})
     broken = [o for o in registry.known if (st := registry.state(o)) is not None and not st.ok]
     if broken:
         log.error("orgs not loaded, their files are broken (their errors are above; fixing a file reloads it): %s",
@@ -532,6 +532,7 @@ async def serve(settings: Settings, host: str, port: int, stop: asyncio.Event | 
         return 0
     finally:
         await runner.cleanup()
+        log.info("stopped")
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
