@@ -523,9 +523,9 @@ async def serve(settings: Settings, host: str, port: int, stop: asyncio.Event | 
             return 1
         try:
             await web.TCPSite(runner, host, port).start()
-        except OSError as exc:  # the port is taken, or the address is not this host's
+        except OSError as err:  # the port is taken, or the address is not this host's
             log.error("cannot listen on %s:%d: %s (choose another --port or $ASTRALIS_PORT)", host, port,
-                      exc.strerror or exc)
+                      err.strerror or err)
             return 1
         await stop.wait()
         log.info("stopping (signal received)")
