@@ -140,6 +140,14 @@ def test_no_page_overflows_a_phone_and_the_story_can_be_decided_there(serve: Cal
             widths[path] = overflow(page)
             page.screenshot(path=str(shots / f"{path.strip('/').replace('/', '-')}-390.png"), full_page=True)
         assert widths == dict.fromkeys(widths, 0), widths
+        # one format, in the org's zone (New York) whatever the browser's (Berlin), across a DST change too
+        page.wait_for_function("Astralis.zone === 'America/New_York'")
+        assert page.evaluate("Astralis.when('2026-12-08T14:00:00Z')") == "Tue 8 Dec 2026, 09:00 EST"
+        assert page.evaluate("Astralis.when('2026-07-08T13:00:00Z')") == "Wed 8 Jul 2026, 09:00 EDT"
+        assert page.evaluate("Astralis.fromLocal('2026-12-08T09:00')") == "2026-12-08T14:00:00.000Z"
+        assert page.evaluate("Astralis.fromLocal('2026-03-08T12:00')") == "2026-03-08T16:00:00.000Z"  # EDT that day
+        assert page.evaluate("Astralis.span('2026-12-08T14:00:00Z', '2026-12-08T14:30:00Z')") == \
+            "Tue 8 Dec, 09:00–09:30 EST"
         # the story at 390 px: its review box fits and works
         page.goto(f"{s.url}/decisions/{held['id']}")
         page.wait_for_selector("body[data-loaded]")
