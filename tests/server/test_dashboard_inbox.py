@@ -80,18 +80,25 @@ def test_an_approver_decides_three_held_decisions_from_the_list(serve: Callable[
         stamp = first.locator("time")
         assert "ago" in stamp.inner_text() or stamp.inner_text() == "just now"
         assert stamp.get_attribute("title").endswith(("EST", "EDT"))
+        stamp.click()  # a phone has no hover: a tap shows the absolute time
+        assert stamp.inner_text() == stamp.get_attribute("title")
+        stamp.click()
+        assert stamp.inner_text() != stamp.get_attribute("title")
         assert "Times in America/New_York" in page.locator("main").inner_text()
         assert overflow(page) == 0
         page.screenshot(path=str(shots / f"approvals-{width}.png"), full_page=True)
 
-        # 1. approve with a click
+        # j/k move through the queue (from the item the tap above made current)
+        page.locator("h1").click()
+        for key, want in (("j", 1), ("j", 2), ("j", 2), ("k", 1), ("k", 0)):
+            page.keyboard.press(key)
+            page.wait_for_function(f"document.querySelector('.item.current')?.dataset.id === '{held[want]['id']}'")
+        # 1. approve with a click: the next one becomes the current one
         first.locator("button.approve").click()
         first.wait_for(state="detached")
-        # 2. reject from the keyboard: j selects, r asks for the reason, Enter sends it
-        second = row(page, held[1]["id"])
-        page.locator("body").click(position={"x": 1, "y": 1})
-        page.keyboard.press("j")
         page.wait_for_function(f"document.querySelector('.item.current')?.dataset.id === '{held[1]['id']}'")
+        # 2. reject from the keyboard: r asks for the reason, Enter sends it
+        second = row(page, held[1]["id"])
         page.keyboard.press("r")
         assert second.locator(".reason").is_visible()
         page.keyboard.press("Enter")  # no reason: refused, said why

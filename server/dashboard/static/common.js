@@ -199,8 +199,18 @@ const Astralis = (() => {
 
   // relative times stay true while a page is open
   setInterval(() => {
-    for (const t of document.querySelectorAll("time[datetime]")) t.textContent = relative(t.getAttribute("datetime"));
+    for (const t of document.querySelectorAll("time[datetime]:not([data-absolute])")) {
+      t.textContent = relative(t.getAttribute("datetime"));
+    }
   }, 60_000);
+
+  // a phone has no hover: a tap on a relative time shows the absolute one (and back)
+  document.addEventListener("click", (e) => {
+    const t = e.target.closest?.("time[datetime][title]");
+    if (!t || t.closest("a")) return;
+    const absolute = t.toggleAttribute("data-absolute");
+    t.textContent = absolute ? t.title : relative(t.getAttribute("datetime"));
+  });
 
   // ---- what a decision proposes, in words --------------------------------------------------------------------
 
