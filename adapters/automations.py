@@ -112,7 +112,9 @@ class AutomationTrigger:
             refused = refusal_in(exc)
             if refused is not None:  # the destination is not allowed: no retry changes that
                 raise ActionFailed(f"automation '{name}' at {automation.url}: {refused}", permanent=True) from None
-            raise ActionFailed(f"automation '{name}' could not be reached: {type(exc).__name__}: {exc}") from None
+            # A URL aiohttp cannot use (`http://0`, `http://2130706433`) will not become usable by waiting.
+            raise ActionFailed(f"automation '{name}' could not be reached: {type(exc).__name__}: {exc}",
+                               permanent=isinstance(exc, aiohttp.InvalidURL)) from None
         if secret:
             # A workflow that echoes its request (n8n's "respond with the first entry") would hand the auth header
             # back: it must not reach the outbox row, the decision's error or the logs.

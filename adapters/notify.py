@@ -403,7 +403,7 @@ class NotificationDispatcher:
             if refused is not None:  # the destination is not allowed: no retry changes that
                 raise ActionFailed(f"notification webhook {hook.url}: {refused}", permanent=True, result=result) from None
             raise ActionFailed(f"notification webhook {hook.url} could not be reached: {type(exc).__name__}: {exc}",
-                               result=result) from None
+                               permanent=isinstance(exc, aiohttp.InvalidURL), result=result) from None
         kind = classify(status)
         if kind == "ok":
             return status

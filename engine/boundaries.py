@@ -165,13 +165,16 @@ def _locate(docs: Sequence[_Doc], loc: tuple[str | int, ...]) -> tuple[str, int]
 
 def boundary_errors(org: OrgConfig, org_doc: _Doc, policy: Policy, policy_docs: Sequence[_Doc],
                     orgs: Iterable[str] = ()) -> list[ConfigError]:
-    """A `forbidden_secret` finding, at its file and line, for each secret name outside the org's own (another
-    org's prefix, or one of the server's variables). Destinations are not judged here: whether an address may be
+    """A `forbidden_secret` finding, at its file and line, for each secret name outside the org's own prefix or
+    among the server's variables. Destinations are not judged here: whether an address may be
     reached is the operator's allow-list, checked when the connection is made (adapters/egress.py)."""
-    known = list(orgs)
+    # Names under another org's longer prefix are not findings here: a finding (or its absence) would tell the
+    # tenant which org ids begin like its own. They are refused when resolved, exactly as a secret the operator
+    # has not set (adapters/secrets.py), and the operator's log says why.
+    del orgs
     errors: list[ConfigError] = []
     for kind, loc, name in secret_fields(org, policy):
-        problem = secret_problem(org.org, name, known)
+        problem = secret_problem(org.org, name)
         if problem is None:
             continue
         path, line = (org_doc.path, org_doc.line(loc)) if kind == "org" else _locate(policy_docs, loc)

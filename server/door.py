@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import re2
 from aiohttp import web
 
 from engine.models import DEPTH_PROBLEM, MAX_DEPTH, MAX_INT_DIGITS, identifier_problem, json_problem
@@ -52,27 +53,39 @@ the event loop (the C parser holds the GIL): 10,000 keep a body under a few mill
 would hold the loop for 0.1–0.3 s. Events are emails, forms and rows: a few hundred values."""
 
 
-def value_count_problem(raw: bytes) -> str | None:
-    """Why `raw` holds more than MAX_VALUES JSON values, or None; counted on the bytes, before parsing, in a few
-    milliseconds at most. Commas and opening brackets bound the values from above; only when they pass the limit
-    are the ones inside strings set aside (bounded too: more quotes than the limit allows is already too many)."""
+_OPEN_RUN = re2.compile(rb"(?:[\[{][^\[\]{}]*){%d}" % (MAX_DEPTH + 1))
+"""More than MAX_DEPTH openers with no closer between them: nested too deep, whatever else the body holds."""
+
+
+def value_count_problem(raw: bytes) -> tuple[str, str] | None:
+    """(code, why) when `raw` holds more than MAX_VALUES JSON values — or, found on the way, nests deeper than
+    MAX_DEPTH — else None; counted on the bytes, before parsing, in a few milliseconds at most. Commas and opening
+    brackets bound the values from above; only when they pass the limit are the ones inside strings set aside
+    (bounded too: more quotes than the limit allows is already too many)."""
     rough = raw.count(b",") + raw.count(b"[") + raw.count(b"{")
     if rough <= MAX_VALUES:
         return None
     bare = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
     if bare.count(b'"') > 4 * MAX_VALUES:  # more than 2 × MAX_VALUES strings (keys included)
-        return f"the body holds more than {MAX_VALUES} JSON values"
+        if _OPEN_RUN.search(raw):  # brackets inside strings could only make this say too_deep of a body refused anyway
+            return "too_deep", _TOO_DEEP
+        return "too_many_values", f"the body holds more than {MAX_VALUES} JSON values"
     outside = b"".join(bare.split(b'"')[::2])
+    if _OPEN_RUN.search(outside):
+        return "too_deep", _TOO_DEEP
     count = outside.count(b",") + outside.count(b"[") + outside.count(b"{")
     if count > MAX_VALUES:
-        return f"the body holds about {count} JSON values; at most {MAX_VALUES} are accepted"
+        return "too_many_values", f"the body holds about {count} JSON values; at most {MAX_VALUES} are accepted"
     return None
 
 
 def load_json(raw: bytes) -> Any:
     """`raw` parsed as JSON, within the door's limits; ApiError naming what is wrong (and where) otherwise."""
     if problem := value_count_problem(raw):
-        raise ApiError(413, "too_many_values", problem, {"field": "body", "limit": MAX_VALUES})
+        code, why = problem
+        if code == "too_deep":
+            raise ApiError(400, code, why, {"field": "body", "limit": MAX_DEPTH})
+        raise ApiError(413, code, why, {"field": "body", "limit": MAX_VALUES})
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

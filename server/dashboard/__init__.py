@@ -33,7 +33,9 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from engine.config_schemas import schema_texts
+from engine.models import identifier_problem
 from server.auth import Principal, hash_key
+from server.door import load_json
 from server.errors import ApiError
 
 HERE = Path(__file__).resolve().parent
@@ -172,12 +174,13 @@ async def login(request: web.Request) -> web.StreamResponse:
     """POST /login with `key` (form or JSON): a session cookie and a redirect to the decision log."""
     refuse_cross_site(request, "login")
     if request.content_type == "application/json":
-        body = await request.json()
+        body = load_json(await request.read())  # depth, numbers and text checked at the door (400/422, never 500)
         key = str(body.get("key", "")) if isinstance(body, dict) else ""
     else:
         key = str((await request.post()).get("key", ""))
     from server.app import KEYS
 
+    key = key if len(key) <= 200 and identifier_problem(key) is None else ""  # no key has control characters
     principal = await request.app[KEYS].principal(key.strip()) if key.strip() else None
     if principal is None:
         raise web.HTTPFound("/login?error=invalid")

@@ -410,7 +410,9 @@ async def test_a_name_under_a_longer_orgs_prefix_is_that_orgs_secret(n8n, sessio
     secrets = SecretResolver({"ACME_X_TOKEN": "acme-x-only"}, orgs=lambda: ["acme", "acme_x"])
     with pytest.raises(ActionFailed) as err:
         await AutomationTrigger(lambda org: bundle, lambda: session, secrets=secrets).run(job())
-    assert err.value.permanent and "belongs to org 'acme_x'" in str(err.value)
+    # Refused exactly as a secret the operator has not set: nothing tells acme that acme_x exists.
+    assert err.value.permanent and "names the secret ACME_X_TOKEN, which the operator has not set" in str(err.value)
+    assert "acme_x" not in str(err.value)
     assert node.seen == []
 
 
@@ -435,3 +437,12 @@ async def test_a_session_without_the_egress_guard_sends_nothing(n8n, bundle_with
             await AutomationTrigger(lambda org: bundle, lambda: plain).run(job())
     assert err.value.permanent and "not made by adapters.egress.session" in str(err.value)
     assert node.seen == []
+
+
+@pytest.mark.parametrize("url", ["http://0/webhook/x", "http://2130706433/webhook/x", "http://127.1/webhook/x"])
+async def test_a_url_aiohttp_cannot_use_is_a_permanent_failure(url: str, session, bundle_with) -> None:
+    """The red team's note: such URLs failed with InvalidUrlClientError and were retried as if transient."""
+    bundle = bundle_with({"crm-sync": {"url": url}})
+    with pytest.raises(ActionFailed) as err:
+        await AutomationTrigger(lambda org: bundle, lambda: session, env={}).run(job())
+    assert err.value.permanent, str(err.value)
