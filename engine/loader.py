@@ -27,7 +27,24 @@ from engine.patterns import RegexError
 from engine.templates import config_errors as template_errors
 
 M = TypeVar("M", bound=BaseModel)
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+# YAML 1.1's sexagesimal numbers (`1:30` is 90, `59:59:…:59` a number built by repeated big-number
+# multiplication) are resolved as YAML 1.2 does: not at all, so such a scalar is a string (`per_minute: 1:30` is
+# then a schema finding, and a time written `9:00` stays the text "9:00"). Every other implicit type is YAML 1.1's.
+_INT = re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$")
+_FLOAT = re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+                    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+
+
+def _yaml_12_numbers(base: Any) -> Any:
+    resolvers = {first: [(tag, {_INT_TAG: _INT, _FLOAT_TAG: _FLOAT}.get(tag, regexp)) for tag, regexp in pairs]
+                 for first, pairs in base.yaml_implicit_resolvers.items()}
+    return type(f"Bounded{base.__name__}", (base,), {"yaml_implicit_resolvers": resolvers})
+
+
+_SafeLoader = _yaml_12_numbers(getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+_PySafeLoader = _yaml_12_numbers(yaml.SafeLoader)
 
 ORG_FILE = "org.yaml"
 DEFAULT_POLICY = "default"
@@ -114,6 +131,31 @@ def _load(text: str, loader_cls: Any) -> tuple[yaml.Node | None, Any]:
         loader.dispose()
 
 
+def _unconstructible_line(text: str) -> int:
+    """The line of the first scalar (in document order) that cannot be built, e.g. a timestamp with a bad offset;
+    1 when none is found on its own (the text was parsed once already: this walk is within the same limits)."""
+    loader = _SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        stack: list[yaml.Node] = [root] if root is not None else []
+        while stack:
+            node = stack.pop()
+            if isinstance(node, yaml.ScalarNode):
+                try:
+                    loader.construct_object(node, deep=True)
+                except Exception:  # whatever it raises, this is the scalar to point at
+                    return int(node.start_mark.line) + 1
+            elif isinstance(node, yaml.MappingNode):
+                stack.extend(reversed([n for pair in node.value for n in pair]))
+            elif isinstance(node, yaml.SequenceNode):
+                stack.extend(reversed(node.value))
+    except Exception:  # a best-effort line; the finding is reported either way
+        return 1
+    finally:
+        loader.dispose()
+    return 1
+
+
 def _syntax_error(exc: yaml.YAMLError, path: str) -> ConfigError:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     line = mark.line + 1 if mark is not None else 1
@@ -125,6 +167,11 @@ MAX_YAML_BYTES = 256 * 1024
 """Largest YAML file the loader parses (UTF-8 bytes). The largest shipped file is 21 KB."""
 MAX_YAML_DEPTH = 32
 """Deepest nesting of mappings and sequences accepted. The shipped files nest 7 deep."""
+MAX_YAML_NODES = 20_000
+"""Most scalars, mappings and sequences in one document. The largest shipped file has about 2,000."""
+MAX_YAML_NUMBER_CHARS = 100
+"""Longest number (int or float, as written) accepted: Python refuses ints past 4,300 digits, and converting long
+ones is quadratic."""
 
 
 def _line(event: yaml.Event) -> int:
@@ -141,9 +188,21 @@ def yaml_limits(text: str, path: str) -> ConfigError | None:
         return ConfigError(path, 1, "yaml_too_large",
                            f"the file is {size} bytes; at most {MAX_YAML_BYTES} are accepted (split the rules into "
                            "several files)")
-    depth = 0
+    depth = nodes = 0
     try:
         for event in yaml.parse(text, Loader=_SafeLoader):
+            if isinstance(event, (yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                nodes += 1
+                if nodes > MAX_YAML_NODES:
+                    return ConfigError(path, _line(event), "yaml_too_many_nodes",
+                                       f"the document has more than {MAX_YAML_NODES} values (scalars, mappings and "
+                                       "lists); split it into several files")
+            if isinstance(event, yaml.ScalarEvent) and len(event.value) > MAX_YAML_NUMBER_CHARS and (
+                    event.tag in (_INT_TAG, _FLOAT_TAG) or (event.implicit[0] and (
+                        _INT.match(event.value) or _FLOAT.match(event.value)))):
+                return ConfigError(path, _line(event), "yaml_number",
+                                   f"a number of {len(event.value)} characters; at most {MAX_YAML_NUMBER_CHARS} are "
+                                   "accepted (quote it if it is meant as text)")
             if isinstance(event, yaml.AliasEvent):
                 return ConfigError(path, _line(event), "yaml_alias",
                                    f"alias '*{event.anchor}' refused: YAML aliases and anchors are not accepted "
@@ -190,14 +249,21 @@ def parse_yaml(text: str, path: str) -> Located | ConfigError:
     if refused is not None:
         return refused
     try:
-        node, data = _load(text, _SafeLoader)  # libyaml when available: the safe loader, in C
-    except yaml.YAMLError:
-        try:  # the pure-Python loader words syntax errors better; parsing a broken file twice is cheap
-            node, data = _load(text, yaml.SafeLoader)
-        except yaml.YAMLError as exc:
-            return _syntax_error(exc, path)
-        except RecursionError:  # a broken file nested too deep for the pure-Python parser's recursion
-            return ConfigError(path, 1, "yaml_too_deep", f"mappings and lists nest more than {MAX_YAML_DEPTH} levels deep")
+        try:
+            node, data = _load(text, _SafeLoader)  # libyaml when available: the safe loader, in C
+        except yaml.YAMLError:
+            try:  # the pure-Python loader words syntax errors better; parsing a broken file twice is cheap
+                node, data = _load(text, _PySafeLoader)
+            except yaml.YAMLError as exc:
+                return _syntax_error(exc, path)
+            except RecursionError:  # a broken file nested too deep for the pure-Python parser's recursion
+                return ConfigError(path, 1, "yaml_too_deep",
+                                   f"mappings and lists nest more than {MAX_YAML_DEPTH} levels deep")
+    except (ValueError, OverflowError, TypeError, ArithmeticError) as exc:
+        # A scalar of a YAML type Python cannot hold: a timestamp with a -99:99 offset, a float out of range.
+        return ConfigError(path, _unconstructible_line(text), "yaml_value",
+                           f"a value here cannot be read as its YAML type ({type(exc).__name__}: {exc}); quote it "
+                           "if it is meant as text")
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -14,6 +14,7 @@ import contextvars
 import functools
 import re
 import time
+import types
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -317,28 +318,178 @@ def _check_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             raise TemplateLimitError(f"the number {a} is too large for a template argument (at most {MAX_INT_ARG})")
 
 
-def _length(x: Any) -> int:
-    return len(x) if isinstance(x, str | list | tuple) else len(str(x))
+def _weight(value: Any, cap: int = MAX_VALUE) -> int:
+    """About how many characters `str(value)` has, counted without making it (a list that holds one long string a
+    thousand times weighs a thousand of them); counting stops once past `cap`."""
+    if isinstance(value, str | bytes):
+        return len(value)
+    total, stack = 0, [value]
+    while stack and total <= cap:
+        v = stack.pop()
+        if isinstance(v, str | bytes):
+            total += len(v) + 3  # quotes (and b) in a container's text
+        elif isinstance(v, Mapping):
+            total += 2 + 4 * len(v)
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list | tuple | set | frozenset):
+            total += 2 + 2 * len(v)
+            stack.extend(v)
+        elif isinstance(v, int) and not isinstance(v, bool):
+            total += v.bit_length() // 3 + 2
+        else:
+            total += 24
+    return total
 
 
-def _precheck(name: str, target: Any, args: tuple[Any, ...]) -> None:
-    """Refuse before running it an operation whose result would pass `MAX_VALUE` (replace, join, format)."""
+def _refuse_over(size: int, what: str) -> None:
+    if size > MAX_VALUE:
+        raise TemplateLimitError(f"{what} would make more than {MAX_VALUE} characters ({size} counted from its "
+                                 "inputs); refused before it was made")
+
+
+MAX_FORMAT_WIDTH = 999
+"""Widest width or precision in a `%` or `str.format` conversion."""
+
+
+def _format_number(text: str | None, take: Callable[[], Any], where: str) -> int:
+    if not text:
+        return 0
+    if text == "*":
+        value = take()
+        text = str(value) if isinstance(value, int) and not isinstance(value, bool) else "0"
+    n = int(text.lstrip("-")) if len(text.lstrip("-")) <= 4 else MAX_FORMAT_WIDTH + 1
+    if n > MAX_FORMAT_WIDTH:
+        raise TemplateLimitError(f"a format width or precision of {text if len(text) <= 12 else text[:12] + '…'} "
+                                 f"in {where} is too large (at most {MAX_FORMAT_WIDTH})")
+    return n
+
+
+def _conversion_size(value: Any, width: int, precision: int, conv: str) -> int:
+    """At most how many characters one conversion makes: its width, or the value's text (escaped by repr/ascii
+    up to ten characters per character, a float's `f` form up to 310 digits) plus the precision."""
+    text = _weight(value) * (10 if conv in ("r", "a") else 1)
+    return max(width, text + precision + (310 if isinstance(value, float) else 0))
+
+
+_PERCENT_TAIL = re.compile(r"(\*|\d+)?(?:\.(\*|\d*))?[hlL]?")
+
+
+def _percent_size(fmt: str, values: Any) -> int:
+    """At most how long `fmt % values` is, from the format and the values, without formatting: every conversion,
+    named (`%(a)9s`) or not, with `*` widths read from the values as Python reads them."""
+    positional = list(values) if isinstance(values, tuple) else [values]
+    taken = 0
+
+    def take() -> Any:
+        nonlocal taken
+        taken += 1
+        return positional[taken - 1] if taken <= len(positional) else None
+
+    total, i, n = len(fmt), 0, len(fmt)
+    while (i := fmt.find("%", i)) >= 0:
+        i += 1
+        key = None
+        if i < n and fmt[i] == "(":  # a mapping key, with nested parentheses as Python counts them
+            depth, start = 1, i + 1
+            i += 1
+            while i < n and depth:
+                depth += {"(": 1, ")": -1}.get(fmt[i], 0)
+                i += 1
+            key = fmt[start:i - 1]
+        while i < n and fmt[i] in "-#0 +":
+            i += 1
+        spec = _PERCENT_TAIL.match(fmt, i)
+        assert spec is not None  # every group is optional
+        i = spec.end()
+        conv = fmt[i:i + 1]
+        i += 1
+        width = _format_number(spec.group(1), take, "a % format")
+        precision = _format_number(spec.group(2), take, "a % format")
+        if conv == "%":
+            total += width
+            continue
+        value = take() if key is None else values.get(key) if isinstance(values, Mapping) else values
+        total += _conversion_size(value, width, precision, conv)
+        if total > MAX_VALUE:
+            break
+    return total
+
+
+_FORMAT_SPEC = re.compile(r"(?:.?[<>=^])?[-+ ]?z?#?0?(\d*)[,_]?(?:\.(\d+))?[a-zA-Z%]?", re.S)
+
+
+def _format_spec_size(value: Any, spec: str) -> int:
+    """At most how long `format(value, spec)` is; a width or precision over `MAX_FORMAT_WIDTH` is refused."""
+    m = _FORMAT_SPEC.fullmatch(spec)
+    if m is None:  # not the standard mini-language: a date's strftime pattern (a few characters per directive)
+        return _weight(value) + 16 * len(spec)
+    none: Callable[[], Any] = lambda: None  # noqa: E731 (str.format has no `*`)
+    width = _format_number(m.group(1), none, "a str.format field")
+    precision = _format_number(m.group(2), none, "a str.format field")
+    return _conversion_size(value, width, precision, "")
+
+
+def _bounded_items(items: Any) -> list[Any]:
+    """The items of an iterable that is not a list (a generator from `map`), taken one operation each and refused
+    once together they weigh more than `MAX_VALUE`: `join` over them never builds the oversize text."""
+    out, size = [], 0
+    for item in items:
+        _spend()
+        size += _weight(item)
+        _refuse_over(size, "joining these items")
+        out.append(item)
+    return out
+
+
+def _precheck(name: str, target: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any] | None = None) -> None:
+    """Refuse before running it an operation whose result would pass `MAX_VALUE`, computing the result's size
+    from its inputs: replace, join, % and the format filter, expandtabs (tabs × size), indent (lines × width),
+    wordwrap (lines × wrapstring), translate (characters × longest replacement), string and tojson."""
+    kwargs = kwargs or {}
+
+    def arg(i: int, key: str, default: Any) -> Any:
+        return args[i] if len(args) > i else kwargs.get(key, default)
+
     if name == "replace" and isinstance(target, str) and len(args) >= 2:
         old, new = str(args[0]), str(args[1])
         hits = target.count(old) if old else len(target) + 1
-        _sized(" " * max(0, min(MAX_VALUE + 1, len(target) + hits * (len(new) - len(old)))))
+        _refuse_over(max(0, len(target) + hits * (len(new) - len(old))), "replace")
     elif name == "join":
         if isinstance(target, str):  # str.join: the separator is the target
             sep, items = target, args[0] if args else ()
         else:  # the join filter: the items are the target
             sep, items = (args[0] if args and isinstance(args[0], str) else ""), target
         if isinstance(items, list | tuple):
-            _sized(" " * min(MAX_VALUE + 1, sum(_length(i) for i in items) + len(sep) * len(items)))
-    elif name in ("format", "%") and isinstance(target, str) and _WIDE.search(target):
-        raise TemplateLimitError("a format width or precision is too large (at most 999)")
-
-
-_WIDE = re.compile(r"%[-#0 +]*(\*|\d{4,})|%[-#0 +]*\d*\.(\*|\d{4,})|\{[^}]*:[^}]*(\d{4,}|\{)")
+            _refuse_over(sum(_weight(i) for i in items) + len(sep) * len(items), "join")
+    elif name == "%" and isinstance(target, str):
+        _refuse_over(_percent_size(target, args[0] if args else ()), "a % format")
+    elif name == "format" and isinstance(target, str):  # the format filter: `fmt|format(*args)` or `(**kwargs)`
+        _refuse_over(_percent_size(target, dict(kwargs) if kwargs else tuple(args)), "the format filter")
+    elif name == "expandtabs" and isinstance(target, str):
+        size = arg(0, "tabsize", 8)
+        size = size if isinstance(size, int) else 8
+        _refuse_over(len(target) + target.count("\t") * max(size, 0), "expandtabs")
+    elif name == "indent" and isinstance(target, str):
+        width = arg(0, "width", 4)
+        per_line = width if isinstance(width, int) and not isinstance(width, bool) else len(str(width))
+        _refuse_over(len(target) + (target.count("\n") + 1) * max(per_line, 0), "indent")
+    elif name == "wordwrap" and isinstance(target, str):
+        wrap = arg(2, "wrapstring", None)
+        _refuse_over(len(target) + (len(target) + 1) * max(1, len(str(wrap)) if wrap else 1), "wordwrap")
+    elif name == "translate" and isinstance(target, str) and args:
+        table = args[0]
+        longest = 1
+        if isinstance(table, Mapping | list | tuple):
+            replacements = table.values() if isinstance(table, Mapping) else table
+            longest = max((len(v) if isinstance(v, str) else 1 for v in replacements), default=1)
+        _refuse_over(len(target) * longest, "translate")
+    elif name == "string":
+        _refuse_over(_weight(target), "the string filter")
+    elif name == "tojson":
+        indent = arg(0, "indent", None)
+        per = indent if isinstance(indent, int) and not isinstance(indent, bool) else 0
+        _refuse_over(_weight(target) * 6 * (1 + max(per, 0)), "tojson")
 
 
 def _bounded_iter(iterable: Any) -> Any:
@@ -349,12 +500,18 @@ def _bounded_iter(iterable: Any) -> Any:
 
 
 def _join(*parts: Any) -> str:
-    """The `~` operator, with the result's size checked before it is made."""
+    """The `~` operator, with the result's size checked before it is made (and before any part is made text)."""
     _spend()
-    texts = [str(p) for p in parts]
-    if sum(len(t) for t in texts) > MAX_VALUE:
+    if sum(_weight(p) for p in parts) > MAX_VALUE:
         raise TemplateLimitError(f"joining text with ~ would make more than {MAX_VALUE} characters")
-    return "".join(texts)
+    return "".join(str(p) for p in parts)
+
+
+def _finalize(value: Any) -> Any:
+    """Every `{{ value }}` before it becomes text: a list holding one long string many times is refused here."""
+    if not isinstance(value, str):
+        _refuse_over(_weight(value), "printing this value")
+    return value
 
 
 def _bounded_range(*args: int) -> range:
@@ -387,9 +544,13 @@ def _wrap_filter(name: str, func: Any) -> Any:
         _check_args(args, kwargs)
         values = [a for a in args if not _is_jinja_internal(a)]
         target = values[0] if values else None
-        if slow is not None and _length(target) > slow:
+        if slow is not None and _weight(target) > slow:
             raise TemplateLimitError(f"the {name} filter takes at most {slow} characters here")
-        _precheck(name, target, tuple(values[1:]))
+        if name == "join" and target is not None and not isinstance(target, list | tuple | str):
+            items = _bounded_items(target)  # a generator (`map`): taken item by item, refused once too long
+            args = tuple(items if a is target else a for a in args)
+            target = items
+        _precheck(name, target, tuple(values[1:]), kwargs)
         return _sized(func(*args, **kwargs))
 
     return bounded
@@ -406,10 +567,34 @@ def _is_jinja_internal(x: Any) -> bool:
 @functools.cache
 def _env() -> Any:
     from jinja2 import ChainableUndefined, nodes
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter
     from jinja2.visitor import NodeTransformer
+    from markupsafe import EscapeFormatter, Markup
 
     here = __name__
+
+    class _BoundedFormatter(SandboxedFormatter):
+        """The sandbox's `str.format`, with every field sized before it is made (see `_format_spec_size`)."""
+
+        _size = 0
+
+        def bounded_vformat(self, fmt: str, args: Any, kwargs: Any) -> str:
+            self._size = len(fmt)
+            return str(self.vformat(fmt, args, kwargs))
+
+        def convert_field(self, value: Any, conversion: str | None) -> Any:
+            if conversion in ("r", "a"):
+                _refuse_over(self._size + 10 * _weight(value), "a str.format !r field")
+            return super().convert_field(value, conversion)
+
+        def format_field(self, value: Any, format_spec: str) -> Any:
+            _spend()
+            self._size += _format_spec_size(value, format_spec)
+            _refuse_over(self._size, "str.format")
+            return super().format_field(value, format_spec)
+
+    class _BoundedEscapeFormatter(_BoundedFormatter, EscapeFormatter):
+        pass
 
     class _Bound(NodeTransformer):
         """Every `for` loop iterates through `_bounded_iter`; every `~` is `_join`."""
@@ -440,8 +625,31 @@ def _env() -> Any:
         def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
             _spend()
             _check_args(args, kwargs)
-            _precheck(getattr(__obj, "__name__", ""), getattr(__obj, "__self__", None), args)
+            name, target = getattr(__obj, "__name__", ""), getattr(__obj, "__self__", None)
+            if name == "join" and isinstance(target, str) and args and not isinstance(args[0], list | tuple | str):
+                args = (_bounded_items(args[0]), *args[1:])
+            _precheck(name, target, args, kwargs)
             return _sized(super().call(__context, __obj, *args, **kwargs))
+
+        def wrap_str_format(self, value: Any) -> Any:
+            """`str.format` / `format_map` through `_BoundedFormatter`: each field's size is computed from its
+            value and spec before it is formatted, and the whole result's as it grows."""
+            if not isinstance(value, types.MethodType | types.BuiltinMethodType) or value.__name__ not in (
+                    "format", "format_map") or not isinstance(value.__self__, str):
+                return None
+            fmt: str = value.__self__
+            is_map = value.__name__ == "format_map"
+            formatter = (_BoundedEscapeFormatter(self, escape=fmt.escape) if isinstance(fmt, Markup)
+                         else _BoundedFormatter(self))
+
+            def wrapper(*args: Any, **kwargs: Any) -> str:
+                if is_map:
+                    if kwargs or len(args) != 1:
+                        raise TypeError("format_map() takes exactly one argument")
+                    return type(fmt)(formatter.bounded_vformat(fmt, (), args[0]))
+                return type(fmt)(formatter.bounded_vformat(fmt, args, kwargs))
+
+            return functools.update_wrapper(wrapper, value)
 
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
             _spend()
@@ -452,16 +660,18 @@ def _env() -> Any:
                 for seq, n in ((left, right), (right, left)):
                     if isinstance(seq, str | list | tuple) and isinstance(n, int):
                         _sized(" " * min(MAX_VALUE + 1, len(seq) * max(n, 0)))
+                        if isinstance(seq, list | tuple):  # the text it stands for: [s] * 1000 is s 1000 times
+                            _refuse_over(max(0, _weight(seq) - 2) * max(n, 0), "this product")
                 if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > 256:
                     raise TemplateLimitError("a product that large is not computed in a template")
             if operator == "%":
-                _precheck("%", left, ())
+                _precheck("%", left, (right,))
             if operator == "+" and isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
                 _sized(" " * min(MAX_VALUE + 1, len(left) + len(right)))
             return _sized(super().call_binop(context, operator, left, right))
 
     env = BoundedSandbox(autoescape=False, undefined=ChainableUndefined, trim_blocks=True,
-                         lstrip_blocks=True, keep_trailing_newline=False)
+                         lstrip_blocks=True, keep_trailing_newline=False, finalize=_finalize)
     env.globals.pop("lipsum", None)
     env.globals["range"] = _bounded_range
     env.filters = {name: _wrap_filter(name, f) for name, f in env.filters.items()}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from engine.config import DecisionType
-from engine.errors import ConfigInvalid
+from engine.errors import ConfigError, ConfigInvalid
 from engine.loader import OrgBundle, load_org
 from tests.engine.conftest import ACME_DIR, POLICIES_DIR, OrgCopy
 
@@ -363,3 +363,41 @@ def test_revision_changes_when_a_ruleset_file_is_added(org_copy: OrgCopy, acme_b
     assert added is not None
     assert added.revision != acme_bundle.revision
     assert "extra/x" in {r.key for r in added.rules}
+
+
+# --------------------------------------------------------------------------- YAML scalars (issue 13, F5 and F7)
+
+def test_sexagesimal_scalars_are_text_and_other_numbers_are_yaml_11s():
+    """YAML 1.2 numbers: `59:59` and `190:20:30.15` are text (YAML 1.1 made them 3599 and a float), times stay
+    text whether quoted or not; decimal, hex, octal, underscores, floats, .inf and dates resolve as before."""
+    from engine.loader import parse_yaml
+
+    doc = parse_yaml('a: 59:59\nb: 9:00\nc: "09:00"\nd: 1_000\ne: 0x1F\nf: 017\ng: 1.5\nh: .inf\ni: 190:20:30.15\n'
+                     "j: 2001-12-14\n", "f.yaml")
+    assert not isinstance(doc, ConfigError)
+    data = doc.data
+    assert (data["a"], data["b"], data["c"], data["i"]) == ("59:59", "9:00", "09:00", "190:20:30.15")
+    assert (data["d"], data["e"], data["f"], data["g"], data["h"]) == (1000, 31, 15, 1.5, float("inf"))
+    assert str(data["j"]) == "2001-12-14"
+
+
+@pytest.mark.parametrize(("text", "code", "line"), [
+    ("a: 1\nb: " + "9" * 101 + "\n", "yaml_number", 2),
+    ("a: 1\nb: !!int " + "9" * 101 + "\n", "yaml_number", 2),
+    ("a: 1\n" + "1" * 200 + ".5: x\n", "yaml_number", 2),
+    ("a: [" + ",".join(["1"] * 20_000) + "]\n", "yaml_too_many_nodes", 1),
+    ("a: 1\nb:\n  - x\n  - 2001-12-14t21:59:43.10-99:99\n", "yaml_value", 4),
+    ("a: 1\nb: 0000-01-01\n", "yaml_value", 2),
+])
+def test_scalars_past_the_limits_are_findings_at_their_line(text, code, line):
+    from engine.loader import parse_yaml
+
+    err = parse_yaml(text, "f.yaml")
+    assert isinstance(err, ConfigError) and (err.code, err.line) == (code, line), err
+
+
+def test_a_number_of_100_characters_and_quoted_long_digits_are_accepted():
+    from engine.loader import parse_yaml
+
+    doc = parse_yaml("a: " + "9" * 100 + "\nb: '" + "9" * 5000 + "'\n", "f.yaml")
+    assert not isinstance(doc, ConfigError) and doc.data["a"] == int("9" * 100) and len(doc.data["b"]) == 5000
