@@ -240,6 +240,7 @@ def _trace(compiled: CompiledRules, engine: str, matches: list[Any], res: Resolu
         "fields": dict(res.candidate.fields) if res.candidate else {},
         "urgency_words": hits,
         "injection_removed": text.injection,
+        **({"limits": list(text.notes)} if text.notes else {}),
         "quoted_text_ignored": bool(text.quoted),
         "plan": plan.notes,
         "booking": None if booking is None else {

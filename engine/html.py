@@ -7,22 +7,100 @@ scripts, styles and the head go, entities are unescaped and link text is kept.
 from __future__ import annotations
 
 import re
-from html.parser import HTMLParser
+from html import unescape
 
 
 def html_to_text(html: str) -> str:
-    """Readable plain text from an HTML email body: structure becomes line breaks, markup and scripts go."""
-    parser = _HTMLText()
-    try:
-        parser.feed(html)
-        parser.close()
-    except Exception:
-        pass  # keep what was read before the parser gave up
-    lines = [line.strip() for line in parser.text().split("\n")]
+    """Readable plain text from an HTML email body: structure becomes line breaks, markup and scripts go.
+
+    One forward pass over the markup (`_scan`), so the cost is linear in the length of the input whatever it
+    holds: the standard library's HTMLParser rescans an unterminated tag or comment from its start on every
+    later one, and 16 KiB of `<a ` cost it 6 s (docs/security.md, "Bounded work for tenant content")."""
+    collector = _HTMLText()
+    _scan(html, collector)
+    lines = [line.strip() for line in collector.text().split("\n")]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
 
 
-class _HTMLText(HTMLParser):
+# Markup is read the way HTMLParser read it (so converted mail reads as before), but never backwards: every
+# search below starts where the last one ended, and a construct left open at the end of the input (a tag, a
+# comment, a quoted attribute value) makes the rest of the input plain text, as HTMLParser did at close().
+_TAG_NAME = re.compile(r"[a-zA-Z][^\t\n\r\f />\x00]*")
+_TAG_REST = re.compile(r"[^>=]*")  # up to the tag's end or an attribute's value
+_SPACE = re.compile(r"[ \t\n\r\f]*")
+_RAW_TEXT = frozenset({"script", "style"})  # content read as text up to the closing tag, as HTMLParser does
+_RAW_END = {name: re.compile(rf"</{name}\s*>", re.IGNORECASE) for name in _RAW_TEXT}
+
+
+def _tag_end(html: str, i: int) -> int:
+    """The index of the `>` closing a tag whose attributes start at `i` (quoted values may hold `>`), or -1."""
+    n = len(html)
+    while True:
+        i = _TAG_REST.match(html, i).end()  # type: ignore[union-attr]  # [^>=]* always matches
+        if i >= n:
+            return -1
+        if html[i] == ">":
+            return i
+        i = _SPACE.match(html, i + 1).end()  # type: ignore[union-attr]  # after "=", maybe a quoted value
+        if i < n and html[i] in "\"'":
+            close = html.find(html[i], i + 1)
+            if close < 0:
+                return -1
+            i = close + 1
+
+
+def _scan(html: str, out: _HTMLText) -> None:
+    """Feed `out` the text, start tags and end tags of `html`; comments, declarations and processing
+    instructions are skipped."""
+    n = len(html)
+    pos = 0
+    while pos < n:
+        lt = html.find("<", pos)
+        if lt < 0:
+            out.handle_data(unescape(html[pos:]))
+            return
+        if lt > pos:
+            out.handle_data(unescape(html[pos:lt]))
+        pos = lt
+        nxt = html[lt + 1:lt + 2]
+        end = -1
+        if nxt.isascii() and nxt.isalpha():
+            name_match = _TAG_NAME.match(html, lt + 1)
+            assert name_match is not None
+            end = _tag_end(html, name_match.end())
+            if end >= 0:
+                name = name_match.group().lower()
+                out.handle_starttag(name, [])
+                if html[end - 1] == "/" and end - 1 >= name_match.end():
+                    out.handle_endtag(name)
+                elif name in _RAW_TEXT:
+                    closing = _RAW_END[name].search(html, end + 1)
+                    # Script and style text is never shown; an unclosed one hides the rest, as before.
+                    if closing is None:
+                        return
+                    out.handle_endtag(name)
+                    end = closing.end() - 1
+        elif nxt == "/":
+            name_match = _TAG_NAME.match(html, lt + 2)
+            end = html.find(">", lt + 2)
+            if end >= 0 and name_match is not None:
+                out.handle_endtag(name_match.group().lower())
+        elif html.startswith("<!--", lt):
+            end = html.find("-->", lt + 4)
+            end = end + 2 if end >= 0 else -1
+        elif nxt in ("!", "?"):
+            end = html.find(">", lt + 2)
+        else:
+            out.handle_data("<")
+            pos = lt + 1
+            continue
+        if end < 0:  # left open to the end of the input: the rest is text
+            out.handle_data(unescape(html[lt:]))
+            return
+        pos = end + 1
+
+
+class _HTMLText:
     """Collects the visible text of an HTML document with line breaks where the layout has them."""
 
     # Content that is never shown. head is also left when body starts, since mailers do not always close it.
@@ -38,12 +116,12 @@ class _HTMLText(HTMLParser):
     # these placeholders and resolved in text().
     _SOFT_LINE = "\x00"
     _SOFT_PARAGRAPH = "\x01"
-    # Every run of break-like characters; runs without a placeholder come back unchanged. (A pattern that
-    # required a placeholder inside the run would rescan long runs of <br> newlines from every position.)
-    _BREAKS = re.compile(r"[ \n\x00\x01]+")
+    # Every whole run of break-like characters that holds a line break or a placeholder (runs of spaces alone
+    # are left as they are, without a call per run); the lookbehind starts a match only where a run starts, so
+    # no run is rescanned from each of its positions.
+    _BREAKS = re.compile(r"(?<![ \n\x00\x01]) *[\n\x00\x01][ \n\x00\x01]*")
 
     def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
         self._chunks: list[str] = []
         self._hidden = 0
         self._pre = 0

@@ -22,7 +22,7 @@ from engine import durable
 from engine.config import FieldCondition, TextCondition, compile_user_regex
 from engine.errors import ConfigError
 from engine.loader import OrgBundle, RuleRef
-from engine.patterns import UserRegex
+from engine.patterns import RegexBudget, UserRegex
 from engine.text import EventText, Term, extract
 
 Cond = dict[str, Any]
@@ -42,8 +42,8 @@ class TextFeature:
     none: tuple[Term, ...]
     regex: tuple[UserRegex, ...]
 
-    def evaluate(self, text: EventText) -> bool:
-        """Whether the event's text satisfies this condition."""
+    def evaluate(self, text: EventText, budget: RegexBudget | None = None) -> bool:
+        """Whether the event's text satisfies this condition; its regexes run within the event's `budget`."""
         sc = text.scope(self.scope, self.include_quoted)
         neg = self.count_negated
         if self.none and any(sc.has(t, True) for t in self.none):
@@ -56,7 +56,9 @@ class TextFeature:
         if any(sc.has(t, neg) for t in self.any):
             return True
         raw = text.raw_bytes(self.scope, self.include_quoted) if self.regex else b""
-        return any(r.search(raw) for r in self.regex)
+        if budget is None:
+            return any(r.search(raw) for r in self.regex)
+        return any(budget.search(r, raw) for r in self.regex)
 
 
 @dataclass
@@ -97,8 +99,8 @@ class TextIndex:
                     idx.phrases.setdefault(group, {}).setdefault(term.words[0], []).append((term, tf.key))
         return idx
 
-    def true_features(self, text: EventText) -> set[str]:
-        """Keys of every text feature the event's text satisfies."""
+    def true_features(self, text: EventText, budget: RegexBudget | None = None) -> set[str]:
+        """Keys of every text feature the event's text satisfies (regexes within `budget`)."""
         out: set[str] = set()
         for group in self.words.keys() | self.phrases.keys():
             scope, quoted, negated_too = group
@@ -112,12 +114,12 @@ class TextIndex:
             for first, terms in self.phrases.get(group, {}).items():
                 if first in sc.words:
                     out.update(key for term, key in terms if key not in out and sc.has(term, negated_too))
-        out.update(tf.key for tf in self.full if tf.evaluate(text))
+        out.update(tf.key for tf in self.full if tf.evaluate(text, budget))
         for (scope, quoted), gate in self.gated.items():
             present = text.scope(scope, quoted).words
             for word, feats in gate.items():
                 if word in present:
-                    out.update(tf.key for tf in feats if tf.key not in out and tf.evaluate(text))
+                    out.update(tf.key for tf in feats if tf.key not in out and tf.evaluate(text, budget))
         return out
 
 
@@ -129,10 +131,12 @@ class MatchFeature:
     path: tuple[str, ...]
     regex: UserRegex
 
-    def evaluate(self, event: dict[str, Any]) -> bool:
-        """Whether the field exists and the regex is found in its text."""
+    def evaluate(self, event: dict[str, Any], budget: RegexBudget | None = None) -> bool:
+        """Whether the field exists and the regex is found in its text (within the event's `budget`)."""
         value = resolve_path(event, self.path)
-        return value is not None and self.regex.search(str(value))
+        if value is None:
+            return False
+        return self.regex.search(str(value)) if budget is None else budget.search(self.regex, str(value))
 
 
 @dataclass(frozen=True)
@@ -206,8 +210,10 @@ class CompiledRules:
         return self.bundle.revision
 
     def features(self, event: dict[str, Any], text: EventText | None = None) -> dict[str, Any]:
-        """The fact handed to the engine: type, source, referenced fields, and every text feature."""
+        """The fact handed to the engine: type, source, referenced fields, and every text feature. The event's rule
+        regexes share one `RegexBudget`: past it they count as not matched, and `text.notes` says so."""
         text = text or extract(event.get("data") or {})
+        budget = RegexBudget()
         fact: dict[str, Any] = {"type": event.get("type"), "source": event.get("source")}
         for key, path in self.value_slots.items():
             v = resolve_path(event, path)
@@ -226,14 +232,16 @@ class CompiledRules:
                 continue  # not a number: numeric conditions on it do not hold
             if math.isfinite(x):  # "inf" or "1e999" would break the engine's JSON
                 fact[key] = x
-        for key in self.text_index.true_features(text):
+        for key in self.text_index.true_features(text, budget):
             fact[key] = True
         for sf in self.set_features:
             if sf.evaluate(fact):
                 fact[sf.key] = True
         for mf in self.match_features:
-            if mf.evaluate(event):
+            if mf.evaluate(event, budget):
                 fact[mf.key] = True
+        if budget.note is not None and budget.note not in text.notes:
+            text.notes.append(budget.note)
         return fact
 
     def match_fact(self, fact: dict[str, Any]) -> tuple[list[RuleRef], str]:

@@ -100,7 +100,69 @@ def _injection_checks(text: str, words: set[str]) -> list[re.Pattern[str]]:
 INJECTION_SPAN = re.compile(
     r"<(system|assistant|instructions?|prompt|admin)>.*?</\1>|\[(system|inst)\].*?\[/\2\]"
     r"|\b(priority|urgency|intent|classification)\s*[:=]\s*[\w-]+", re.IGNORECASE | re.DOTALL)
-_HIDDEN = re.compile(r"<!--.*?-->", re.DOTALL)
+"""What `_injection_spans` finds, as one pattern (documentation and reference for the tests). Searched with `re`
+as it is, a text of many openers and no closer (`<system>` 2,000 times) costs quadratic time: the lazy `.*?`
+runs to the end of the text from every opener."""
+# The openers and labels alone; a closer is then looked for once per opener kind (see `_injection_spans`).
+_SPAN_OPEN = re.compile(
+    r"<(system|assistant|instructions?|prompt|admin)>|\[(system|inst)\]"
+    r"|\b(priority|urgency|intent|classification)\s*[:=]\s*[\w-]+", re.IGNORECASE)
+
+
+def _injection_spans(text: str) -> list[tuple[int, int]]:
+    """The (start, end) of every `INJECTION_SPAN` match in `text`, left to right, in time linear in the text:
+    a closer that is not found after one opener is not looked for again after a later opener of that name."""
+    spans: list[tuple[int, int]] = []
+    no_closer_after: dict[str, int] = {}  # closer -> a position after which it does not occur
+    pos = 0
+    while True:
+        m = _SPAN_OPEN.search(text, pos)
+        if m is None:
+            return spans
+        if m.group(3) is not None:  # a label ("Priority: 5"): the match is the span
+            spans.append(m.span())
+            pos = m.end()
+            continue
+        closer = f"</{m.group(1)}>" if m.group(1) is not None else f"[/{m.group(2)}]"
+        closer = closer.lower()
+        if no_closer_after.get(closer, len(text) + 1) <= m.end():
+            pos = m.start() + 1
+            continue
+        found = re.compile(re.escape(closer), re.IGNORECASE).search(text, m.end())
+        if found is None:
+            no_closer_after[closer] = m.end()
+            pos = m.start() + 1
+            continue
+        spans.append((m.start(), found.end()))
+        pos = found.end()
+
+
+def _hidden_comments(text: str) -> list[tuple[int, int]]:
+    """The (start, end) of every complete HTML comment (`<!-- ... -->`) in `text`, in one pass."""
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    while True:
+        start = text.find("<!--", pos)
+        if start < 0:
+            return spans
+        end = text.find("-->", start + 4)
+        if end < 0:  # no comment closes after this one, so none after it either
+            return spans
+        spans.append((start, end + 3))
+        pos = end + 3
+
+
+def _cut(text: str, spans: list[tuple[int, int]]) -> str:
+    """`text` with every span replaced by one space."""
+    if not spans:
+        return text
+    pieces: list[str] = []
+    pos = 0
+    for start, end in spans:
+        pieces.append(text[pos:start])
+        pos = end
+    pieces.append(text[pos:])
+    return " ".join(pieces)
 
 
 def normalize(s: str) -> str:
@@ -313,6 +375,7 @@ class EventText:
     scopes: dict[str, Scope]
     _raw: dict[str, str] = field(default_factory=dict)
     _raw_bytes: dict[str, bytes] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # limits met while the rules read it (the regex budget)
 
     @property
     def for_llm(self) -> str:
@@ -372,9 +435,9 @@ _SUBJECT_FIELDS = ("subject", "title")
 def _remove_injection(text: str, found: list[str]) -> str:
     words = set(_WORDS.findall(text.lower()))
     if "<" in text or "[" in text or not _SPAN_WORDS.isdisjoint(words):
-        for m in INJECTION_SPAN.finditer(text):
-            found.append(m.group(0).strip()[:200])
-        text = INJECTION_SPAN.sub(" ", text)
+        spans = _injection_spans(text)
+        found.extend(text[start:end].strip()[:200] for start, end in spans)
+        text = _cut(text, spans)
     checks = _injection_checks(text, words)
     if not checks:
         return text
@@ -408,10 +471,12 @@ def extract(data: dict[str, Any]) -> EventText:
     body = "\n".join(body_parts)[:TEXT_MAX_CHARS]
     injection: list[str] = []
     # Hidden HTML comments are never read by a person; an instruction hidden there is an injection.
-    for hidden in _HIDDEN.findall(body):
+    comments = _hidden_comments(body)
+    for start, end in comments:
+        hidden = body[start:end]
         if INJECTION.search(hidden):
             injection.append(hidden.strip()[:200])
-    body = _HIDDEN.sub(" ", body)
+    body = _cut(body, comments)
     if "<" in body and re.search(r"</?(p|div|br|span|html|body|table)\b", body, re.IGNORECASE):
         body = html_to_text(body)
     body, quoted = split_quoted(body)

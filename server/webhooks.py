@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from secrets import token_hex
 from typing import Any
 
@@ -69,11 +70,16 @@ def _unauthorized(message: str, code: str) -> ApiError:
     return ApiError(401, "invalid_signature", message, {"reason": code})
 
 
+# Mail is parsed on threads of its own: a flood of heavy mail from outside senders queues here, not on the default
+# executor that every org's other off-loop work shares.
+_EMAIL_EXECUTOR = ThreadPoolExecutor(max_workers=2, thread_name_prefix="astralis-email")
+
+
 async def _email(raw: bytes) -> dict[str, str]:
-    """`parse_email` in a worker thread (the standard library's parser is slow Python: never on the event loop); mail
-    over a limit of adapters/mime.py answers 413 (a size) or 422 (a count) naming the limit."""
+    """`parse_email` in a worker thread (the standard library's parser is slow Python: never on the event loop), on
+    `_EMAIL_EXECUTOR`; mail over a limit of adapters/mime.py answers 413 (a size) or 422 (a count) naming the limit."""
     try:
-        return await asyncio.get_running_loop().run_in_executor(None, parse_email, raw)
+        return await asyncio.get_running_loop().run_in_executor(_EMAIL_EXECUTOR, parse_email, raw)
     except MimeLimitError as exc:
         raise ApiError(exc.status, "email_too_large" if exc.status == 413 else "email_too_complex", str(exc),
                        {"field": "body", "limit": exc.limit}) from None
