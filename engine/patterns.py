@@ -125,6 +125,9 @@ def compile_regex(pattern: str) -> UserRegex:
         elif "pattern too large" in reason:
             reason += f" (RE2's memory budget is {MAX_MEM >> 20} MiB per pattern)"
         raise RegexError(reason) from None
+    if rx.programsize > MAX_PROGRAM_SIZE:
+        raise RegexError(f"compiles to {rx.programsize} RE2 instructions; at most {MAX_PROGRAM_SIZE} are allowed "
+                         "(shorten alternations and bounded repeats such as {m,n})")
     run = _counted_run(pattern)
     if run is not None:
         raise RegexError(f"counts {run} characters in a row (such as [a-z]{{{run}}} or .{{0,{run}}}) without a word or "
@@ -132,9 +135,6 @@ def compile_regex(pattern: str) -> UserRegex:
                          f"{MAX_COUNTED_RUN} are allowed there (RE2's fast engine cannot search such a pattern and "
                          "falls back to one ~1,000 times slower): put a word before the count, as in "
                          "\\b(call|meeting)\\b.{0,40}, or count less")
-    if rx.programsize > MAX_PROGRAM_SIZE:
-        raise RegexError(f"compiles to {rx.programsize} RE2 instructions; at most {MAX_PROGRAM_SIZE} are allowed "
-                         "(shorten alternations and bounded repeats such as {m,n})")
     return UserRegex(pattern, rx)
 
 
