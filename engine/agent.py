@@ -14,7 +14,8 @@ from engine.llm import LLMResult, LLMStage, fallback
 from engine.models import Action, Decision, Event, new_id, utcnow
 from engine.plan import escalation_action, make_plan
 from engine.ports import DecisionStore, StateSource, StaticState
-from engine.resolve import Resolution, resolve
+from engine.learning import OrgModel, Prediction
+from engine.resolve import Candidate, Resolution, resolve
 from engine.rules import CompiledRules
 from engine.text import EventText, extract, keyword_set
 
@@ -64,24 +65,68 @@ class Agent:
         self._on_decision = on_decision
 
     async def _choose(self, org: OrgConfig, policy: Policy, envelope: dict[str, Any], text: EventText,
-                      res: Resolution) -> _Choice:
-        """The rules' candidate when it is clear; else the LLM's classification; else the fallback's."""
+                      res: Resolution, model: OrgModel | None) -> _Choice:
+        """The rules' candidate when it is clear (unless the org model strongly disagrees: then the LLM); else
+        the org model's when it is confident enough; else the LLM's classification; else, with the LLM off or
+        down, the model's if it clears the policy's lower bar, and last the fallback keywords'."""
         cand = res.candidate
+        bar = policy.learning
+        pred = model.predict(envelope, text) if model is not None else None
+        seen = ModelView(pred)
         if res.ambiguous is None and cand is not None:
-            return _Choice(cand.intent, cand.confidence, cand.decision_type, "rules")
+            if pred is None or pred.intent == cand.intent or pred.confidence < bar.disagree:
+                seen.role = "agrees" if pred is not None and pred.intent == cand.intent else "not used: the rules decided"
+                return _Choice(cand.intent, cand.confidence, cand.decision_type, "rules", model=seen)
+            why = (f"the org model ({pred.version}) strongly disagrees: {pred.intent} ({pred.confidence:.2f}) "
+                   f"against the rules' {cand.intent}, so the LLM was asked")
+            seen.role = "disagrees: LLM asked"
+            result = await self.llm.classify(org, policy.llm, envelope, text, res, policy.capabilities)
+            c = result.classification
+            if c is None:
+                return _Choice(cand.intent, cand.confidence, cand.decision_type, "rules", result, None,
+                               [_sentence(f"{why}; it could not answer ({_first(result.failure)}): the rules' "
+                                          "decision stands")], seen)
+            dtype = cand.decision_type if c.intent == cand.intent else None
+            return _Choice(c.intent, round(c.confidence, 4), dtype, "llm", result, c.effective_priority(),
+                           [_sentence(why), _sentence(f"LLM: {c.reasoning or 'no reasoning given'}")], seen)
+        if pred is not None and model is not None and pred.confidence >= bar.min_confidence \
+                and res.ambiguous != "rule_requests_llm":
+            seen.role = "decided"
+            return self._model_choice(model, pred, cand, seen, f"clears the bar of {bar.min_confidence:.2f}")
         result = await self.llm.classify(org, policy.llm, envelope, text, res, policy.capabilities)
         c = result.classification
         if c is not None:
             intent, confidence, decided_by = c.intent, round(c.confidence, 4), "llm"
             note = _sentence(f"LLM: {c.reasoning or 'no reasoning given'}")
+            if pred is not None:
+                seen.role = f"below the bar ({bar.min_confidence:.2f}): LLM asked"
+        elif pred is not None and model is not None and pred.confidence >= bar.fallback_confidence:
+            seen.role = "decided: LLM unavailable"
+            choice = self._model_choice(model, pred, cand, seen, f"clears the LLM-unavailable bar of "
+                                        f"{bar.fallback_confidence:.2f}")
+            choice.llm = result
+            choice.notes.insert(0, _sentence(f"LLM unavailable ({_first(result.failure)})"))
+            return choice
         else:
             fb = fallback(policy.fallback, text, res)
             intent, confidence, decided_by = fb.intent, fb.confidence, "fallback"
             note = _sentence(f"LLM unavailable ({_first(result.failure)}); {fb.reason}")
+            if pred is not None:
+                seen.role = f"below the bar ({bar.fallback_confidence:.2f}): fallback keywords"
         # the rules' decision type belongs to their intent only
         dtype = cand.decision_type if cand is not None and cand.intent == intent else None
         return _Choice(intent, confidence, dtype, decided_by, result,
-                       c.effective_priority() if c is not None else None, [note])
+                       c.effective_priority() if c is not None else None, [note], seen)
+
+    @staticmethod
+    def _model_choice(model: OrgModel, pred: Prediction, cand: Candidate | None, seen: ModelView,
+                      why: str) -> _Choice:
+        terms = model.terms(pred)
+        seen.terms = terms
+        said = ", ".join(repr(t) for t in terms) or "no particular words"
+        note = _sentence(f"Org model {pred.version}: {pred.intent} ({pred.confidence:.2f}, {why}), from {said}")
+        dtype = cand.decision_type if cand is not None and cand.intent == pred.intent else None
+        return _Choice(pred.intent, pred.confidence, dtype, "model", None, None, [note], seen)
 
     def triage(self, event: Event) -> int:
         """The priority the rules stage alone gives an event (no LLM, nothing recorded): the service uses it
@@ -124,7 +169,8 @@ class Agent:
         reasoning: list[str] = [_sentence(res.reason)]
         cand = res.candidate
         t = time.perf_counter()
-        choice = await self._choose(org, policy, envelope, text, res)
+        model = bundle.model if policy.learning.enabled else None
+        choice = await self._choose(org, policy, envelope, text, res, model)
         if choice.llm is not None:
             timings["llm_ms"] = _ms(t)
         intent, confidence, decision_type, decided_by = (choice.intent, choice.confidence, choice.decision_type,
@@ -171,6 +217,9 @@ class Agent:
             actions=[Action(type=a.type, params=a.params, idempotency_key=f"{dec_id}:{i}")
                      for i, a in enumerate(g.actions)],
             trace=_trace(compiled, engine, matches, res, text, hits, plan, g, llm_result, timings))
+        if model is not None:
+            decision.model_version = model.version
+            decision.trace["model"] = choice.model.to_json()
 
         # 7. execute (skipped in a dry run)
         if not dry_run and g.status == "EXECUTED":
@@ -208,6 +257,25 @@ class _Choice:
     llm: LLMResult | None = None
     llm_priority: int | None = None
     notes: list[str] = field(default_factory=list)
+    model: ModelView = field(default_factory=lambda: ModelView(None))
+
+
+@dataclass
+class ModelView:
+    """What the org model said about an event and what became of it (the decision trace's `model`)."""
+
+    prediction: Prediction | None
+    role: str = "not consulted"
+    terms: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """For the trace."""
+        out: dict[str, Any] = {"role": self.role}
+        if self.prediction is not None:
+            out.update(self.prediction.to_json())
+        if self.terms:
+            out["terms"] = self.terms
+        return out
 
 
 def _priority(policy: Policy, intent: Intent, res: Resolution, hits: list[str], llm_priority: int | None,

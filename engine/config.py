@@ -577,6 +577,35 @@ class Schedule(Strict):
         return v
 
 
+class Learning(Strict):
+    """The org's own model (`astralis train`), between the rules and the LLM: when it decides, when it sends
+    an event to the LLM, and what it learns from."""
+
+    enabled: bool = Field(default=False, description="Consult the org model after the rules (off: decisions as "
+                          "without a model, exactly).")
+    min_confidence: Confidence = Field(
+        default=0.8, description="An event the rules find ambiguous is decided by the model when its calibrated "
+        "confidence is at least this; below it, the LLM is asked.")
+    disagree: Confidence = Field(
+        default=0.97, description="When the rules decided but the model gives another intent with at least this "
+        "confidence, the LLM is asked (with no LLM, the rules' decision stands).")
+    fallback_confidence: Confidence = Field(
+        default=0.5, description="With the LLM off or down, the model decides when at least this confident, "
+        "before the fallback keyword rules.")
+    distill_llm: bool = Field(default=False, description="Learn from the LLM's answers (never about a text from "
+                              "which instruction-like passages were removed).")
+    distill_min_confidence: Confidence = Field(default=0.9, description="The least LLM confidence learned from.")
+    retrain_after: int = Field(default=50, ge=1, le=100_000,
+                               description="New labels (approvals, corrections) after which the service retrains.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Learning:
+        if self.fallback_confidence > self.min_confidence:
+            raise ValueError(f"fallback_confidence {self.fallback_confidence} is above min_confidence "
+                             f"{self.min_confidence}")
+        return self
+
+
 def _default_thresholds() -> dict[DecisionType | Literal["default"], Threshold]:
     return {"default": Threshold(auto_execute=0.85, require_approval=0.6)}
 
@@ -598,6 +627,7 @@ class Policy(Strict):
     execution: Execution = Execution()
     automations: dict[Id, Automation] = Field(default_factory=dict, description="Named n8n workflows.")
     notifications: Notifications = Notifications()
+    learning: Learning = Learning()
     schedules: list[Schedule] = Field(
         default_factory=list,
         description="Events raised on a cron schedule. An org policy's list replaces an inherited one.")

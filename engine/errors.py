@@ -39,6 +39,9 @@ CODES: dict[str, str] = {
     "no_rules": "the org has no enabled rules",
     "may_exceed_engine_limit": "warning: some events may satisfy more conditions than the engine takes at once",
     "unreachable_rule": "warning: a rule is disabled or can never match",
+    "model_invalid": "the org model's files are missing a part or do not fit together",
+    "model_tampered": "the org model's arrays do not hash to the value in its manifest",
+    "model_missing": "warning: the policy enables learning but the org has no trained model",
 }
 
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from engine.boundaries import boundary_errors
 from engine.config import DecisionType, OrgConfig, Policy, Rule, Ruleset, Threshold, compile_user_regex
 from engine.errors import ConfigError, ConfigInvalid
+from engine.learning import ModelError, OrgModel, load_model
 from engine.patterns import RegexError
 from engine.templates import config_errors as template_errors
 
@@ -105,6 +106,8 @@ class OrgBundle:
     revision: str
     files: tuple[str, ...]
     warnings: tuple[ConfigError, ...] = field(default=())
+    model: OrgModel | None = None
+    """The org model (`rulesets/<org>/model/`), whose content hash is part of `revision`."""
 
 
 # --------------------------------------------------------------------------- YAML with lines
@@ -556,7 +559,7 @@ def _rule_index(doc: Located, ref: RuleRef) -> int:
 
 # --------------------------------------------------------------------------- the whole org
 
-def _revision(paths: list[Path], docs: dict[str, Located], policy: Policy) -> str:
+def _revision(paths: list[Path], docs: dict[str, Located], policy: Policy, model: OrgModel | None = None) -> str:
     # The files as they were parsed (a file rewritten since is not what was validated), plus the effective
     # policy: an environment override that changes the policy changes the revision; one that changes
     # nothing (an org naming its own provider) does not.
@@ -567,6 +570,8 @@ def _revision(paths: list[Path], docs: dict[str, Located], policy: Policy) -> st
         h.update(docs[str(path)].text.encode("utf-8"))
         h.update(b"\0")
     h.update(policy.model_dump_json().encode())
+    if model is not None:  # a retrained model is a new revision; an org without one keeps its old hashes
+        h.update(b"\0model\0" + model.manifest["sha256"].encode())
     return h.hexdigest()[:12]
 
 
@@ -648,8 +653,16 @@ def validate_org(org_dir: Path, policies_dir: Path, *,
     for r in rules:
         if not r.rule.enabled:
             errors.append(ConfigError(r.path, r.line, "unreachable_rule", f"rule '{r.key}' is disabled", "warning"))
-    bundle = OrgBundle(org=org, policy=policy, rules=tuple(enabled),
-                       revision=_revision([org_path, *rule_files, *policy_paths], docs, policy),
+    try:
+        model = load_model(org_dir)
+    except ModelError as exc:
+        return None, [*errors, ConfigError(exc.path, 0, exc.code, exc.message)]
+    if model is None and policy.learning.enabled:
+        errors.append(ConfigError(org_policy_path, 0, "model_missing", f"learning is enabled for org '{org.org}' "
+                                  f"but {org_dir / 'model'} holds no model: run `astralis train --org {org.org}`",
+                                  "warning"))
+    bundle = OrgBundle(org=org, policy=policy, rules=tuple(enabled), model=model,
+                       revision=_revision([org_path, *rule_files, *policy_paths], docs, policy, model),
                        files=tuple(str(p) for p in [org_path, *rule_files, *policy_paths]),
                        warnings=tuple(e for e in errors if e.severity == "warning"))
     return bundle, errors

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from engine.config import DecisionType, Intent, Source
 
 Status = Literal["PENDING", "EXECUTED", "FAILED", "REJECTED", "REQUIRES_APPROVAL"]
-DecidedBy = Literal["rules", "llm", "fallback"]
+DecidedBy = Literal["rules", "model", "llm", "fallback"]
 
 
 def new_id(prefix: str) -> str:
@@ -234,3 +234,6 @@ class Decision(BaseModel):
     revision: str = ""
     dry_run: bool = False
     trace: dict[str, Any] = Field(default_factory=dict)
+    model_version: str | None = Field(
+        default=None, exclude_if=lambda v: v is None,
+        description="The org model consulted (its content hash, `m-…`); absent when learning is off.")

@@ -404,6 +404,10 @@ def parser() -> argparse.ArgumentParser:
     from server.cli_cases import register as register_cases
 
     register_cases(sub)
+
+    from server.cli_learning import register as register_learning
+
+    register_learning(sub)
     return p
 
 

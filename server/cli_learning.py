@@ -1,0 +1,148 @@
+"""`astralis train` (fit an org's model on its labelled examples and test cases, write it under
+`rulesets/<org>/model/`) and `astralis eval` (score the org's decisions against labelled events), registered on
+the `astralis` parser by `register`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.learning import MODEL_DIR, ModelError, load_model, save_model
+from engine.rules import CompiledRules
+from server.cli import _compiled_or_exit, _dirs
+
+
+def with_learning(compiled: CompiledRules, enabled: bool) -> CompiledRules:
+    """The same compiled revision with the policy's `learning.enabled` set (to compare with and without the
+    model in one run)."""
+    bundle = compiled.bundle
+    learning = bundle.policy.learning.model_copy(update={"enabled": enabled})
+    policy = bundle.policy.model_copy(update={"learning": learning})
+    return dataclasses.replace(compiled, bundle=dataclasses.replace(bundle, policy=policy))
+
+
+# --------------------------------------------------------------------------- train
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Fit the org model on `rulesets/<org>/examples/*.jsonl` and the org's test cases; write it beside them.
+    Exit 1 when there is nothing to learn from or an examples file is invalid."""
+    from engine.training import EXAMPLES_DIR, case_examples, read_examples, train
+
+    rulesets, _ = _dirs(args)
+    org_dir = rulesets / args.org
+    if not (org_dir / "org.yaml").exists():
+        print(f"{org_dir}:0: missing_file: no such org (no org.yaml)", file=sys.stderr)
+        return 1
+    examples, errors = read_examples(org_dir / EXAMPLES_DIR)
+    for e in errors:
+        print(e, file=sys.stderr)
+    if errors:
+        return 1
+    cases = case_examples(args.org, org_dir / "tests")
+    try:
+        arrays, manifest = train([*examples, *cases], org=args.org,
+                                 note=f"{org_dir / EXAMPLES_DIR}/*.jsonl and {org_dir / 'tests'}/*.yaml")
+    except ValueError as exc:
+        print(f"{org_dir / EXAMPLES_DIR}:0: invalid_example: {exc}", file=sys.stderr)
+        return 1
+    out = Path(args.out) if args.out else org_dir / MODEL_DIR
+    try:
+        old = load_model(out.parent) if out.name == MODEL_DIR else None
+    except ModelError:
+        old = None
+    save_model(out, arrays, manifest)
+    cal = manifest["calibration"]
+    summary = {"org": args.org, "version": manifest["version"], "previous": old.version if old else None,
+               "examples": manifest["trained_on"]["examples"], "by_origin": manifest["trained_on"]["by_origin"],
+               "classes": manifest["classes"], "temperature": manifest["temperature"],
+               "out_of_fold": {"accuracy": cal["after"]["accuracy"], "ece_before": cal["before"]["ece"],
+                               "ece_after": cal["after"]["ece"]}, "written": str(out)}
+    if args.format == "json":
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{args.org}: model {summary['version']} from {summary['examples']} examples "
+              f"({', '.join(f'{k} {v}' for k, v in summary['by_origin'].items())}) → {out}")
+        print(f"out-of-fold accuracy {cal['after']['accuracy']:.1%}; calibration error (ECE) "
+              f"{cal['before']['ece']:.3f} → {cal['after']['ece']:.3f} with temperature {manifest['temperature']}")
+        if old and old.version == manifest["version"]:
+            print("unchanged: the same examples give the same model")
+    return 0
+
+
+# --------------------------------------------------------------------------- eval
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Decide every labelled event in a dry run (LLM off unless --llm live) and score the decisions."""
+    from engine.agent import Agent
+    from engine.evaluation import read_labelled, render_text, score
+    from engine.llm import LLMStage
+    from engine.ports import StaticState
+
+    rulesets, policies = _dirs(args)
+    compiled = _compiled_or_exit(rulesets / args.org, policies)
+    if compiled is None:
+        return 1
+    if args.learning != "policy":
+        compiled = with_learning(compiled, args.learning == "on")
+    events, labels, errors = read_labelled(Path(args.events), args.org, Path(args.labels) if args.labels else None)
+    for e in errors:
+        print(e, file=sys.stderr)
+    if errors:
+        return 1
+    state = StaticState.from_json(json.loads(Path(args.state).read_text())) if args.state else StaticState()
+    provider: Any = None
+    if args.llm == "live":
+        from adapters.llm import make_provider  # lazily: importing the SDKs costs ~1.6 s
+
+        provider = make_provider(compiled.bundle.policy.llm.provider)
+
+    async def run() -> list[Any]:
+        agent = Agent(lambda o: compiled if o == args.org else None, LLMStage(provider), state=state)
+        try:
+            return [await agent.process(e, dry_run=True) for e in events]
+        finally:
+            if provider is not None:
+                await provider.aclose()
+
+    report = score(asyncio.run(run()), labels, urgent=compiled.bundle.policy.urgency.priority)
+    report = {"org": args.org, "revision": compiled.revision, "learning": compiled.bundle.policy.learning.enabled,
+              "llm": args.llm, **report}
+    if args.format == "json":
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print(f"{args.org} @ {compiled.revision} · learning {'on' if report['learning'] else 'off'} · LLM {args.llm}")
+        print(render_text(report, misses=args.show_misses))
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add `train` and `eval` to the `astralis` parser."""
+    def dirs(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--rulesets", help="rulesets folder (default: ./rulesets or $ASTRALIS_RULESETS)")
+        sp.add_argument("--policies", help="policies folder (default: ./policies or $ASTRALIS_POLICIES)")
+
+    t = sub.add_parser("train", help="fit the org model on its labelled examples and test cases")
+    t.add_argument("--org", required=True)
+    t.add_argument("--out", help="folder to write model.json and model.npz to (default: rulesets/<org>/model)")
+    t.add_argument("--format", choices=["text", "json"], default="text")
+    dirs(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="score the org's decisions (dry run) against labelled events")
+    e.add_argument("--org", required=True)
+    e.add_argument("--events", required=True, help="JSONL: {\"event\": envelope, \"intent\", \"priority\"?, …} a "
+                   "line, or envelopes with --labels")
+    e.add_argument("--labels", help="JSONL of labels by event id ({\"id\", \"intent\", \"priority\", …})")
+    e.add_argument("--state", help="calendar and loads, as for simulate")
+    e.add_argument("--llm", choices=["off", "live"], default="off")
+    e.add_argument("--learning", choices=["policy", "on", "off"], default="policy",
+                   help="use the org model as the policy says (default), or force it on or off")
+    e.add_argument("--format", choices=["text", "json"], default="text")
+    e.add_argument("--show-misses", action="store_true")
+    dirs(e)
+    e.set_defaults(func=cmd_eval)
