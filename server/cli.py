@@ -118,7 +118,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         else:
             if not getattr(args, "quiet", False):
                 print(f"ok   {org_dir.name}: revision {compiled.revision}, {len(compiled.rules)} rules, "
-                      f"{len(compiled.text_features)} text features")
+                      f"{len(compiled.text_features)} text features"
+                      + (f", model {m.version} (learning {'on' if compiled.bundle.policy.learning.enabled else 'off'})"
+                         if (m := compiled.bundle.model) is not None else ""))
     return 1 if failed else 0
 
 
