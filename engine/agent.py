@@ -73,9 +73,13 @@ class Agent:
         bar = policy.learning
         pred = model.predict(envelope, text) if model is not None else None
         seen = ModelView(pred)
+        if pred is not None and pred.words < bar.min_words:
+            seen.role = f"not used: {pred.words} words, under {bar.min_words}"
+            pred = None
         if res.ambiguous is None and cand is not None:
             if pred is None or pred.intent == cand.intent or pred.confidence < bar.disagree:
-                seen.role = "agrees" if pred is not None and pred.intent == cand.intent else "not used: the rules decided"
+                if pred is not None:
+                    seen.role = "agrees" if pred.intent == cand.intent else "disagrees, under the bar: the rules decided"
                 return _Choice(cand.intent, cand.confidence, cand.decision_type, "rules", model=seen)
             why = (f"the org model ({pred.version}) strongly disagrees: {pred.intent} ({pred.confidence:.2f}) "
                    f"against the rules' {cand.intent}, so the LLM was asked")

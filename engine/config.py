@@ -592,6 +592,8 @@ class Learning(Strict):
     fallback_confidence: Confidence = Field(
         default=0.5, description="With the LLM off or down, the model decides when at least this confident, "
         "before the fallback keyword rules.")
+    min_words: int = Field(default=4, ge=0, le=1000, description="An event with fewer words than this is never "
+                           "decided by the model (too little to go on, whatever its confidence).")
     distill_llm: bool = Field(default=False, description="Learn from the LLM's answers (never about a text from "
                               "which instruction-like passages were removed).")
     distill_min_confidence: Confidence = Field(default=0.9, description="The least LLM confidence learned from.")

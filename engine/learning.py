@@ -12,6 +12,7 @@ revision, so every decision names the model it used.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -20,7 +21,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -38,6 +39,7 @@ _ARRAY_NAMES = ("vocab", "idf", "coef", "intercept", "n_word")
 _TOKEN = re.compile(r"[^\W_]+")
 _DIGITS = re.compile(r"\d")
 _CACHE_LIMIT = 50_000
+C = TypeVar("C")
 
 
 class ModelError(ValueError):
@@ -138,11 +140,13 @@ class Prediction:
     ids: np.ndarray = field(repr=False)
     vals: np.ndarray = field(repr=False)
     version: str = ""
+    words: int = 0  # the event's words (markers aside): too few and the model is not asked to decide
 
     def to_json(self) -> dict[str, Any]:
         """For the decision's trace."""
         return {"version": self.version, "intent": str(self.intent), "confidence": self.confidence,
-                "runner_up": str(self.runner_up), "runner_up_confidence": self.runner_up_confidence}
+                "runner_up": str(self.runner_up), "runner_up_confidence": self.runner_up_confidence,
+                "words": self.words}
 
 
 class OrgModel:
@@ -225,10 +229,12 @@ class OrgModel:
 
     def predict(self, envelope: dict[str, Any], text: EventText) -> Prediction:
         """The intent the model gives this event, its calibrated confidence and the runner-up."""
-        p, ids, vals = self.probabilities(document(envelope, text))
+        doc = document(envelope, text)
+        p, ids, vals = self.probabilities(doc)
         second, best = (int(i) for i in np.argsort(p)[-2:])
+        words = len(tokens(doc[doc.index("\n") + 1:]))
         return Prediction(self.classes[best], round(float(p[best]), 4), self.classes[second],
-                          round(float(p[second]), 4), ids, vals, self.version)
+                          round(float(p[second]), 4), ids, vals, self.version, words)
 
     def terms(self, pred: Prediction, top: int = 4) -> list[str]:
         """The words (or word pieces) that pushed most toward the predicted intent rather than toward the
@@ -251,6 +257,15 @@ def _readable(feature: str) -> str:
     if kind == "w":
         return "" if body.startswith("zz") else body
     return f"…{body.strip()}…"
+
+
+def with_learning(compiled: C, enabled: bool) -> C:
+    """The same compiled revision (an `engine.rules.CompiledRules`) with the policy's `learning.enabled` set: to
+    compare decisions with and without the model in one run (`astralis eval --learning`, the tests)."""
+    bundle = compiled.bundle  # type: ignore[attr-defined]
+    learning = bundle.policy.learning.model_copy(update={"enabled": enabled})
+    policy = bundle.policy.model_copy(update={"learning": learning})
+    return dataclasses.replace(compiled, bundle=dataclasses.replace(bundle, policy=policy))  # type: ignore[type-var]
 
 
 # --------------------------------------------------------------------------- files

@@ -6,24 +6,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from engine.learning import MODEL_DIR, ModelError, load_model, save_model
-from engine.rules import CompiledRules
+from engine.learning import MODEL_DIR, ModelError, load_model, save_model, with_learning
 from server.cli import _compiled_or_exit, _dirs
-
-
-def with_learning(compiled: CompiledRules, enabled: bool) -> CompiledRules:
-    """The same compiled revision with the policy's `learning.enabled` set (to compare with and without the
-    model in one run)."""
-    bundle = compiled.bundle
-    learning = bundle.policy.learning.model_copy(update={"enabled": enabled})
-    policy = bundle.policy.model_copy(update={"learning": learning})
-    return dataclasses.replace(compiled, bundle=dataclasses.replace(bundle, policy=policy))
 
 
 # --------------------------------------------------------------------------- train

@@ -13,6 +13,7 @@ from syrupy.extensions.json import JSONSnapshotExtension
 
 from adapters.llm import make_provider
 from engine.agent import Agent
+from engine.learning import with_learning
 from engine.llm import LLMStage
 from engine.models import Decision
 from engine.ports import StaticState
@@ -30,11 +31,18 @@ def snapshot_json(snapshot):
 
 
 @pytest.fixture(scope="module")
-def acme():
-    """acme compiled from the repository's YAML."""
+def acme_on():
+    """acme compiled from the repository's YAML, its org model on as its policy says."""
     compiled, findings = build(ROOT / "rulesets" / "acme", ROOT / "policies")
     assert compiled is not None, [str(f) for f in findings]
+    assert compiled.bundle.policy.learning.enabled and compiled.bundle.model is not None
     return compiled
+
+
+@pytest.fixture(scope="module")
+def acme(acme_on):
+    """acme with `learning.enabled: false`: the decisions (and snapshots) from before the org model."""
+    return with_learning(acme_on, False)
 
 
 def stable(d: Decision) -> dict[str, Any]:
@@ -99,3 +107,35 @@ def test_decisions_with_llm(acme, standin, provider_name, snapshot_json):
     assert all(d["trace"]["resolution"]["ambiguous"] for d in consulted)
     assert all(d["llm"]["provider"] == provider_name and d["llm"]["input_tokens"] > 0 for d in consulted)
     assert decisions == snapshot_json
+
+
+def test_decisions_with_the_org_model(acme, acme_on, snapshot_json):
+    """Learning on (acme's policy): the events the rules could not place are decided by the model when it is
+    sure enough; every other decision is the one made without it."""
+    labels = {json.loads(x)["id"]: json.loads(x) for x in (CASES / "labels.jsonl").read_text().splitlines() if x}
+    before = run_corpus(acme)
+    after = run_corpus(acme_on)
+    changed = [k for k in after if {**after[k], "model_version": None, "trace": None, "reasoning": None}
+               != {**before[k], "model_version": None, "trace": None, "reasoning": None}]
+    assert changed
+    for k in changed:
+        assert after[k]["decided_by"] == "model" and before[k]["decided_by"] == "fallback"
+        assert after[k]["intent"] == labels[k]["intent"]  # the corpus is labelled: every change is right
+    assert all(d["model_version"] == acme_on.bundle.model.version for d in after.values())
+    assert after == snapshot_json
+
+
+@pytest.mark.standin
+def test_the_org_model_spares_llm_calls(acme, acme_on, standin):
+    """With a live LLM behind the OpenAI protocol, the model takes over events the LLM was asked about."""
+    def provider():
+        return make_provider("openai", api_key="test-openai-key", base_url=standin.openai_base_url)
+
+    without = run_corpus(acme, provider())
+    asked_before = len(standin.requests)
+    with_model = run_corpus(acme_on, provider())
+    asked_after = len(standin.requests) - asked_before
+    assert 0 < asked_after < asked_before
+    assert sum(d["decided_by"] == "model" for d in with_model.values()) >= asked_before - asked_after
+    assert all(d["llm"] is None for d in with_model.values() if d["decided_by"] == "model")
+    assert sum(d["decided_by"] == "llm" for d in without.values()) == asked_before

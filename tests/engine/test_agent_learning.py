@@ -43,7 +43,7 @@ class FixedModel:
     def predict(self, envelope, text) -> Prediction:
         self.asked += 1
         return Prediction(self.intent, self.confidence, Intent.OTHER, round(1 - self.confidence, 4),
-                          np.zeros(0, dtype=np.int64), np.zeros(0), self.version)
+                          np.zeros(0, dtype=np.int64), np.zeros(0), self.version, words=20)
 
     def terms(self, pred, top: int = 4) -> list[str]:
         return ["refund", "charged"]
@@ -169,6 +169,11 @@ async def test_the_shipped_model_decides_held_out_mail(acme):
     for d in by_model:
         assert d.model_version == acme.bundle.model.version and d.trace["model"]["terms"]
         assert d.confidence >= on.bundle.policy.learning.fallback_confidence
+
+
+async def test_too_few_words_are_never_decided_by_the_model(acme):
+    d = await run(configured(acme, enabled=True), email("call me", "hi"))
+    assert d.decided_by == "fallback" and d.trace["model"]["role"] == "not used: 3 words, under 4"
 
 
 async def test_replaying_a_model_decision_reproduces_it(acme):
