@@ -14,6 +14,7 @@ import pytest
 
 from engine.config import Rule
 from engine.errors import ConfigError
+from engine.learning import with_learning
 from engine.loader import OrgBundle, RuleRef, load_org, validate_org
 from engine.models import Event
 from engine.rules import CompiledRules, compile_rules
@@ -92,11 +93,11 @@ def acme_bundle() -> OrgBundle:
 
 @pytest.fixture(scope="session")
 def acme_rules(acme_bundle: OrgBundle) -> CompiledRules:
-    """The example org compiled and loaded in durable-rules (probed first, as in production)."""
+    """The example org compiled and loaded in durable-rules (probed first, as in production), its org model off."""
     compiled = compile_rules(acme_bundle)
     assert isinstance(compiled, CompiledRules), compiled
     assert compiled.engine is not None
-    return compiled
+    return with_learning(compiled, False)  # the rules alone; test_agent_learning.py covers the org model
 
 
 @pytest.fixture(scope="session")

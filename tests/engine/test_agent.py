@@ -12,6 +12,7 @@ from adapters.llm import make_provider
 from adapters.stores import open_store
 from engine.agent import Agent, UnknownOrg
 from engine.gate import RateLimiter
+from engine.learning import with_learning
 from engine.llm import LLMStage
 from engine.models import Decision, Event
 from engine.ports import StaticState
@@ -23,9 +24,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def acme():
+    """acme without its org model (`learning.enabled: false`): the LLM and fallback paths these tests pin down;
+    tests/engine/test_agent_learning.py covers the model's place between them."""
     compiled, findings = build(ROOT / "rulesets" / "acme", ROOT / "policies")
     assert compiled is not None, [str(f) for f in findings]
-    return compiled
+    return with_learning(compiled, False)
 
 
 def email(text: str, subject: str = "", **extra) -> Event:
