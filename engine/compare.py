@@ -108,8 +108,12 @@ def prompt_chars(compiled: CompiledRules, event: Event) -> int:
 
 
 def consults_llm(d: Decision) -> bool:
-    """Whether the rules left this event ambiguous, so that the LLM is (or would be) asked."""
-    return d.llm is not None or d.decided_by != "rules"
+    """Whether the LLM is (or, with none configured, would be) asked about this event: the rules left it
+    ambiguous and the org model did not decide it, or the model disagreed strongly with the rules."""
+    if d.llm is not None or d.decided_by in ("llm", "fallback"):
+        return True
+    role = str(d.trace.get("model", {}).get("role", ""))
+    return role.startswith(("decided: LLM unavailable", "disagrees: LLM asked"))
 
 
 def _usage(side: Side) -> dict[str, Any]:

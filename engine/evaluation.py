@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from engine.compare import consults_llm
 from engine.models import Decision, Event
 
 TIERS = ("rules", "model", "llm", "fallback")
@@ -105,7 +106,8 @@ def score(decisions: list[Decision], labels: dict[str, Label], *, urgent: int = 
     return {
         "events": n, "labelled": len(scored),
         "decided_by": dict(Counter(d.decided_by for d in decisions)),
-        "llm_share": round(sum(d.llm is not None for d in decisions) / n, 4) if n else None,
+        "llm_share": round(sum(consults_llm(d) for d in decisions) / n, 4) if n else None,
+        "llm_called_share": round(sum(d.llm is not None for d in decisions) / n, 4) if n else None,
         "past_rules_share": round(sum(d.decided_by != "rules" for d in decisions) / n, 4) if n else None,
         "intent": _rate(sum(intent_ok), len(scored)),
         "intent_by_tier": {t: _rate(sum(by_tier[t]), len(by_tier[t])) for t in TIERS if by_tier.get(t)},
@@ -130,7 +132,8 @@ def render_text(report: dict[str, Any], *, misses: bool = False) -> str:
     """The report for a terminal."""
     lines = [f"{report['events']} events, {report['labelled']} labelled · decided by "
              + ", ".join(f"{k} {v}" for k, v in sorted(report["decided_by"].items()))
-             + f" · LLM asked {report['llm_share']:.1%} · past the rules {report['past_rules_share']:.1%}",
+             + f" · LLM asked (or, when off, would be) {report['llm_share']:.1%} · past the rules "
+             f"{report['past_rules_share']:.1%}",
              f"intent        {_pct(report['intent'])}"]
     for tier, r in report["intent_by_tier"].items():
         lines.append(f"  by {tier:9s} {_pct(r)}")

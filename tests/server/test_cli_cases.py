@@ -43,7 +43,7 @@ def test_update_then_test_passes_and_an_edited_rule_fails_with_a_diff(work):
     assert run.returncode == 1
     out = run.stdout
     assert "FAIL acme rulesets/acme/tests/cases.yaml:14 pricing question goes to sales, assigned by load" in out
-    assert "decided_by     expected rules\n                      got      fallback" in out
+    assert "decided_by     expected rules\n                      got      model" in out  # the org model still places it
     assert "because: rule intake/sales no longer matches: text: none of its 81 `any` keywords occur" in out
     assert out.rstrip().endswith("17 passed, 1 failed")
 
@@ -57,7 +57,7 @@ def test_json_format(work):
     assert set(results[0]) == {"org", "file", "line", "name", "ok", "problems", "observed", "diff", "rules"}
     failed = [r for r in results if not r["ok"]]
     assert [r["line"] for r in failed] == [14]
-    assert failed[0]["observed"]["decided_by"] == "fallback"
+    assert failed[0]["observed"]["decided_by"] == "model"  # the org model covers for the lost keyword
     assert failed[0]["rules"][0].startswith("rule intake/sales no longer matches: text:")
 
 

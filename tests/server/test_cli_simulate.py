@@ -52,6 +52,8 @@ def dirs(tmp_path: Path) -> dict[str, Path]:
         for d in ("rulesets", "policies"):
             shutil.copytree(ROOT / d, tmp_path / side / d)
             out[f"{side}_{d}"] = tmp_path / side / d
+    for side in ("baseline", "candidate"):  # the rules' own changes, without the org model covering for them
+        edit(out[f"{side}_policies"] / "acme.yaml", "  enabled: true\n", "  enabled: false\n")
     edit(out["candidate_policies"] / "acme.yaml", *THRESHOLD)
     edit(out["candidate_policies"] / "acme.yaml", *ROUTING)
     edit(out["candidate_rulesets"] / "acme" / "intake.yaml", *KEYWORD)
