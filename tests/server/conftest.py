@@ -26,10 +26,14 @@ def operator() -> dict[str, str]:
 
 @pytest.fixture
 def config_dirs(tmp_path: Path) -> tuple[Path, Path]:
-    """A private copy of rulesets/ and policies/ (tests may edit them)."""
+    """A private copy of rulesets/ and policies/ (tests may edit them), acme's org model off: the service tests
+    rely on events the rules and fallback hold for approval (tests/server/test_corrections.py turns it on)."""
     rulesets, policies = tmp_path / "rulesets", tmp_path / "policies"
     shutil.copytree(ROOT / "rulesets", rulesets)
     shutil.copytree(ROOT / "policies", policies)
+    acme = policies / "acme.yaml"
+    acme.write_text(acme.read_text(encoding="utf-8").replace("  enabled: true\n", "  enabled: false\n", 1),
+                    encoding="utf-8")
     return rulesets, policies
 
 
