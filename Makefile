@@ -20,6 +20,7 @@ schema:
 bench:  # every benchmark runs; the target fails if any missed its targets
 	@status=0; \
 	.venv/bin/python -m bench.rules || status=1; \
+	.venv/bin/python -m bench.model || status=1; \
 	.venv/bin/python -m bench.http || status=1; \
 	.venv/bin/python -m bench.simulate || status=1; \
 	.venv/bin/python -m bench.scale || status=1; \

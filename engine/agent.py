@@ -71,8 +71,9 @@ class Agent:
         down, the model's if it clears the policy's lower bar, and last the fallback keywords'."""
         cand = res.candidate
         bar = policy.learning
+        t = time.perf_counter()
         pred = model.predict(envelope, text) if model is not None else None
-        seen = ModelView(pred)
+        seen = ModelView(pred, ms=_ms(t) if model is not None else 0.0)
         if pred is not None and pred.words < bar.min_words:
             seen.role = f"not used: {pred.words} words, under {bar.min_words}"
             pred = None
@@ -125,8 +126,10 @@ class Agent:
     @staticmethod
     def _model_choice(model: OrgModel, pred: Prediction, cand: Candidate | None, seen: ModelView,
                       why: str) -> _Choice:
+        t = time.perf_counter()
         terms = model.terms(pred)
         seen.terms = terms
+        seen.ms = round(seen.ms + _ms(t), 3)
         said = ", ".join(repr(t) for t in terms) or "no particular words"
         note = _sentence(f"Org model {pred.version}: {pred.intent} ({pred.confidence:.2f}, {why}), from {said}")
         dtype = cand.decision_type if cand is not None and cand.intent == pred.intent else None
@@ -224,6 +227,7 @@ class Agent:
         if model is not None:
             decision.model_version = model.version
             decision.trace["model"] = choice.model.to_json()
+            timings["model_ms"] = choice.model.ms
 
         # 7. execute (skipped in a dry run)
         if not dry_run and g.status == "EXECUTED":
@@ -271,6 +275,7 @@ class ModelView:
     prediction: Prediction | None
     role: str = "not consulted"
     terms: list[str] = field(default_factory=list)
+    ms: float = 0.0  # time spent in the model (the decision's timings_ms.model_ms)
 
     def to_json(self) -> dict[str, Any]:
         """For the trace."""

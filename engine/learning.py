@@ -37,9 +37,11 @@ CHAR_NGRAMS = (3, 5)
 MAX_CHARS = 3000  # text beyond this says little about intent and would only cost time
 _ARRAY_NAMES = ("vocab", "idf", "coef", "intercept", "n_word")
 _TOKEN = re.compile(r"[^\W_]+")
-_DIGITS = re.compile(r"\d")
+_ZEROS = str.maketrans("123456789", "000000000")
+_COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
 _CACHE_LIMIT = 50_000
 C = TypeVar("C")
+_MARKS = 4  # the most markers `document` puts first (type, source, category, form)
 
 
 class ModelError(ValueError):
@@ -58,13 +60,12 @@ def fold(s: str) -> str:
     s = s.lower()
     if s.isascii():
         return s
-    s = unicodedata.normalize("NFKD", s)
-    return "".join(ch for ch in s if not unicodedata.combining(ch)).replace("ß", "ss")
+    return _COMBINING.sub("", unicodedata.normalize("NFKD", s)).replace("ß", "ss")
 
 
 def tokens(s: str) -> list[str]:
     """The words of a text as the model reads them: folded, digits as 0 (every invoice number is one word)."""
-    return _DIGITS.sub("0", " ".join(_TOKEN.findall(fold(s)))).split()
+    return _TOKEN.findall(fold(s).translate(_ZEROS))
 
 
 def document(envelope: dict[str, Any], text: EventText) -> str:
@@ -164,6 +165,8 @@ class OrgModel:
         self.index = {v: i for i, v in enumerate(vocab)}
         self.idf = np.asarray(arrays["idf"], dtype=np.float64)
         self.coef = np.asarray(arrays["coef"], dtype=np.float64)  # (features, classes)
+        # per class, each feature's pull toward it rather than toward the average class (for `terms`)
+        self._pull = np.ascontiguousarray((self.coef - self.coef.mean(axis=1, keepdims=True)).T)
         self.intercept = np.asarray(arrays["intercept"], dtype=np.float64)
         self._words: dict[str, tuple[int, np.ndarray]] = {}
         self._bigrams: dict[tuple[int, int], int] = {}
@@ -185,69 +188,80 @@ class OrgModel:
             self._words[tok] = got
         return got
 
-    def vector(self, doc: str) -> tuple[np.ndarray, np.ndarray]:
-        """The document's TF-IDF vector as (feature ids, values): sublinear tf, each block (words, characters)
-        normalized to unit length, as a scikit-learn FeatureUnion of two TfidfVectorizers."""
+    def vector(self, doc: str) -> tuple[np.ndarray, np.ndarray, int]:
+        """The document's TF-IDF vector as (feature id, value) per occurrence — a feature's values over its
+        occurrences add up to its TF-IDF value: sublinear tf, each block (words, characters) normalized to unit
+        length, as a scikit-learn FeatureUnion of two TfidfVectorizers — and its number of words (markers
+        aside)."""
         toks = tokens(doc)
         per_word = Counter(toks)
-        info = {t: self._word(t) for t in per_word}
+        cache = self._words
+        info = [cache.get(t) or self._word(t) for t in per_word]
+        ids_of = dict(zip(per_word, (u for u, _ in info), strict=True))
         # A bigram in the vocabulary occurs in at least as few documents as each of its words, so both words are
         # in the vocabulary too: bigrams are looked up by their words' ids.
-        uni = [info[t][0] for t in toks if len(t) > 1]
-        words = Counter(u for u in uni if u >= 0)
+        uni = [ids_of[t] for t in toks if len(t) > 1]
         pairs = self._bigrams
-        words.update(i for i in (pairs.get(ab) for ab in zip(uni, uni[1:], strict=False) if ab[0] >= 0 and ab[1] >= 0)
-                     if i is not None)
-        parts_ids: list[np.ndarray] = []
-        parts_vals: list[np.ndarray] = []
-        if words:
-            ids = np.fromiter(words.keys(), dtype=np.int64, count=len(words))
-            tf = np.fromiter(words.values(), dtype=np.float64, count=len(words))
-            parts_ids.append(ids)
-            parts_vals.append((1.0 + np.log(tf)) * self.idf[ids])
-        char_ids = [c for _, c in info.values()]
-        lens = [len(c) for c in char_ids]
-        if sum(lens):
-            # every occurrence of a word adds its character n-grams: one pass in numpy, not a Python loop
-            weights = np.repeat(np.fromiter(per_word.values(), dtype=np.float64, count=len(per_word)), lens)
-            ids, inverse = np.unique(np.concatenate(char_ids), return_inverse=True)
-            parts_ids.append(ids)
-            parts_vals.append((1.0 + np.log(np.bincount(inverse, weights=weights))) * self.idf[ids])
-        if not parts_ids:
-            return np.zeros(0, dtype=np.int64), np.zeros(0)
-        for vals in parts_vals:
-            vals /= math.sqrt(float(vals @ vals))
-        return np.concatenate(parts_ids), np.concatenate(parts_vals)
+        found = [u for u in uni if u >= 0]
+        found += [i for i in map(pairs.get, zip(uni, uni[1:], strict=False)) if i is not None]
+        chars = [c for _, c in info]
+        lens = [len(c) for c in chars]
+        if not found and not sum(lens):
+            return np.zeros(0, dtype=np.int64), np.zeros(0), len(toks) - sum(1 for t in toks[:_MARKS] if t.startswith("zz"))
+        # Every occurrence of a feature, words first: `weights` is how many times it occurs there (a word's count
+        # for its character n-grams). Each occurrence carries its share (weight / term frequency) of the feature's
+        # value, so sums over occurrences are sums over features, with no sorting or de-duplicating. Few numpy
+        # calls: on vectors this short their overhead, not the arithmetic, is the cost.
+        cut = len(found)
+        occ = np.concatenate([np.array(found, dtype=np.int64), *chars])
+        weights = np.concatenate((np.ones(cut), np.repeat(np.fromiter(per_word.values(), dtype=np.float64,
+                                                                      count=len(per_word)), lens)))
+        tf = np.bincount(occ, weights=weights, minlength=len(self.idf))[occ]
+        vals = np.log(tf)
+        vals += 1.0
+        vals *= self.idf[occ]
+        shared = weights / tf
+        shared *= vals
+        sq = shared * vals
+        for lo, hi in ((0, cut), (cut, len(occ))):
+            if hi > lo:
+                shared[lo:hi] /= math.sqrt(float(sq[lo:hi].sum()))
+        return occ, shared, len(toks) - sum(1 for t in toks[:_MARKS] if t.startswith("zz"))
 
-    def probabilities(self, doc: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Calibrated class probabilities, with the feature ids and values they came from."""
-        ids, vals = self.vector(doc)
-        logits = self.intercept + (vals @ self.coef[ids] if len(ids) else 0.0)
-        z = logits / self.temperature
-        p = np.exp(z - z.max())
-        return p / p.sum(), ids, vals
+    def probabilities(self, doc: str) -> tuple[list[float], np.ndarray, np.ndarray, int]:
+        """Calibrated class probabilities, with the feature occurrences they came from and the word count."""
+        ids, vals, n_words = self.vector(doc)
+        logits = (self.intercept + vals @ self.coef[ids]).tolist() if len(ids) else self.intercept.tolist()
+        t = self.temperature
+        top = max(logits)
+        e = [math.exp((z - top) / t) for z in logits]
+        total = sum(e)
+        return [x / total for x in e], ids, vals, n_words
 
     def predict(self, envelope: dict[str, Any], text: EventText) -> Prediction:
         """The intent the model gives this event, its calibrated confidence and the runner-up."""
-        doc = document(envelope, text)
-        p, ids, vals = self.probabilities(doc)
-        second, best = (int(i) for i in np.argsort(p)[-2:])
-        words = len(tokens(doc[doc.index("\n") + 1:]))
-        return Prediction(self.classes[best], round(float(p[best]), 4), self.classes[second],
-                          round(float(p[second]), 4), ids, vals, self.version, words)
+        p, ids, vals, n_words = self.probabilities(document(envelope, text))
+        order = sorted(range(len(p)), key=p.__getitem__)
+        best, second = order[-1], order[-2]
+        return Prediction(self.classes[best], round(p[best], 4), self.classes[second], round(p[second], 4), ids,
+                          vals, self.version, n_words)
 
     def terms(self, pred: Prediction, top: int = 4) -> list[str]:
-        """The words (or word pieces) that pushed most toward the predicted intent rather than toward the
-        average class: what the decision's reasoning quotes."""
-        if not len(pred.ids):
+        """The words and word pairs that pushed most toward the predicted intent rather than toward the average
+        class: what the decision's reasoning quotes."""
+        cut = int(np.searchsorted(pred.ids >= self.n_word, True))  # words come first among the occurrences
+        summed: dict[int, float] = {}
+        for i, v in zip(pred.ids[:cut].tolist(), pred.vals[:cut].tolist(), strict=True):
+            summed[i] = summed.get(i, 0.0) + v
+        if not summed:
             return []
-        best = self.classes.index(pred.intent)
-        w = self.coef[pred.ids]
-        contrib = pred.vals * (w[:, best] - w.mean(axis=1))
+        ids = np.fromiter(summed.keys(), dtype=np.int64, count=len(summed))
+        vals = np.fromiter(summed.values(), dtype=np.float64, count=len(summed))
+        contrib = vals * self._pull[self.classes.index(pred.intent)][ids]
         picked: list[str] = []
-        for j in np.argsort(-contrib, kind="stable")[: top * 3]:
-            term = _readable(self.vocab[int(pred.ids[j])])
-            if contrib[j] > 0 and term and term not in picked and len(picked) < top:
+        for j in np.argsort(-contrib, kind="stable")[: top * 2]:
+            term = _readable(self.vocab[int(ids[j])])
+            if contrib[j] > 0 and term and len(picked) < top:
                 picked.append(term)
         return picked
 
