@@ -251,6 +251,26 @@ PG_MIGRATIONS: tuple[PGMigration, ...] = (
     PGMigration(7, "who changed an agent configuration", (
         "ALTER TABLE agent_configs ADD COLUMN changed_by TEXT",
     )),
+    PGMigration(8, "labels: approvals and corrections", (
+        f"""CREATE TABLE labels (
+               org          {ID} NOT NULL,
+               id           {ID} NOT NULL,
+               decision_id  {ID} NOT NULL,
+               event_id     {ID} NOT NULL,
+               kind         TEXT NOT NULL,
+               intent       TEXT NOT NULL,
+               priority     INTEGER,
+               pipeline     TEXT,
+               assignee     TEXT,
+               by           TEXT NOT NULL,
+               note         TEXT,
+               at           {ID} NOT NULL,
+               decided      TEXT NOT NULL,
+               envelope     TEXT,
+               PRIMARY KEY (org, id)
+           )""",
+        "CREATE INDEX labels_org_at ON labels (org, at)",
+    )),
 )
 PG_SCHEMA_VERSION = PG_MIGRATIONS[-1].version
 

@@ -269,6 +269,30 @@ class PGInboxTables(common.DecisionFlows, PGBase):
     _dec_actions = staticmethod(insert_actions)
     _dec_stream = staticmethod(append_stream)
 
+    async def _dec_fix_actions(self, db: asyncpg.Connection, decision: Decision, actions: list[Any], base: int,
+                               now: str) -> None:
+        await db.executemany(
+            "INSERT INTO actions (key, org, decision_id, idx, type, params, status, available_at, created_at, updated_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7, $7) ON CONFLICT (key) DO NOTHING",
+            [(a.idempotency_key, decision.org, decision.id, base + i, str(a.type), json.dumps(a.params, default=str), now)
+             for i, a in enumerate(actions)])
+
+    async def _dec_label(self, db: asyncpg.Connection, label: dict[str, Any]) -> None:
+        await db.execute(
+            "INSERT INTO labels (org, id, decision_id, event_id, kind, intent, priority, pipeline, assignee, by, note, "
+            "at, decided, envelope) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
+            "(SELECT envelope::text FROM events WHERE org = $1 AND id = $4)) ON CONFLICT (org, id) DO NOTHING",
+            label["org"], label["id"], label["decision_id"], label["event_id"], label["kind"], label["intent"],
+            label["priority"], label["pipeline"], label["assignee"], label["by"], label["note"], label["at"],
+            json.dumps(label["decided"]))
+
+    async def _labels(self, org: str, since: str | None, limit: int) -> list[dict[str, Any]]:
+        async with self._read() as db:
+            rows = await db.fetch(
+                "SELECT * FROM labels WHERE org = $1 AND ($2::text IS NULL OR at >= $2) ORDER BY at, id LIMIT $3",
+                org, since, limit)
+        return [common.common_label(r) for r in rows]
+
     # ---- live stream -----------------------------------------------------------------------------------
 
     async def stream_after(self, org: str, after: int, *, limit: int = 200) -> list[tuple[int, str, dict[str, Any]]]:

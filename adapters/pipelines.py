@@ -14,13 +14,21 @@ from engine.ports import ActionFailed, ActionJob
 
 
 def intake_id(job: ActionJob) -> str:
-    """The host platform's own id for `intake:created` events (`data.intakeId`), else one derived from the
-    action's key — the same on every attempt."""
-    event = job.event or {}
+    """The intake a correction re-routes (`params.intake`), else the host platform's own id for `intake:created`
+    events (`data.intakeId`), else one derived from the action's key — the same on every attempt."""
+    named = job.params.get("intake")
+    if isinstance(named, str) and named:
+        return named[:200]
+    return intake_id_for(job.key, job.event)
+
+
+def intake_id_for(key: str, event: dict[str, Any] | None) -> str:
+    """The id of the intake an ASSIGN_PIPELINE action with idempotency key `key` made for `event`."""
+    event = event or {}
     data = event.get("data") or {}
     if event.get("type") == "intake:created" and isinstance(data.get("intakeId"), str) and data["intakeId"]:
         return str(data["intakeId"])[:200]
-    return "int_" + hashlib.sha256(job.key.encode()).hexdigest()[:16]
+    return "int_" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def describe(event: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:

@@ -265,6 +265,28 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "who changed an agent configuration", (
         "ALTER TABLE agent_configs ADD COLUMN changed_by TEXT",
     )),
+    # Labels the org model learns from: every approval and correction, with who and when, what had been decided,
+    # and the event as it came in (kept here: the inbox may be pruned).
+    Migration(8, "labels: approvals and corrections", (
+        """CREATE TABLE labels (
+               org          TEXT NOT NULL,
+               id           TEXT NOT NULL,
+               decision_id  TEXT NOT NULL,
+               event_id     TEXT NOT NULL,
+               kind         TEXT NOT NULL,
+               intent       TEXT NOT NULL,
+               priority     INTEGER,
+               pipeline     TEXT,
+               assignee     TEXT,
+               by           TEXT NOT NULL,
+               note         TEXT,
+               at           TEXT NOT NULL,
+               decided      TEXT NOT NULL CHECK (json_valid(decided)),
+               envelope     TEXT CHECK (envelope IS NULL OR json_valid(envelope)),
+               PRIMARY KEY (org, id)
+           )""",
+        "CREATE INDEX labels_org_at ON labels (org, at)",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -11,7 +11,8 @@ from typing import Any
 import aiosqlite
 
 from adapters.sqlite_base import SQLiteBase, _bound, _iso, _now, _upsert_decision
-from adapters.store_common import (  # noqa: F401  (re-exported: the inbox's names since the start)
+from adapters.store_common import (
+    common_label,  # noqa: F401  (re-exported: the inbox's names since the start)
     ANALYTICS_COLUMNS,
     AWAITING,
     INBOX_STATUSES,
@@ -308,6 +309,30 @@ class InboxTables(DecisionFlows, SQLiteBase):
     _dec_save = staticmethod(_upsert_decision)
     _dec_actions = staticmethod(_insert_actions)
     _dec_stream = staticmethod(_append_stream)
+
+    async def _dec_fix_actions(self, db: aiosqlite.Connection, decision: Decision, actions: list[Any], base: int,
+                               now: str) -> None:
+        await db.executemany(
+            "INSERT INTO actions (key, org, decision_id, idx, type, params, status, available_at, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?7, ?7, ?7) ON CONFLICT (key) DO NOTHING",
+            [(a.idempotency_key, decision.org, decision.id, base + i, str(a.type), json.dumps(a.params, default=str), now)
+             for i, a in enumerate(actions)])
+
+    async def _dec_label(self, db: aiosqlite.Connection, label: dict[str, Any]) -> None:
+        await db.execute(
+            "INSERT INTO labels (org, id, decision_id, event_id, kind, intent, priority, pipeline, assignee, by, note, "
+            "at, decided, envelope) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, "
+            "(SELECT envelope FROM events WHERE org = ?1 AND id = ?4)) ON CONFLICT (org, id) DO NOTHING",
+            (label["org"], label["id"], label["decision_id"], label["event_id"], label["kind"], label["intent"],
+             label["priority"], label["pipeline"], label["assignee"], label["by"], label["note"], label["at"],
+             json.dumps(label["decided"])))
+
+    async def _labels(self, org: str, since: str | None, limit: int) -> list[dict[str, Any]]:
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                "SELECT * FROM labels WHERE org = ? AND (? IS NULL OR at >= ?) ORDER BY at, id LIMIT ?",
+                (org, since, since, limit))
+        return [common_label(r) for r in rows]
 
     # ---- live stream -----------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
+from engine.corrections import label_of
 from engine.models import Decision, Event
 from engine.ports import ActionJob
 
@@ -438,6 +439,58 @@ class DecisionFlows(StoreBase):
     async def _dec_stream(self, db: Any, decision: Decision, kind: str, *, new: bool, now: str) -> None:
         raise NotImplementedError
 
+    async def _dec_label(self, db: Any, label: dict[str, Any]) -> None:
+        """Record a label (an approval or a correction), with the event's envelope from the inbox when it is
+        still there; a label already recorded (same org and id) is left alone."""
+        raise NotImplementedError
+
+    async def _labels(self, org: str, since: str | None, limit: int) -> list[dict[str, Any]]:
+        """`org`'s labels, oldest first (each with `decided` and `envelope` parsed)."""
+        raise NotImplementedError
+
+    async def list_labels(self, org: str, *, since: datetime | None = None, limit: int = 100_000) -> list[dict[str, Any]]:
+        """The labels of one org only (labels never cross orgs): approvals and corrections, oldest first."""
+        return await self._labels(org, _bound(since, "since") if since is not None else None, limit)
+
+    async def correct_decision(self, org: str, decision_id: str,
+                               apply: Callable[[Decision], Any]) -> tuple[Decision | None, str]:
+        """Apply a correction to `org`'s decision in one transaction. `apply(decision)` (pure; see
+        `engine.corrections.apply`) returns a result with the decision, the outcome — "approved" (a held
+        decision, now EXECUTED with its corrected actions), "corrected" (an executed one: compensating
+        actions), "repeat" (the same correction again: nothing written) or "conflict" —, the actions for the
+        outbox and the label. Returns (decision, outcome); outcome "missing" when there is no such decision."""
+        async with self._write() as db:
+            record = await self._dec_review_record(db, org, decision_id)
+            if record is None:
+                return None, "missing"
+            result = apply(Decision.model_validate_json(record))
+            if result.outcome not in ("approved", "corrected"):
+                return result.decision, result.outcome
+            now = _now()
+            await self._dec_save(db, result.decision)
+            if result.actions:
+                await self._dec_outbox(db, result.decision, result.actions, now)
+            if result.label is not None:
+                await self._dec_label(db, result.label)
+            await self._dec_stream(db, result.decision, result.outcome, new=False, now=now)
+        return result.decision, result.outcome
+
+    async def _dec_outbox(self, db: Any, decision: Decision, actions: list[Any], now: str) -> None:
+        """Put `actions` (with their idempotency keys) of `decision` in the outbox: the corrected plan of an
+        approved decision at positions 0.., the compensation of correction n at n*1000 + i."""
+        keyed = [a for a in actions if a.idempotency_key]
+        fix = [a for a in keyed if ":fix" in a.idempotency_key]
+        if not fix:
+            await self._dec_actions(db, decision.model_copy(update={"actions": keyed}), now)
+            return
+        n = int(fix[0].idempotency_key.rsplit(":fix", 1)[1].split(":")[0])
+        shadow = decision.model_copy(update={"actions": []})
+        await self._dec_fix_actions(db, shadow, fix, n * 1000, now)
+
+    async def _dec_fix_actions(self, db: Any, decision: Decision, actions: list[Any], base: int, now: str) -> None:
+        """Insert compensating actions at outbox positions base + i (ignoring keys already there)."""
+        raise NotImplementedError
+
     async def complete_event(self, decision: Decision) -> tuple[Decision, bool]:
         """Record the decision of an inbox event, its outbox actions and its stream entry, and mark the event
         decided — all in one transaction. Exactly one decision per event: when the event is already decided
@@ -484,8 +537,20 @@ class DecisionFlows(StoreBase):
             await self._dec_save(db, decision)
             if outcome == "approved":
                 await self._dec_actions(db, decision, now)
+                # a person confirmed what was decided: a label for the org model
+                await self._dec_label(db, label_of(decision, "approval", by, note, now, intent=str(decision.intent),
+                                                   priority=decision.priority))
             await self._dec_stream(db, decision, outcome, new=False, now=now)
         return decision, "done"
+
+
+def common_label(r: Any) -> dict[str, Any]:
+    """A label row as plain data (both stores' rows read alike)."""
+    out = {k: r[k] for k in ("org", "id", "decision_id", "event_id", "kind", "intent", "priority", "pipeline",
+                             "assignee", "by", "note", "at")}
+    out["decided"] = json.loads(r["decided"])
+    out["envelope"] = json.loads(r["envelope"]) if r["envelope"] else None
+    return out
 
 
 def event_row(r: Any) -> dict[str, Any]:

@@ -444,7 +444,17 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 def create_app(settings: Settings | None = None) -> web.Application:
     """The service as an aiohttp application (resources open on startup, close on cleanup)."""
-    from server import api, api_calendar, api_intakes, api_notifications, dashboard, openapi, stream, webhooks
+    from server import (
+        api,
+        api_calendar,
+        api_corrections,
+        api_intakes,
+        api_notifications,
+        dashboard,
+        openapi,
+        stream,
+        webhooks,
+    )
 
     settings = settings or Settings()
     metrics = Metrics()
@@ -462,6 +472,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     api_intakes.setup(app)
     api_notifications.setup(app)
     api_calendar.setup(app)
+    api_corrections.setup(app)
     webhooks.setup(app)
     stream.setup(app)
     openapi.setup(app)

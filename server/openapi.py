@@ -176,7 +176,8 @@ _MODELS: tuple[tuple[type[BaseModel], Literal["validation", "serialization"]], .
 )
 
 
-EXTENSIONS = ("server.openapi_intakes", "server.openapi_notifications", "server.openapi_calendar")
+EXTENSIONS = ("server.openapi_intakes", "server.openapi_notifications", "server.openapi_calendar",
+              "server.openapi_corrections")
 """Modules describing the routes of other API modules: each has `paths()` and may have `schemas()` (hand-written
 components) and `MODELS` (pydantic models, as `_MODELS`)."""
 
@@ -398,7 +399,7 @@ def _paths() -> dict[str, Any]:
             _enum_filter("intent", [str(v) for v in Intent], "Only decisions with this intent."),
             _enum_filter("decision_type", [str(v) for v in DecisionType], "Only decisions of this type."),
             _enum_filter("source", [str(v) for v in Source], "Only decisions for events from this source."),
-            _enum_filter("decided_by", ["rules", "llm", "fallback"], "Only decisions taken this way."),
+            _enum_filter("decided_by", ["rules", "model", "llm", "fallback"], "Only decisions taken this way."),
             _time_param("since", "Created at or after (with a UTC offset)."),
             _time_param("until", "Created before (with a UTC offset)."),
             _limit(),

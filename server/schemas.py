@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic.json_schema import JsonDict
 
 from engine.config import Source
+from engine.corrections import Correction
 from engine.models import FIRST_YEAR, IDENTIFIER_PATTERN, LAST_YEAR, Decision, identifier_problem
 
 Name = Field(default=None, max_length=200)
@@ -60,6 +61,13 @@ class Review(BaseModel):
     by: Identifier | None = Field(default=None, min_length=1, max_length=200, json_schema_extra=_NAMED,
                                   description="Who decided; defaults to the API key's name.")
     note: str | None = Field(default=None, max_length=2000)
+
+
+class CorrectionIn(Correction):
+    """What a decision should have been: the intent, and optionally priority, pipeline and assignee; who and why."""
+
+    by: Identifier | None = Field(default=None, min_length=1, max_length=200, json_schema_extra=_NAMED,
+                                  description="Who corrects; defaults to the API key's name.")
 
 
 class Rejection(BaseModel):
