@@ -23,15 +23,15 @@ async def correct(request: web.Request) -> web.Response:
     """Correct a decision: approve a held one with the change, or compensate an executed one."""
     p = principal(request)
     body = await read_json(request, CorrectionIn)
-    bundle = loaded(request, p.org).bundle
-    found = problems(bundle, body)
-    if found:
-        raise ApiError(422, "invalid_correction", "; ".join(found), {"problems": found})
     store = request.app[STORE]
     decision_id = request.match_info["id"]
     decision = await store.get_decision(p.org, decision_id)
     if decision is None:
         raise ApiError(404, "not_found", f"no decision {decision_id!r}")
+    bundle = loaded(request, p.org).bundle
+    found = problems(bundle, body)
+    if found:
+        raise ApiError(422, "invalid_correction", "; ".join(found), {"problems": found})
     event = await store.get_event(p.org, decision.event_id)
     envelope: dict[str, Any] = (event or {}).get("envelope") or {
         "id": decision.event_id, "org": p.org, "data": {}, **decision.input}
