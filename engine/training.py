@@ -93,6 +93,36 @@ def case_examples(org: str, tests_dir: Path) -> list[Example]:
     return out
 
 
+def label_examples(org: str, labels: Iterable[dict[str, Any]]) -> list[Example]:
+    """People's approvals and corrections of `org` as examples, the latest label of an event winning (labels of
+    another org, and labels whose event is no longer stored, are skipped)."""
+    out: dict[str, Example] = {}
+    for lab in sorted(labels, key=lambda x: (x["at"], x["id"])):
+        env = lab.get("envelope")
+        if lab.get("org") != org or not isinstance(env, dict) or env.get("org", org) != org:
+            continue
+        try:
+            out[str(env.get("id") or lab["event_id"])] = Example(str(env.get("id") or lab["event_id"]), env,
+                                                                 Intent(lab["intent"]), str(lab["kind"]))
+        except ValueError:
+            continue
+    return list(out.values())
+
+
+def distilled_examples(org: str, decisions: Iterable[tuple[Any, dict[str, Any] | None]],
+                       min_confidence: float) -> list[Example]:
+    """The LLM's confident answers as examples: decisions of `org` decided by the LLM at `min_confidence` or more,
+    never about a text from which instruction-like passages were removed (an injected text could teach the model
+    what its author wants)."""
+    out = []
+    for d, env in decisions:
+        if (d.org != org or d.decided_by != "llm" or d.confidence < min_confidence or not isinstance(env, dict)
+                or d.trace.get("injection_removed")):
+            continue
+        out.append(Example(d.event_id, env, d.intent, "llm"))
+    return out
+
+
 def merge(*groups: Iterable[Example]) -> list[Example]:
     """One example per event id, the later groups winning (a correction overrides the shipped label), ordered
     by id so that the training set, and so the model, do not depend on the order labels arrived in."""

@@ -33,9 +33,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if errors:
         return 1
     cases = case_examples(args.org, org_dir / "tests")
+    learned: list[Any] = []
+    note = f"{org_dir / EXAMPLES_DIR}/*.jsonl and {org_dir / 'tests'}/*.yaml"
+    if args.db:
+        learned = asyncio.run(_from_store(args.db, args.org, _policy_learning(org_dir, args)))
+        note += f", and {len(learned)} labels and LLM answers of the store"
     try:
-        arrays, manifest = train([*examples, *cases], org=args.org,
-                                 note=f"{org_dir / EXAMPLES_DIR}/*.jsonl and {org_dir / 'tests'}/*.yaml")
+        arrays, manifest = train([*examples, *cases, *learned], org=args.org, note=note)
     except ValueError as exc:
         print(f"{org_dir / EXAMPLES_DIR}:0: invalid_example: {exc}", file=sys.stderr)
         return 1
@@ -61,6 +65,39 @@ def cmd_train(args: argparse.Namespace) -> int:
         if old and old.version == manifest["version"]:
             print("unchanged: the same examples give the same model")
     return 0
+
+
+def _policy_learning(org_dir: Path, args: argparse.Namespace) -> Any:
+    """The org's `learning` policy block (defaults when the org does not load)."""
+    from engine.config import Learning
+
+    _, policies = _dirs(args)
+    compiled = _compiled_or_exit(org_dir, policies)
+    return compiled.bundle.policy.learning if compiled is not None else Learning()
+
+
+async def _from_store(url: str, org: str, learning: Any) -> list[Any]:
+    """The org's labels in the store and, when the policy allows, its confident LLM answers (as examples)."""
+    from adapters.stores import open_store
+    from engine.training import distilled_examples, label_examples
+
+    store = await open_store(url)
+    try:
+        out = label_examples(org, await store.list_labels(org))
+        if learning.distill_llm:
+            pairs = []
+            cursor = None
+            while True:
+                page, cursor = await store.list_decisions(org, decided_by="llm", limit=500, cursor=cursor)
+                for d in page:
+                    event = await store.get_event(org, d.event_id)
+                    pairs.append((d, (event or {}).get("envelope")))
+                if cursor is None:
+                    break
+            out += distilled_examples(org, pairs, learning.distill_min_confidence)
+        return out
+    finally:
+        await store.close()
 
 
 # --------------------------------------------------------------------------- eval
@@ -119,6 +156,9 @@ def register(sub: Any) -> None:
     t.add_argument("--org", required=True)
     t.add_argument("--out", help="folder to write model.json and model.npz to (default: rulesets/<org>/model)")
     t.add_argument("--format", choices=["text", "json"], default="text")
+    t.add_argument("--db", help="also learn from the store's labels of the org (approvals, corrections) and, when "
+                   "the policy's learning.distill_llm allows, its confident LLM answers: a SQLite file or "
+                   "postgresql://…")
     dirs(t)
     t.set_defaults(func=cmd_train)
 

@@ -132,3 +132,31 @@ def test_tampered_model_keeps_the_org_on_its_last_good_revision(org_copy, traine
     findings = reg.reload("acme")
     assert [f.code for f in findings if f.severity == "error"] == ["model_tampered"]
     assert reg.get("acme") is good
+
+
+def test_labels_are_learned_per_org_and_injected_llm_answers_never(examples):
+    from engine.models import Decision
+    from engine.training import distilled_examples, label_examples
+
+    env = {"id": "e1", "org": "acme", "source": "EMAIL", "type": "email:received", "data": {"text": "refund please"}}
+    labels = [
+        {"org": "acme", "id": "d1:approval", "event_id": "e1", "kind": "approval", "intent": "SALES_INQUIRY",
+         "at": "2026-12-01T10:00:00+00:00", "envelope": env},
+        {"org": "acme", "id": "d1:correction:1", "event_id": "e1", "kind": "correction", "intent": "BILLING_QUESTION",
+         "at": "2026-12-01T11:00:00+00:00", "envelope": env},
+        {"org": "brightsmile", "id": "d2:approval", "event_id": "e2", "kind": "approval", "intent": "SPAM",
+         "at": "2026-12-01T12:00:00+00:00", "envelope": {**env, "id": "e2", "org": "brightsmile"}},
+        {"org": "acme", "id": "d3:approval", "event_id": "e3", "kind": "approval", "intent": "SPAM",
+         "at": "2026-12-01T12:00:00+00:00", "envelope": None},  # the event was pruned
+    ]
+    [ex] = label_examples("acme", labels)
+    assert (ex.id, ex.intent, ex.origin) == ("e1", Intent.BILLING_QUESTION, "correction")
+
+    def decision(event_id: str, confidence: float, injected: list[str]) -> Decision:
+        return Decision(event_id=event_id, org="acme", input={}, intent=Intent.PROJECT, priority=3,
+                        decision_type="ASSIGN_PIPELINE", confidence=confidence, decided_by="llm", reasoning="",
+                        status="EXECUTED", trace={"injection_removed": injected})
+
+    pairs = [(decision("a", 0.95, []), {**env, "id": "a"}), (decision("b", 0.95, ["ignore previous instructions"]),
+             {**env, "id": "b"}), (decision("c", 0.6, []), {**env, "id": "c"})]
+    assert [e.id for e in distilled_examples("acme", pairs, 0.9)] == ["a"]
