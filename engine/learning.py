@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import re
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from engine.config import Intent
-from engine.text import EventText
+from engine.text import EventText, fold
 
 MODEL_DIR = "model"
 MANIFEST = "model.json"
@@ -38,7 +37,6 @@ MAX_CHARS = 3000  # text beyond this says little about intent and would only cos
 _ARRAY_NAMES = ("vocab", "idf", "coef", "intercept", "n_word")
 _TOKEN = re.compile(r"[^\W_]+")
 _ZEROS = str.maketrans("123456789", "000000000")
-_COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
 _CACHE_LIMIT = 50_000
 C = TypeVar("C")
 _MARKS = 4  # the most markers `document` puts first (type, source, category, form)
@@ -53,14 +51,6 @@ class ModelError(ValueError):
         self.path = path
         self.code = code
         self.message = message
-
-
-def fold(s: str) -> str:
-    """Lower-case without accents ("Cotización" → "cotizacion"), so spelling with or without them is one word."""
-    s = s.lower()
-    if s.isascii():
-        return s
-    return _COMBINING.sub("", unicodedata.normalize("NFKD", s)).replace("ß", "ss")
 
 
 def tokens(s: str) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,12 +18,15 @@ from engine.html import html_to_text
 NEGATORS = frozenset({
     "not", "no", "never", "dont", "doesnt", "didnt", "isnt", "arent", "wasnt", "werent", "without",
     "nothing", "nor", "neither", "hardly", "wont", "shouldnt", "needn't", "neednt",
+    # other Latin-script languages ("no es urgente", "nicht dringend", "pas urgent", "non urgente", "nao e urgente")
+    "nicht", "kein", "keine", "ohne", "pas", "non", "nao", "sin", "sem", "sans", "senza", "nunca", "jamais", "mai",
 })
 NEGATION_WINDOW = 3  # words before a keyword that can negate it ("not really that urgent")
 CLAUSE_BREAKS = frozenset({"but", "however", "although", "though", "yet", "except", "and"})
 # "won't stop bleeding", "can't stop coughing": the negator belongs to the verb, not to the keyword.
 NEGATED_VERBS = frozenset({"stop", "stops", "stopped", "stopping", "quit", "end", "ends"})
 
+_COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'"})
 _TOKEN = re.compile(r"[a-z0-9@$€£%]+(?:['][a-z]+)?")
 # One pass over the text: a word (group 1), or a sentence or clause break (no group); negation and
@@ -165,9 +169,19 @@ def _cut(text: str, spans: list[tuple[int, int]]) -> str:
     return " ".join(pieces)
 
 
+def fold(s: str) -> str:
+    """Lower-case without accents ("Cotización" → "cotizacion", "Straße" → "strasse"): words of Latin-script
+    languages stay whole, and match with or without their accents."""
+    s = s.lower()
+    if s.isascii():
+        return s
+    return _COMBINING.sub("", unicodedata.normalize("NFKD", s)).replace("ß", "ss")
+
+
 def normalize(s: str) -> str:
-    """Lower-case, straighten apostrophes, and drop apostrophes so "can't" and "cant" are one word."""
-    return s.translate(_APOSTROPHES).lower().replace("'", "")
+    """Lower-case without accents, straighten apostrophes, and drop apostrophes so "can't" and "cant" are one
+    word."""
+    return fold(s.translate(_APOSTROPHES)).replace("'", "")
 
 
 def split_quoted(body: str) -> tuple[str, str]:
