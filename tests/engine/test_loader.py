@@ -31,7 +31,7 @@ def test_the_shipped_org_is_valid(acme_bundle: OrgBundle) -> None:
     bundle = acme_bundle
     assert bundle.warnings == ()
     assert bundle.org.org == "acme" and bundle.policy.llm.provider == "openai"
-    assert {r.ruleset for r in bundle.rules} == {"bookings", "intake", "spam"}
+    assert {r.ruleset for r in bundle.rules} == {"bookings", "intake", "languages", "spam"}
     # a rule knows where it lives
     ref = next(r for r in bundle.rules if r.key == "bookings/reminder-due")
     lines = (ACME_DIR / "bookings.yaml").read_text().splitlines()
