@@ -97,15 +97,16 @@ def test_threshold_routing_and_keyword_changes_flip_exactly_the_expected_events(
 
     # the threshold: auto-executed assignments at 0.80–0.85 now wait for approval; only their status changes
     thresholds = {k: v for k, v in flips.items() if k not in partnerships}
-    assert sorted(thresholds) == ["acme-c-017", "acme-c-025", "acme-c-029", "acme-c-030", "acme-c-036",
+    # (acme-c-030, Spanish, is at 0.85 since the languages ruleset agrees with intake/sales: it stays executed)
+    assert sorted(thresholds) == ["acme-c-017", "acme-c-025", "acme-c-029", "acme-c-036",
                                   "acme-c-043", "acme-c-045", "acme-c-055", "acme-c-067", "acme-c-068",
                                   "acme-c-082", "acme-c-085", "acme-c-092", "acme-c-098", "acme-c-112"]
     for f in thresholds.values():
         assert f["changed"] == ["status"]
         assert (f["baseline"]["status"], f["candidate"]["status"]) == ("EXECUTED", "REQUIRES_APPROVAL")
         assert f["candidate"]["decision_type"] == "ASSIGN_PIPELINE" and 0.8 <= f["candidate"]["confidence"] < 0.85
-    assert report["changed_events"] == 21
-    assert report["changes"]["by_status"]["REQUIRES_APPROVAL"] == {"baseline": 27, "candidate": 43, "delta": 16}
+    assert report["changed_events"] == 20
+    assert report["changes"]["by_status"]["REQUIRES_APPROVAL"] == {"baseline": 26, "candidate": 41, "delta": 15}  # c-009 is SPAM by the rules now; c-030 at 0.85
     assert report["changes"]["by_intent"]["PROJECT"]["delta"] == 1
     assert report["changes"]["llm_call_rate"]["delta"] < 0  # one event fewer is ambiguous for the rules
     assert report["changes"]["llm_cost_usd"]["delta"] < 0
@@ -115,7 +116,7 @@ def test_threshold_routing_and_keyword_changes_flip_exactly_the_expected_events(
 def test_fail_on_change_exits_3_and_0_when_identical(dirs):
     changed = run(*compare_args(dirs, "--fail-on-change", "--format", "json"))
     assert changed.returncode == 3, changed.stderr
-    assert json.loads(changed.stdout)["report"]["changed_events"] == 21
+    assert json.loads(changed.stdout)["report"]["changed_events"] == 20
     same = run("simulate", "--org", "acme", "--events", CORPUS, "--rulesets", dirs["baseline_rulesets"],
                "--policies", dirs["baseline_policies"], "--baseline-rulesets", dirs["baseline_rulesets"],
                "--fail-on-change")
@@ -194,12 +195,12 @@ def test_every_format_of_the_corpus_comparison(dirs, tmp_path, fmt):
     assert main(compare_args(dirs, "--format", fmt, "--out", str(out))) == 0
     text = out.read_text(encoding="utf-8")
     if fmt == "table":
-        assert "21 of 121 decisions change" in text and "aggregate changes" in text
+        assert "20 of 121 decisions change" in text and "aggregate changes" in text
     elif fmt == "json":
-        assert json.loads(text)["report"]["changed_events"] == 21
+        assert json.loads(text)["report"]["changed_events"] == 20
     elif fmt == "jsonl":
         lines = [json.loads(x) for x in text.splitlines()]
-        assert len(lines) == 121 and sum(bool(x["changed"]) for x in lines) == 21
+        assert len(lines) == 121 and sum(bool(x["changed"]) for x in lines) == 20
     else:
         from tests.server.test_reports import check_html
 
@@ -211,7 +212,7 @@ def test_every_format_of_the_corpus_comparison(dirs, tmp_path, fmt):
 def test_progress_goes_to_stderr_and_leaves_stdout_alone(dirs):
     r = run(*compare_args(dirs, "--format", "json", "--progress"))
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["report"]["changed_events"] == 21
+    assert json.loads(r.stdout)["report"]["changed_events"] == 20
 
 
 # --------------------------------------------------------------------------- replay from the service's log
@@ -271,7 +272,7 @@ def test_jobs_split_the_run_and_change_nothing_in_the_output(dirs):
     three = run(*compare_args(dirs, "--format", "jsonl", "--jobs", "3", "--progress"))
     assert one.returncode == 0 and three.returncode == 0, (one.stderr, three.stderr)
     rows = _stable(one.stdout)
-    assert len(rows) == 121 and sum(bool(r["changed"]) for r in rows) == 21
+    assert len(rows) == 121 and sum(bool(r["changed"]) for r in rows) == 20
     assert _stable(three.stdout) == rows  # same decisions, same event order
 
 
