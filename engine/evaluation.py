@@ -155,3 +155,18 @@ def render_text(report: dict[str, Any], *, misses: bool = False) -> str:
         lines += [f"  {m['event']}: {m['want']} → {m['got']} ({m['decided_by']}, {m['confidence']:.2f}) "
                   f"{m['reasoning']}" for m in report["misses"]]
     return "\n".join(lines)
+
+
+def rule_precision_from_labels(labels: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each rule's precision as people judged it: of the labelled decisions (approvals and corrections) where the
+    rule matched naming an intent, how many had that intent in the end. The latest label of a decision counts."""
+    last: dict[str, dict[str, Any]] = {}
+    for lab in sorted(labels, key=lambda x: (x["at"], x["id"])):
+        last[lab["decision_id"]] = lab
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for lab in last.values():
+        for r in (lab.get("decided") or {}).get("rules", []):
+            if r.get("intent"):
+                hits[r["rule"]].append(r["intent"] == lab["intent"])
+    return {k: {"labelled": len(v), "right": sum(v), "precision": round(sum(v) / len(v), 4)}
+            for k, v in sorted(hits.items())}

@@ -21,6 +21,7 @@ from adapters.replay import ReplayProvider, replay_decisions, replay_stage
 from engine.agent import Agent, UnknownOrg
 from engine.compare import Side, compare, prompt_chars
 from engine.config import DecisionType, Intent, Source
+from engine.evaluation import rule_precision_from_labels
 from engine.models import DOOR, DecidedBy, Decision, Event, Status
 from engine.rules import CompiledRules
 from engine.simulator import summarize
@@ -356,6 +357,10 @@ async def analytics(request: web.Request) -> web.Response:
         raise ApiError(400, "bad_request", "since must be before until", {"field": "since"})
     org = principal(request).org
     report = await request.app[STORE].analytics(org, since, until)
+    # what people said of the rules' answers in the window (approvals and corrections)
+    labels = [lab for lab in await request.app[STORE].list_labels(org, since=since)
+              if lab["at"] < until.isoformat()]
+    report["rule_precision"] = rule_precision_from_labels(labels)
     compiled = request.app[REGISTRY].get(org)
     llm = report.get("llm")
     if compiled is not None and isinstance(llm, dict):

@@ -110,6 +110,10 @@ _HAND_WRITTEN: dict[str, dict[str, Any]] = {
         "until": {"type": "string", "format": "date-time"}, "total": _INT,
         "by_status": _COUNTS, "by_intent": _COUNTS, "by_decision_type": _COUNTS, "by_source": _COUNTS,
         "by_decided_by": _COUNTS,
+        "rule_precision": {"type": "object", "description": "Per rule, from the approvals and corrections made in "
+                           "the window: of the labelled decisions where it matched, how many kept its intent.",
+                           "additionalProperties": _obj({"labelled": _INT, "right": _INT,
+                                                         "precision": {"type": "number"}})},
         "llm": _obj({"calls": _INT, "call_rate": {"type": "number"}, "input_tokens": _INT, "output_tokens": _INT,
                      "latency_ms": _PERCENTILES, "model": _STR,
                      "cost_usd": _nullable({"type": "number", "description": "Estimated at the policy's prices "

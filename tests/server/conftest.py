@@ -83,12 +83,17 @@ def auth(key: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def serve(tmp_path: Path):
+def serve(tmp_path: Path, config_dirs: tuple[Path, Path]):
     """`serve(*args)` → `astralis serve` as a child process on a temporary database (tests/server/test_crash.py's
-    `Serve`), stopped after the test with its logs printed."""
+    `Serve`), stopped after the test with its logs printed. It reads `config_dirs` (acme's org model off) unless
+    the test names its own --rulesets / --policies."""
     from tests.server.test_crash import servers
 
-    yield from servers(tmp_path)
+    runs = servers(tmp_path)
+    make = next(runs)
+    rulesets, policies = config_dirs
+    yield lambda *args: make("--rulesets", str(rulesets), "--policies", str(policies), *args)
+    yield from runs
 
 
 async def raw_rows(store: Any, sql: str) -> list[dict[str, Any]]:

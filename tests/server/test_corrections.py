@@ -56,6 +56,12 @@ async def test_a_held_decision_is_approved_with_the_change(make_client):
     assert label["kind"] == "correction" and label["intent"] == "SUPPORT_REQUEST" and label["by"] == "ana@acme.example"
     assert label["assignee"] == "u-raj" and label["at"] and label["envelope"]["id"] == HELD["id"]
     assert label["decided"]["intent"] == d["trace"]["review"]["corrected"]["from"]["intent"]
+    # the analytics page's per-rule precision: the rules that named the intent people kept, and those that did not
+    report = await (await client.get("/api/agent/analytics", headers=auth(acme))).json()
+    named = {r["rule"]: r["intent"] for r in d["trace"]["rules"] if r["intent"]}
+    assert set(report["rule_precision"]) == set(named)
+    for rule, intent in named.items():
+        assert report["rule_precision"][rule]["precision"] == (1.0 if intent == "SUPPORT_REQUEST" else 0.0)
 
 
 async def test_an_executed_decision_is_compensated_once(make_client):

@@ -140,6 +140,12 @@
     for (const d of decisions) for (const r of d.matched_rules || []) matched.set(r, (matched.get(r) || 0) + 1);
     const top = [...matched.entries()].sort((x, y) => y[1] - x[1] || x[0].localeCompare(y[0])).slice(0, 15);
     chart("top-rules", Charts.bars("Top matched rules", top, { barColor: "#2f5fd0" }));
+    const precision = Object.entries(report.rule_precision || {}).sort((x, y) => x[1].precision - y[1].precision);
+    chart("rule-precision", precision.length
+      ? `<table><thead><tr><th>Rule</th><th>Precision</th><th>Kept / labelled</th></tr></thead><tbody>${precision.map(
+        ([rule, r]) => `<tr><td><code>${esc(rule)}</code></td><td>${(100 * r.precision).toFixed(0)}%</td>
+        <td>${esc(r.right)} / ${esc(r.labelled)}</td></tr>`).join("")}</tbody></table>`
+      : `<p class="muted">No approvals or corrections in this window.</p>`);
     const names = ruleNames(config.files);
     const never = names.filter((n) => !matched.has(n));
     chart("unmatched-rules", names.length

@@ -143,6 +143,9 @@
       + (t.timings_ms ? `<p class="muted">Timings: ${Object.entries(t.timings_ms).map(([k, v]) =>
         `${esc(k)} ${fmt(v, 1)}`).join(", ")}; total ${fmt(d.execution_ms, 1)} ms.</p>` : "");
     document.getElementById("review").hidden = !AWAITING.includes(d.status);
+    const fix = document.getElementById("correct");
+    fix.hidden = !["REQUIRES_APPROVAL", "PENDING", "EXECUTED", "REJECTED"].includes(d.status);
+    if (!fix.dataset.touched) document.getElementById("fix-intent").value = d.intent;
     document.body.dataset.loaded = "1";
   }
 
@@ -177,6 +180,28 @@
     await load();
   }
 
+  async function correct(e) {
+    e.preventDefault();
+    const box = document.getElementById("correct-error");
+    box.hidden = true;
+    const body = { intent: document.getElementById("fix-intent").value };
+    const priority = document.getElementById("fix-priority").value;
+    const assignee = document.getElementById("fix-assignee").value.trim();
+    const note = document.getElementById("fix-note").value.trim();
+    if (priority) body.priority = Number(priority);
+    if (assignee) body.assignee = assignee;
+    if (note) body.note = note;
+    try {
+      await api(`/api/agent/decisions/${encodeURIComponent(id)}/correct`, { method: "POST", body });
+    } catch (err) {
+      box.textContent = err.message;
+      box.hidden = false;
+    }
+    await load();
+  }
+
+  document.getElementById("correct").addEventListener("input", (e) => { e.currentTarget.dataset.touched = "1"; });
+  document.getElementById("correct").addEventListener("submit", correct);
   document.getElementById("approve").addEventListener("click", () => review("approve"));
   document.getElementById("reject").addEventListener("click", () => review("reject"));
 
