@@ -11,8 +11,7 @@ from typing import Any
 import aiosqlite
 
 from adapters.sqlite_base import SQLiteBase, _bound, _iso, _now, _upsert_decision
-from adapters.store_common import (
-    common_label,  # noqa: F401  (re-exported: the inbox's names since the start)
+from adapters.store_common import (  # noqa: F401  (re-exported: the inbox's names since the start)
     ANALYTICS_COLUMNS,
     AWAITING,
     INBOX_STATUSES,
@@ -29,6 +28,7 @@ from adapters.store_common import (
     analytics_report,
     api_key_row,
     claimed,
+    common_label,
     event_filters,
     event_row,
     failed_status,

@@ -10,11 +10,11 @@ from typing import Any, Protocol
 
 from engine.config import DecisionType, Intent, OrgConfig, Policy
 from engine.gate import GateResult, Limiter, RateLimiter, gate
+from engine.learning import OrgModel, Prediction
 from engine.llm import LLMResult, LLMStage, fallback
 from engine.models import Action, Decision, Event, new_id, utcnow
 from engine.plan import escalation_action, make_plan
 from engine.ports import DecisionStore, StateSource, StaticState
-from engine.learning import OrgModel, Prediction
 from engine.resolve import Candidate, Resolution, resolve
 from engine.rules import CompiledRules
 from engine.text import EventText, extract, keyword_set

@@ -65,10 +65,10 @@ def read_labelled(path: Path, org: str, labels_path: Path | None = None) -> tupl
 def _pipeline(d: Decision) -> str | None:
     for a in d.actions:
         if str(a.type) == "ASSIGN_PIPELINE":
-            return a.params.get("pipeline")  # type: ignore[no-any-return]
+            return a.params.get("pipeline")
     for b in d.trace.get("blocked_actions", []):  # a rejected decision still names where it would have gone
         if b["action"]["type"] == "ASSIGN_PIPELINE":
-            return b["action"]["params"].get("pipeline")  # type: ignore[no-any-return]
+            return b["action"]["params"].get("pipeline")
     return None
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -75,7 +76,7 @@ def document(envelope: dict[str, Any], text: EventText) -> str:
 def word_features(toks: list[str]) -> list[str]:
     """Word unigrams (two letters or more, and the zz markers) and bigrams."""
     uni = [t for t in toks if len(t) > 1]
-    return uni + [f"{a} {b}" for a, b in zip(uni, uni[1:], strict=False)]
+    return uni + [f"{a} {b}" for a, b in itertools.pairwise(uni)]
 
 
 def char_features(tok: str) -> list[str]:
@@ -193,7 +194,7 @@ class OrgModel:
         uni = [ids_of[t] for t in toks if len(t) > 1]
         pairs = self._bigrams
         found = [u for u in uni if u >= 0]
-        found += [i for i in map(pairs.get, zip(uni, uni[1:], strict=False)) if i is not None]
+        found += [i for i in map(pairs.get, itertools.pairwise(uni)) if i is not None]
         chars = [c for _, c in info]
         lens = [len(c) for c in chars]
         if not found and not sum(lens):
@@ -285,7 +286,7 @@ def save_model(folder: Path, arrays: dict[str, np.ndarray], manifest: dict[str, 
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / (ARRAYS + ".tmp")
     with tmp.open("wb") as f:
-        np.savez_compressed(f, **{k: arrays[k] for k in _ARRAY_NAMES})
+        np.savez_compressed(f, **{k: arrays[k] for k in _ARRAY_NAMES})  # type: ignore[arg-type]  # numpy types its **kwds as allow_pickle
     tmp.replace(folder / ARRAYS)
     tmp = folder / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -10,6 +10,7 @@ Calibration: the classifier's probabilities are rescaled by one temperature fitt
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections import Counter
@@ -75,8 +76,9 @@ def read_examples(folder: Path) -> tuple[list[Example], list[str]]:
 
 def case_examples(org: str, tests_dir: Path) -> list[Example]:
     """The org's `astralis test` cases that lock an intent, as examples."""
-    from engine.cases import case_files  # the cases module imports the agent; only training needs it here
     import yaml
+
+    from engine.cases import case_files  # the cases module imports the agent; only training needs it here
 
     out: list[Example] = []
     for path, text in case_files(tests_dir):
@@ -187,14 +189,14 @@ def calibration(p: np.ndarray, y: np.ndarray, bins: int = 10) -> dict[str, Any]:
     ece = 0.0
     bands = []
     edges = np.linspace(0.0, 1.0, bins + 1)
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         m = (conf > lo) & (conf <= hi)
         if m.any():
             ece += m.mean() * abs(right[m].mean() - conf[m].mean())
             bands.append({"from": round(float(lo), 2), "to": round(float(hi), 2), "n": int(m.sum()),
                           "accuracy": round(float(right[m].mean()), 4), "confidence": round(float(conf[m].mean()), 4)})
     logloss = float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))))
-    return {"n": int(len(y)), "accuracy": round(float(right.mean()), 4), "ece": round(float(ece), 4),
+    return {"n": len(y), "accuracy": round(float(right.mean()), 4), "ece": round(float(ece), 4),
             "log_loss": round(logloss, 4), "bands": bands}
 
 

@@ -1,5 +1,6 @@
 """Blind set for issue 14: written and labelled before reading the acme rules' keywords."""
 import json
+
 E = []  # (id, source, type, data, label)
 def email(frm, subj, text, intent, prio=3, note="", inj=False):
     E.append(("EMAIL", "email:received", {"from": frm, "to": "hello@acme.example", "subject": subj, "text": text}, intent, prio, None, note, inj))
@@ -82,7 +83,7 @@ with open("tests/cases/acme/blind.jsonl", "w") as ev, open("tests/cases/acme/bli
     for i, (src, typ, data, intent, prio, dtype, note, inj) in enumerate(E, 1):
         eid = f"acme-b-{i:03d}"
         ev.write(json.dumps({"id": eid, "org": "acme", "source": src, "type": typ, "data": data,
-                             "occurred_at": "2026-12-07T10:%02d:00-05:00" % (i % 60)}, ensure_ascii=False) + "\n")
+                             "occurred_at": f"2026-12-07T10:{i % 60:02d}:00-05:00"}, ensure_ascii=False) + "\n")
         dt = dtype or ("NO_ACTION" if intent == "SPAM" else "ASSIGN_PIPELINE")
         pipe = ROUTE.get(intent) if dt == "ASSIGN_PIPELINE" else None
         lab.write(json.dumps({"id": eid, "intent": intent, "pipeline": pipe, "priority": prio, "decision_type": dt,

@@ -14,7 +14,6 @@ from typing import Any
 from engine.learning import MODEL_DIR, ModelError, load_model, save_model, with_learning
 from server.cli import _compiled_or_exit, _dirs
 
-
 # --------------------------------------------------------------------------- train
 
 def cmd_train(args: argparse.Namespace) -> int:
