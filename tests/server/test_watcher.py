@@ -224,7 +224,7 @@ async def test_watcher_loads_a_new_org_folder(tree: Tree, watching: ConfigWatche
     copy_org(tree.path("rulesets/acme"), tree.path("rulesets/beta"), "beta")  # org.yaml written last, atomically
     await eventually(lambda: tree.registry.get("beta") is not None
                      and {r.ruleset for r in tree.registry.get("beta").bundle.rules}  # type: ignore[union-attr]
-                     == {"bookings", "intake", "spam"})
+                     == {"bookings", "intake", "languages", "spam"})
     assert tree.registry.orgs == ["acme", "beta", "brightsmile"]
 
 
