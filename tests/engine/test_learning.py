@@ -160,3 +160,17 @@ def test_labels_are_learned_per_org_and_injected_llm_answers_never(examples):
     pairs = [(decision("a", 0.95, []), {**env, "id": "a"}), (decision("b", 0.95, ["ignore previous instructions"]),
              {**env, "id": "b"}), (decision("c", 0.6, []), {**env, "id": "c"})]
     assert [e.id for e in distilled_examples("acme", pairs, 0.9)] == ["a"]
+
+
+def test_a_bad_learning_block_is_refused_at_its_line(org_copy):
+    org_copy.replace("policies/acme.yaml", "  fallback_confidence: 0.5\n", "  fallback_confidence: 0.9\n")
+    bundle, errors = org_copy.errors()
+    line = org_copy.line_of("policies/acme.yaml", "fallback_confidence: 0.9")
+    assert bundle is None
+    assert any(e.startswith(f"policies/acme.yaml:") and "invalid_value" in e and "fallback_confidence 0.9 is above "
+               "min_confidence 0.8" in e for e in errors), errors
+    assert line > 0
+    org_copy.replace("policies/acme.yaml", "  fallback_confidence: 0.9\n", "  fallback_confidence: lots\n")
+    _, errors = org_copy.errors()
+    assert any(f"policies/acme.yaml:{org_copy.line_of('policies/acme.yaml', 'fallback_confidence: lots')}: schema:"
+               in e for e in errors), errors
