@@ -167,7 +167,7 @@ def test_a_bad_learning_block_is_refused_at_its_line(org_copy):
     bundle, errors = org_copy.errors()
     line = org_copy.line_of("policies/acme.yaml", "fallback_confidence: 0.9")
     assert bundle is None
-    assert any(e.startswith(f"policies/acme.yaml:") and "invalid_value" in e and "fallback_confidence 0.9 is above "
+    assert any(e.startswith("policies/acme.yaml:") and "invalid_value" in e and "fallback_confidence 0.9 is above "
                "min_confidence 0.8" in e for e in errors), errors
     assert line > 0
     org_copy.replace("policies/acme.yaml", "  fallback_confidence: 0.9\n", "  fallback_confidence: lots\n")
