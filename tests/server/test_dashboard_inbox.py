@@ -1,6 +1,7 @@
 """The approvals inbox as an approver uses it (issue 16, items 1, 3 and 6), in headless Debian Chromium through
 Playwright at 1440 and 390 px wide: three held decisions are decided from the list without opening them — one
-approved with a click, one rejected with a reason from the keyboard, one approved from the keyboard — each item
+approved with a click, one rejected with a reason from the keyboard, one corrected from the keyboard (another intent
+and assignee: approved with the change, and a label recorded) — each item
 saying who wrote, what about (subject and first lines), what the agent proposes in words, why in one line (no
 machine text about the LLM) and how sure it is; times are in the org's zone (New York), labelled, whatever the
 browser's zone; no page overflows a 390 px screen; no console errors. Screenshots go under the test's temporary
@@ -8,7 +9,9 @@ folder (ASTRALIS_SHOTS names another), never into the repo."""
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,13 @@ def in_zone(b: Browser, key: str, width: int) -> Any:
     page.click("button[type=submit]")
     page.wait_for_url(f"{b.url}/")
     return page
+
+
+def get(s: Serve, path: str) -> dict[str, Any]:
+    """GET an API path with acme's key: the JSON answer."""
+    req = urllib.request.Request(f"{s.url}{path}", headers={"Authorization": f"Bearer {s.key}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return dict(json.loads(r.read()))
 
 
 def overflow(page: Any) -> int:
@@ -108,27 +118,62 @@ def test_an_approver_decides_three_held_decisions_from_the_list(serve: Callable[
         page.keyboard.press("Enter")
         second.wait_for(state="detached")
         # 3. approve from the keyboard: the next one is current already
+        # 3. correct from the keyboard: the next one is current already; c opens its form on the intent
         page.wait_for_function(f"document.querySelector('.item.current')?.dataset.id === '{held[2]['id']}'")
-        page.keyboard.press("a")
-        row(page, held[2]["id"]).wait_for(state="detached")
+        third = row(page, held[2]["id"])
+        page.keyboard.press("c")
+        form = third.locator(".correct-form")
+        assert form.is_visible() and not third.locator("button.correct").is_visible()
+        assert page.evaluate("document.activeElement.classList.contains('fix-intent')")
+        intent = third.locator(".fix-intent")
+        assert intent.input_value() == "BILLING_QUESTION"
+        labels = [o.strip() for o in intent.locator("option").all_inner_texts()]
+        assert "Billing question (proposed)" in labels and "Support request" in labels and "SUPPORT_REQUEST" not in labels
+        assert "Support requests" in third.locator(".fix-pipeline").inner_text()
+        assert "Raj Mehta" in third.locator(".fix-assignee").inner_text()
+        page.keyboard.press("a")  # a letter typed in the form is not a shortcut: nothing is approved
+        page.keyboard.press("Escape")  # Esc closes the form; c opens it again
+        assert not form.is_visible() and third.locator("button.correct").is_visible()
+        page.keyboard.press("c")
+        third.locator(".fix-note").fill("the checkout bug, not the invoice")
+        page.keyboard.press("Enter")  # nothing changed yet: refused, said why, inline
+        third.locator(".verdict .error").wait_for()
+        assert "Nothing changed" in third.locator(".verdict .error").inner_text()
+        intent.select_option("SUPPORT_REQUEST")
+        assert not third.locator(".verdict .error").is_visible()  # said once; the change clears it
+        third.locator(".fix-assignee").select_option(label="Raj Mehta")
+        assert overflow(page) == 0
+        page.screenshot(path=str(shots / f"approvals-correct-{width}.png"), full_page=True)
+        third.locator(".fix-note").press("Enter")
+        page.wait_for_function(f"document.querySelector('#rows [data-id=\"{held[2]['id']}\"]')?.dataset.status"
+                               " === 'EXECUTED'")  # settles like an approval, with the new status
+        assert third.locator(".verdict").inner_text() == "Done"
+        third.wait_for(state="detached")
         assert page.locator("#count").inner_text() == "0" and page.locator("#empty").is_visible()
         assert page.url.endswith("/approvals")  # decided without opening any
         resolved = page.locator("#resolved").inner_text()
         assert resolved.count("Re: December retainer invoice") == 3 and "Wrong intent" in resolved
+        assert "corrected (Billing question → Support request) and approved" in resolved
+        assert overflow(page) == 0
         page.screenshot(path=str(shots / f"approvals-done-{width}.png"), full_page=True)
     assert b.errors == [], b.errors
 
-    import json
-    import urllib.request
-
     def decision(i: int) -> dict[str, Any]:
-        req = urllib.request.Request(f"{s.url}/api/agent/decisions/{held[i]['id']}",
-                                     headers={"Authorization": f"Bearer {s.key}"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return dict(json.loads(r.read()))
+        return get(s, f"/api/agent/decisions/{held[i]['id']}")
 
     assert [decision(i)["status"] for i in range(3)] == ["EXECUTED", "REJECTED", "EXECUTED"]
     assert decision(1)["trace"]["review"]["note"] == "Wrong intent"
+    fixed = decision(2)
+    assert fixed["intent"] == "SUPPORT_REQUEST" and fixed["trace"]["review"]["verdict"] == "approve"
+    assert fixed["trace"]["review"]["corrected"]["from"]["intent"] == "BILLING_QUESTION"
+    assign = next(a for a in fixed["actions"] if a["type"] == "ASSIGN_PIPELINE")
+    assert assign["params"]["pipeline"] == "support-requests" and assign["params"]["assignee"] == "u-raj"
+    labels_by = {(x["decision_id"], x["kind"]): x for x in get(s, "/api/agent/labels")["labels"]}
+    assert set(labels_by) == {(held[0]["id"], "approval"), (held[2]["id"], "correction")}
+    label = labels_by[(held[2]["id"], "correction")]
+    assert (label["intent"], label["assignee"], label["note"]) == (
+        "SUPPORT_REQUEST", "u-raj", "the checkout bug, not the invoice")
+    assert label["decided"]["intent"] == "BILLING_QUESTION"
 
 
 @pytest.mark.timeout(180)
@@ -164,3 +209,39 @@ def test_no_page_overflows_a_phone_and_the_story_can_be_decided_there(serve: Cal
         page.click("#approve")
         page.wait_for_function("document.getElementById('status')?.textContent === 'EXECUTED'")
     assert b.errors == [], b.errors
+
+
+@pytest.mark.timeout(120)
+def test_a_held_decision_is_corrected_on_its_story_at_390_px(serve: Callable[..., Serve], tmp_path: Path) -> None:
+    chromium_or_skip()
+    s = started(serve())
+    held = post(s, {**HELD, "id": "evt-story-fix"})
+    assert held["status"] == "REQUIRES_APPROVAL" and held["intent"] == "BILLING_QUESTION"
+    shots = shots_dir(tmp_path)
+    with chromium(s.url) as b:
+        page = in_zone(b, s.key, 390)
+        page.goto(f"{s.url}/decisions/{held['id']}")
+        page.wait_for_selector("body[data-loaded]")
+        form = page.locator("#correct")
+        assert form.is_visible()
+        intent = page.locator("#fix-intent")
+        assert intent.input_value() == "BILLING_QUESTION"
+        assert "Support request" in intent.inner_text() and "SUPPORT_REQUEST" not in intent.inner_text()
+        intent.select_option("SUPPORT_REQUEST")
+        page.locator("#fix-pipeline").select_option(label="Support requests")
+        page.locator("#fix-assignee").select_option(label="Kim Osei")
+        page.fill("#fix-note", "a bug report, not the invoice")
+        assert overflow(page) == 0
+        page.screenshot(path=str(shots / "story-correct-390.png"), full_page=True)
+        page.locator("#correct button[type=submit]").click()
+        page.wait_for_function("document.getElementById('status')?.textContent === 'EXECUTED'")
+        assert page.locator("#correct-error").is_hidden()
+        assert "Support request" in page.locator("#title").inner_text()
+    assert b.errors == [], b.errors
+    fixed = get(s, f"/api/agent/decisions/{held['id']}")
+    assert fixed["status"] == "EXECUTED" and fixed["intent"] == "SUPPORT_REQUEST"
+    assign = next(a for a in fixed["actions"] if a["type"] == "ASSIGN_PIPELINE")
+    assert assign["params"]["pipeline"] == "support-requests" and assign["params"]["assignee"] == "u-kim"
+    [label] = get(s, "/api/agent/labels")["labels"]
+    assert (label["decision_id"], label["kind"], label["intent"], label["assignee"], label["note"]) == (
+        held["id"], "correction", "SUPPORT_REQUEST", "u-kim", "a bug report, not the invoice")

@@ -1,5 +1,7 @@
 // The approvals inbox: decisions awaiting a person, oldest first, each readable and decidable from the list (who,
-// what, what the agent proposes, why, confidence); keyboard shortcuts for a long queue; verdicts arrive live.
+// what, what the agent proposes, why, confidence): approve, reject with a reason, or correct (what it should have
+// been: approved with the change, and a label the org model learns from); keyboard shortcuts for a long queue;
+// verdicts arrive live.
 "use strict";
 
 (() => {
@@ -46,32 +48,56 @@
       <div class="verdict">
         <button class="primary approve" type="button" title="approve (a)">Approve</button>
         <button class="danger reject" type="button" title="reject (r)">Reject…</button>
+        <button class="correct" type="button" title="correct (c): say what it should have been">Correct…</button>
         <form class="reject-form" hidden>
           <input class="reason" name="reason" list="reasons" placeholder="Why reject? (required)"
             aria-label="reason for rejecting" autocomplete="off">
           <button class="danger confirm-reject" type="submit">Reject</button>
           <button class="cancel" type="button">Cancel</button>
         </form>
+        <form class="correct-form" hidden>
+          <label>Intent <select class="fix-intent" name="intent">${A.options(
+            A.INTENTS.map((i) => [i, i === d.intent ? `${A.label(i)} (proposed)` : A.label(i)]), d.intent)}</select></label>
+          <label>Pipeline <select class="fix-pipeline" name="pipeline">${A.options(
+            (A.org?.pipelines || []).map((p) => [p.id, p.name || p.id]), "", "as routed")}</select></label>
+          <label>Assignee <select class="fix-assignee" name="assignee">${A.options(
+            A.users.map((u) => [u.id, u.name || u.id]), "", "as assigned")}</select></label>
+          <input class="fix-note" name="note" maxlength="2000" placeholder="Note (optional)" aria-label="note on the correction"
+            autocomplete="off">
+          <button class="primary confirm-correct" type="submit">Correct</button>
+          <button class="cancel" type="button">Cancel</button>
+        </form>
         <div class="error" role="alert" hidden></div>
       </div>`;
+    el.dataset.intent = d.intent;
     el.querySelector(".approve").addEventListener("click", () => review(el, "approve"));
-    el.querySelector(".reject").addEventListener("click", () => askReason(el));
-    el.querySelector(".cancel").addEventListener("click", () => closeReason(el));
+    el.querySelector(".reject").addEventListener("click", () => openForm(el, "reject"));
+    el.querySelector(".correct").addEventListener("click", () => openForm(el, "correct"));
+    for (const b of el.querySelectorAll(".cancel")) b.addEventListener("click", () => closeForms(el));
     el.querySelector(".reject-form").addEventListener("submit", (e) => { e.preventDefault(); review(el, "reject"); });
+    el.querySelector(".correct-form").addEventListener("submit", (e) => { e.preventDefault(); review(el, "correct"); });
+    const box = el.querySelector(".verdict .error");
+    for (const f of el.querySelectorAll("form")) f.addEventListener("input", () => { box.hidden = true; }); // said; now changed
     el.addEventListener("focus", () => select(el, false));
     return el;
   }
 
-  function askReason(el) {
+  /** Open the reject form (asks the reason) or the correct form (asks what it should have been) of an item. */
+  function openForm(el, kind) {
     select(el, false);
-    el.querySelector(".reject-form").hidden = false;
-    el.querySelector(".reject").hidden = true;
-    el.querySelector(".reason").focus();
+    for (const k of ["reject", "correct"]) {
+      el.querySelector(`.${k}-form`).hidden = k !== kind;
+      el.querySelector(`button.${k}`).hidden = k === kind;
+    }
+    el.querySelector(".verdict .error").hidden = true;
+    el.querySelector(kind === "reject" ? ".reason" : ".fix-intent").focus();
   }
 
-  function closeReason(el) {
-    el.querySelector(".reject-form").hidden = true;
-    el.querySelector(".reject").hidden = false;
+  function closeForms(el) {
+    for (const k of ["reject", "correct"]) {
+      el.querySelector(`.${k}-form`).hidden = true;
+      el.querySelector(`button.${k}`).hidden = false;
+    }
     el.querySelector(".verdict .error").hidden = true;
     el.focus();
   }
@@ -99,9 +125,12 @@
     const li = document.createElement("li");
     li.dataset.id = d.id;
     const ev = events.get(d.event_id);
+    const from = rv.corrected?.from?.intent;
+    const verb = rv.verdict !== "approve" ? "rejected"
+      : from ? `corrected (${A.label(from)} → ${A.label(d.intent)}) and approved` : "approved";
     li.innerHTML = `<a href="/decisions/${encodeURIComponent(d.id)}">${esc(ev?.subject || A.label(d.intent))}</a>
       <span class="muted">(${esc(d.id)})</span>: ${A.pill(d.status)}
-      ${rv.by ? `${esc(rv.verdict === "approve" ? "approved" : "rejected")} by ${esc(rv.by)}` : ""}
+      ${rv.by ? `${esc(verb)} by ${esc(rv.by)}` : ""}
       ${rv.note ? `— “${esc(rv.note)}”` : ""}`;
     resolved.prepend(li);
     if (!el || el.classList.contains("done")) return;
@@ -121,7 +150,19 @@
     const box = el.querySelector(".verdict .error");
     box.hidden = true;
     const body = {};
-    if (verdict === "reject") {
+    if (verdict === "correct") {
+      body.intent = el.querySelector(".fix-intent").value;
+      for (const k of ["pipeline", "assignee", "note"]) {
+        const v = el.querySelector(`.fix-${k}`).value.trim();
+        if (v) body[k] = v;
+      }
+      if (body.intent === el.dataset.intent && !body.pipeline && !body.assignee) {
+        box.textContent = "Nothing changed: choose another intent, pipeline or assignee (or Approve as proposed).";
+        box.hidden = false;
+        el.querySelector(".fix-intent").focus();
+        return;
+      }
+    } else if (verdict === "reject") {
       body.reason = el.querySelector(".reason").value.trim();
       if (!body.reason) {
         box.textContent = "Say why: the reason is kept with the decision.";
@@ -135,7 +176,8 @@
       const d = await api(`/api/agent/decisions/${encodeURIComponent(el.dataset.id)}/${verdict}`, { method: "POST", body });
       if (!findRow(d.id)?.classList.contains("done")) settle(d); // the stream may have said so already
     } catch (err) {
-      box.textContent = err.status === 409 ? `Already resolved: ${A.label(err.details?.status ?? "")}` : err.message;
+      box.textContent = err.status === 409 ? `Already resolved: ${A.label(err.details?.status ?? "")}`
+        : `Could not ${verdict}: ${err.message}`;
       box.hidden = false;
       for (const b of el.querySelectorAll("button")) b.disabled = false;
     }
@@ -175,6 +217,7 @@
     try { data = JSON.parse(msg.data); } catch { return; }
     const d = data.decision;
     if (!d?.id) return;
+    await A.ready; // the org's pipelines and users fill an item's correct form
     if (AWAITING.includes(d.status)) {
       if (findRow(d.id)) return;
       if (!events.has(d.event_id)) { // fetched once; a second message for it waits for the same answer
@@ -191,12 +234,13 @@
     }
   }
 
-  // keyboard: j/k move, a approve, r reject, o open, Esc cancel; ignored while typing a reason
+  // keyboard: j/k move, a approve, r reject, c correct, o open, Esc cancel; ignored while filling in a form
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
-    const typing = e.target instanceof HTMLInputElement || e.target instanceof HTMLTextAreaElement;
+    const typing = e.target instanceof HTMLInputElement || e.target instanceof HTMLTextAreaElement
+      || e.target instanceof HTMLSelectElement;
     const el = current() || (e.target.closest?.(".item:not(.done)") ?? null);
-    if (e.key === "Escape" && el) { closeReason(el); return; }
+    if (e.key === "Escape" && el) { closeForms(el); return; }
     if (typing) return;
     const list = open();
     const i = el ? list.indexOf(el) : -1;
@@ -204,7 +248,8 @@
     else if (e.key === "k" || e.key === "ArrowUp") { select(list[Math.max(i - 1, 0)]); e.preventDefault(); }
     else if (!el) return;
     else if (e.key === "a") { review(el, "approve"); e.preventDefault(); }
-    else if (e.key === "r") { askReason(el); e.preventDefault(); }
+    else if (e.key === "r") { openForm(el, "reject"); e.preventDefault(); }
+    else if (e.key === "c") { openForm(el, "correct"); e.preventDefault(); }
     else if (e.key === "o" || (e.key === "Enter" && e.target === el)) { location.href = el.querySelector("a.subject").href; }
   });
 

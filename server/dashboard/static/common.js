@@ -56,6 +56,10 @@ const Astralis = (() => {
     rules: "Rules", model: "Learned model", llm: "LLM", fallback: "Fallback",
   };
 
+  /** Every intent (DESIGN §5), in the order a person picks from. */
+  const INTENTS = ["SALES_INQUIRY", "SUPPORT_REQUEST", "BILLING_QUESTION", "PARTNERSHIP", "PROJECT", "SCHEDULING",
+                   "SPAM", "OTHER"];
+
   /** The human label of an enum value (intent, decision type, status, source, decided by). */
   function label(value) {
     return LABELS[value] ?? String(value ?? "").toLowerCase().replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
@@ -259,12 +263,18 @@ const Astralis = (() => {
     return s.trim();
   }
 
+  /** `<option>`s for a select: `[value, text]` pairs, `selected` marked; `blank` (text) adds an empty first one. */
+  function options(pairs, selected = "", blank = null) {
+    const all = blank === null ? pairs : [["", blank], ...pairs];
+    return all.map(([v, t]) => `<option value="${esc(v)}"${v === selected ? " selected" : ""}>${esc(t)}</option>`).join("");
+  }
+
   /** A confidence as a percentage. */
   function percent(c) {
     return typeof c === "number" ? `${Math.round(c * 100)}%` : "";
   }
 
   return { api, esc, nav, when, clock, day, ymd, span, relative, ago, zoneLabel, zoneName, label, pill, senderName,
-           ready, userName, fromLocal, offsetAt, eventSummary, pipelineName, proposal, action, why, percent, get zone() { return zone; },
+           ready, userName, INTENTS, options, fromLocal, offsetAt, eventSummary, pipelineName, proposal, action, why, percent, get zone() { return zone; },
            get org() { return org; }, get users() { return [...users.values()]; } };
 })();

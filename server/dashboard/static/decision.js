@@ -145,7 +145,14 @@
     document.getElementById("review").hidden = !AWAITING.includes(d.status);
     const fix = document.getElementById("correct");
     fix.hidden = !["REQUIRES_APPROVAL", "PENDING", "EXECUTED", "REJECTED"].includes(d.status);
-    if (!fix.dataset.touched) document.getElementById("fix-intent").value = d.intent;
+    if (!fix.dataset.touched) {
+      document.getElementById("fix-intent").innerHTML = A.options(
+        A.INTENTS.map((i) => [i, i === d.intent ? `${A.label(i)} (decided)` : A.label(i)]), d.intent);
+      document.getElementById("fix-pipeline").innerHTML = A.options(
+        (A.org?.pipelines || []).map((p) => [p.id, p.name || p.id]), "", "as routed");
+      document.getElementById("fix-assignee").innerHTML = A.options(
+        A.users.map((u) => [u.id, u.name || u.id]), "", "as assigned");
+    }
     document.body.dataset.loaded = "1";
   }
 
@@ -186,15 +193,16 @@
     box.hidden = true;
     const body = { intent: document.getElementById("fix-intent").value };
     const priority = document.getElementById("fix-priority").value;
-    const assignee = document.getElementById("fix-assignee").value.trim();
-    const note = document.getElementById("fix-note").value.trim();
     if (priority) body.priority = Number(priority);
-    if (assignee) body.assignee = assignee;
-    if (note) body.note = note;
+    for (const k of ["pipeline", "assignee", "note"]) {
+      const v = document.getElementById(`fix-${k}`).value.trim();
+      if (v) body[k] = v;
+    }
     try {
       await api(`/api/agent/decisions/${encodeURIComponent(id)}/correct`, { method: "POST", body });
+      delete e.target.dataset.touched; // the form shows the decision as it now is
     } catch (err) {
-      box.textContent = err.message;
+      box.textContent = `Could not correct: ${err.message}`;
       box.hidden = false;
     }
     await load();
