@@ -152,9 +152,10 @@ def register(sub: Any) -> None:
         sp.add_argument("--policies", help="policies folder (default: ./policies or $ASTRALIS_POLICIES)")
 
     t = sub.add_parser("train", help="fit the org model on its labelled examples and test cases")
-    t.add_argument("--org", required=True)
+    t.add_argument("--org", required=True, help="the org whose model is trained (its folder under --rulesets)")
     t.add_argument("--out", help="folder to write model.json and model.npz to (default: rulesets/<org>/model)")
-    t.add_argument("--format", choices=["text", "json"], default="text")
+    t.add_argument("--format", choices=["text", "json"], default="text",
+                   help="text for people, json for scripts (default: text)")
     t.add_argument("--db", help="also learn from the store's labels of the org (approvals, corrections) and, when "
                    "the policy's learning.distill_llm allows, its confident LLM answers: a SQLite file or "
                    "postgresql://…")
@@ -162,15 +163,18 @@ def register(sub: Any) -> None:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="score the org's decisions (dry run) against labelled events")
-    e.add_argument("--org", required=True)
+    e.add_argument("--org", required=True, help="the org whose decisions are scored")
     e.add_argument("--events", required=True, help="JSONL: {\"event\": envelope, \"intent\", \"priority\"?, …} a "
                    "line, or envelopes with --labels")
     e.add_argument("--labels", help="JSONL of labels by event id ({\"id\", \"intent\", \"priority\", …})")
     e.add_argument("--state", help="calendar and loads, as for simulate")
-    e.add_argument("--llm", choices=["off", "live"], default="off")
+    e.add_argument("--llm", choices=["off", "live"], default="off",
+                   help="off: ambiguous events go to the model and the fallback rules; live: the provider is asked "
+                        "(default: off)")
     e.add_argument("--learning", choices=["policy", "on", "off"], default="policy",
                    help="use the org model as the policy says (default), or force it on or off")
-    e.add_argument("--format", choices=["text", "json"], default="text")
-    e.add_argument("--show-misses", action="store_true")
+    e.add_argument("--format", choices=["text", "json"], default="text",
+                   help="text for people, json for scripts (default: text)")
+    e.add_argument("--show-misses", action="store_true", help="list every event decided otherwise than labelled")
     dirs(e)
     e.set_defaults(func=cmd_eval)

@@ -106,9 +106,13 @@ async def redis_prefix() -> Any:
 def wired_copy(tmp: Path, receiver: Receiver) -> tuple[list[str], dict[str, str]]:
     """A private copy of the shipped rulesets and policies under `tmp`, acme's wired to the receiver
     (`wire_policy`): (the CLI flags naming the copy, the environment the processes need)."""
-    rulesets, policies = tmp / "rulesets", tmp / "policies"
+    rulesets, policies = tmp / "wired" / "rulesets", tmp / "wired" / "policies"
     shutil.copytree(ROOT / "rulesets", rulesets)
     shutil.copytree(ROOT / "policies", policies)
+    # acme's org model off, as in every service test's copy (tests/server/conftest.py `config_dirs`)
+    acme = policies / "acme.yaml"
+    acme.write_text(acme.read_text(encoding="utf-8").replace("  enabled: true\n", "  enabled: false\n", 1),
+                    encoding="utf-8")
     env = wire_policy(policies, receiver.url)
     return ["--rulesets", str(rulesets), "--policies", str(policies)], env
 

@@ -22,9 +22,10 @@ def _tree(tmp: Path) -> tuple[Path, Path]:
     return rulesets, policies
 
 
-def _snapshot(rulesets: Path, policies: Path) -> dict[str, str]:
-    files = {str(p.relative_to(rulesets)): p.read_text() for p in (rulesets / "acme").rglob("*") if p.is_file()}
-    files["policy"] = (policies / "acme.yaml").read_text()
+def _snapshot(rulesets: Path, policies: Path) -> dict[str, bytes]:
+    # bytes: the org folder holds its model's arrays (model/model.npz) beside the YAML
+    files = {str(p.relative_to(rulesets)): p.read_bytes() for p in (rulesets / "acme").rglob("*") if p.is_file()}
+    files["policy"] = (policies / "acme.yaml").read_bytes()
     return files
 
 
@@ -36,13 +37,13 @@ def test_swap_replaces_the_folder_and_policy_at_once_and_undo_puts_them_back(
     rulesets, policies = _tree(tmp_path)
     before = _snapshot(rulesets, policies)
     body = ConfigUpdate(files={"extra.yaml": "ruleset: extra\nrules: []\n"}, delete=["spam.yaml"],
-                        policy=before["policy"] + "# tuned\n")
+                        policy=before["policy"].decode() + "# tuned\n")
     staged = stage(rulesets, policies, "acme", body)
     assert _snapshot(rulesets, policies) == before  # staging writes nothing in place
     done = swap(rulesets, policies, "acme", staged, policy_changed=True)
     after = _snapshot(rulesets, policies)
-    assert after["acme/extra.yaml"] == "ruleset: extra\nrules: []\n" and "acme/spam.yaml" not in after
-    assert after["policy"].endswith("# tuned\n")
+    assert after["acme/extra.yaml"] == b"ruleset: extra\nrules: []\n" and "acme/spam.yaml" not in after
+    assert after["policy"].endswith(b"# tuned\n")
     assert {k for k in after if k.startswith("acme/tests/")} == {k for k in before if k.startswith("acme/tests/")}
     done.undo()
     staged.discard()
