@@ -32,14 +32,15 @@ from adapters.store_common import (
 from engine.models import Decision, Event
 
 
-async def insert_actions(db: asyncpg.Connection, decision: Decision, now: str) -> None:
-    """The decision's actions into the outbox; an action already there (same key) is left alone."""
+async def insert_actions(db: asyncpg.Connection, decision: Decision, now: str, *, base: int = 0) -> None:
+    """The decision's actions into the outbox at positions `base`.. (a correction's compensation at n*1000..); an
+    action already there (same key) is left alone."""
     if not decision.actions:
         return
     await db.executemany(
         "INSERT INTO actions (key, org, decision_id, idx, type, params, status, available_at, created_at, updated_at) "
         "VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7, $7) ON CONFLICT (key) DO NOTHING",
-        [(*values, now) for values in common.action_values(decision)])
+        [(*values, now) for values in common.action_values(decision, base)])
 
 
 class PGInboxTables(common.DecisionFlows, PGBase):
@@ -268,14 +269,6 @@ class PGInboxTables(common.DecisionFlows, PGBase):
     _dec_save = staticmethod(upsert_decision)
     _dec_actions = staticmethod(insert_actions)
     _dec_stream = staticmethod(append_stream)
-
-    async def _dec_fix_actions(self, db: asyncpg.Connection, decision: Decision, actions: list[Any], base: int,
-                               now: str) -> None:
-        await db.executemany(
-            "INSERT INTO actions (key, org, decision_id, idx, type, params, status, available_at, created_at, updated_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7, $7) ON CONFLICT (key) DO NOTHING",
-            [(a.idempotency_key, decision.org, decision.id, base + i, str(a.type), json.dumps(a.params, default=str), now)
-             for i, a in enumerate(actions)])
 
     async def _dec_label(self, db: asyncpg.Connection, label: dict[str, Any]) -> None:
         await db.execute(

@@ -41,14 +41,15 @@ from adapters.store_common import (  # noqa: F401  (re-exported: the inbox's nam
 from engine.models import Decision, Event
 
 
-async def _insert_actions(db: aiosqlite.Connection, decision: Decision, now: str) -> None:
-    """The decision's actions into the outbox; an action already there (same key) is left alone."""
+async def _insert_actions(db: aiosqlite.Connection, decision: Decision, now: str, *, base: int = 0) -> None:
+    """The decision's actions into the outbox at positions `base`.. (a correction's compensation at n*1000..); an
+    action already there (same key) is left alone."""
     if not decision.actions:
         return
     await db.executemany(
         "INSERT INTO actions (key, org, decision_id, idx, type, params, status, available_at, created_at, updated_at) "
         "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?7, ?7, ?7) ON CONFLICT (key) DO NOTHING",
-        [(*values, now) for values in action_values(decision)])
+        [(*values, now) for values in action_values(decision, base)])
 
 
 async def _append_stream(db: aiosqlite.Connection, decision: Decision, kind: str, *, new: bool, now: str) -> None:
@@ -309,14 +310,6 @@ class InboxTables(DecisionFlows, SQLiteBase):
     _dec_save = staticmethod(_upsert_decision)
     _dec_actions = staticmethod(_insert_actions)
     _dec_stream = staticmethod(_append_stream)
-
-    async def _dec_fix_actions(self, db: aiosqlite.Connection, decision: Decision, actions: list[Any], base: int,
-                               now: str) -> None:
-        await db.executemany(
-            "INSERT INTO actions (key, org, decision_id, idx, type, params, status, available_at, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?7, ?7, ?7) ON CONFLICT (key) DO NOTHING",
-            [(a.idempotency_key, decision.org, decision.id, base + i, str(a.type), json.dumps(a.params, default=str), now)
-             for i, a in enumerate(actions)])
 
     async def _dec_label(self, db: aiosqlite.Connection, label: dict[str, Any]) -> None:
         await db.execute(

@@ -375,9 +375,9 @@ def stream_payload(decision: Decision, kind: str, new: bool) -> str:
     return f'{{"kind": {json.dumps(kind)}, "new": {json.dumps(new)}, "decision": {decision.model_dump_json()}}}'
 
 
-def action_values(decision: Decision) -> list[tuple[str, str, str, int, str, str]]:
-    """The outbox rows of an executed decision: key, org, decision_id, idx, type, params."""
-    return [(a.idempotency_key or f"{decision.id}:{i}", decision.org, decision.id, i, str(a.type),
+def action_values(decision: Decision, base: int = 0) -> list[tuple[str, str, str, int, str, str]]:
+    """The outbox rows of an executed decision: key, org, decision_id, idx (from `base`), type, params."""
+    return [(a.idempotency_key or f"{decision.id}:{i}", decision.org, decision.id, base + i, str(a.type),
              json.dumps(a.params, default=str)) for i, a in enumerate(decision.actions)]
 
 
@@ -433,7 +433,7 @@ class DecisionFlows(StoreBase):
     async def _dec_save(self, db: Any, decision: Decision) -> None:
         raise NotImplementedError
 
-    async def _dec_actions(self, db: Any, decision: Decision, now: str) -> None:
+    async def _dec_actions(self, db: Any, decision: Decision, now: str, *, base: int = 0) -> None:
         raise NotImplementedError
 
     async def _dec_stream(self, db: Any, decision: Decision, kind: str, *, new: bool, now: str) -> None:
@@ -484,12 +484,7 @@ class DecisionFlows(StoreBase):
             await self._dec_actions(db, decision.model_copy(update={"actions": keyed}), now)
             return
         n = int(fix[0].idempotency_key.rsplit(":fix", 1)[1].split(":")[0])
-        shadow = decision.model_copy(update={"actions": []})
-        await self._dec_fix_actions(db, shadow, fix, n * 1000, now)
-
-    async def _dec_fix_actions(self, db: Any, decision: Decision, actions: list[Any], base: int, now: str) -> None:
-        """Insert compensating actions at outbox positions base + i (ignoring keys already there)."""
-        raise NotImplementedError
+        await self._dec_actions(db, decision.model_copy(update={"actions": fix}), now, base=n * 1000)
 
     async def complete_event(self, decision: Decision) -> tuple[Decision, bool]:
         """Record the decision of an inbox event, its outbox actions and its stream entry, and mark the event
