@@ -113,9 +113,17 @@ class RequestLimiter:
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}
 
+    MAX_BUCKETS = 10_000
+    """Buckets kept before the full ones are dropped: keyed by sender address (webhooks), they would otherwise
+    grow with every address that ever sent one request."""
+
     def take(self, key_id: str) -> float:
         """0.0 if the request may go ahead; else the seconds to wait before the next one will."""
         now = self._clock()
+        if len(self._buckets) >= self.MAX_BUCKETS and key_id not in self._buckets:
+            # A bucket refilled to its burst is the same as no bucket: forget those.
+            self._buckets = {k: (t, last) for k, (t, last) in self._buckets.items()
+                             if t + (now - last) * self.rate < self.burst}
         tokens, last = self._buckets.get(key_id, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
         if tokens >= 1.0:

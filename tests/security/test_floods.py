@@ -110,3 +110,21 @@ def _timed(f: Callable[[], Any]) -> float:
     t0 = time.perf_counter()
     f()
     return time.perf_counter() - t0
+
+
+def test_the_webhook_buckets_do_not_grow_with_every_sender_address() -> None:
+    from server.auth import RequestLimiter
+
+    now = [0.0]
+    limiter = RequestLimiter(60, clock=lambda: now[0])  # bursts of 10, one token a second
+    for i in range(RequestLimiter.MAX_BUCKETS - 1):
+        assert limiter.take(f"acme\0 10.0.{i // 256}.{i % 256}") == 0.0
+    now[0] = 55.0
+    for _ in range(10):
+        limiter.take("acme\0flood")  # emptied at 55 s: at 60 s it holds 5 of its 10 tokens
+    now[0] = 60.0
+    assert limiter.take("acme\0new") == 0.0  # one bucket too many: the refilled ones are forgotten
+    assert set(limiter._buckets) == {"acme\0flood", "acme\0new"}
+    for _ in range(5):
+        assert limiter.take("acme\0flood") == 0.0
+    assert limiter.take("acme\0flood") > 0  # the flooding sender is still limited
