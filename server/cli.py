@@ -70,6 +70,12 @@ def _log_level(args: argparse.Namespace) -> str:
     return "WARNING" if getattr(args, "quiet", False) else "INFO"
 
 
+def add_dirs(sp: argparse.ArgumentParser) -> None:
+    """The --rulesets and --policies options every command that reads an org's configuration takes (`_dirs`)."""
+    sp.add_argument("--rulesets", help="rulesets folder (default: ./rulesets or $ASTRALIS_RULESETS)")
+    sp.add_argument("--policies", help="policies folder (default: ./policies or $ASTRALIS_POLICIES)")
+
+
 def _dirs(args: argparse.Namespace) -> tuple[Path, Path]:
     rulesets = Path(args.rulesets or os.environ.get("ASTRALIS_RULESETS") or "rulesets")
     policies = Path(args.policies or os.environ.get("ASTRALIS_POLICIES") or "policies")
@@ -311,14 +317,10 @@ def parser() -> argparse.ArgumentParser:
 
     sub.add_parser = add_parser  # type: ignore[method-assign]  # every command: the shared flags and the help style
 
-    def dirs(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--rulesets", help="rulesets folder (default: ./rulesets or $ASTRALIS_RULESETS)")
-        sp.add_argument("--policies", help="policies folder (default: ./policies or $ASTRALIS_POLICIES)")
-
     v = sub.add_parser("validate", help="check rulesets and policies; errors as path:line: code: message")
     v.add_argument("paths", nargs="*", help="org names (acme), org folders, files in them, or policy files "
                    "(default: every org under --rulesets)")
-    dirs(v)
+    add_dirs(v)
     v.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("schema", help="write the JSON Schemas of org, ruleset and policy files")
@@ -333,7 +335,7 @@ def parser() -> argparse.ArgumentParser:
     def deciding(sp: argparse.ArgumentParser, workers_help: str) -> None:
         sp.add_argument("--db", help="the store: a SQLite file, or postgresql://user@host/db (default: $DATABASE_URL, "
                         "else $ASTRALIS_DB, else ./astralis.db)")
-        dirs(sp)
+        add_dirs(sp)
         sp.add_argument("--llm", choices=["policy", "off"], default="policy",
                         help="policy (default): each org's policy provider when its API key is set; off: never")
         sp.add_argument("--workers", type=int, default=_env_int("ASTRALIS_WORKERS", 16),
@@ -400,7 +402,7 @@ def parser() -> argparse.ArgumentParser:
     for sp in (kc, kl, kr):
         sp.add_argument("--db", help="the store: a SQLite file, or postgresql://user@host/db (default: $DATABASE_URL, "
                         "else $ASTRALIS_DB, else ./astralis.db)")
-        dirs(sp)
+        add_dirs(sp)
     k.set_defaults(func=cmd_keys)
 
     from server.cli_cases import register as register_cases

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.loader import org_dirs
-from server.cli import _compiled_or_exit, _dirs
+from server.cli import _compiled_or_exit, _dirs, add_dirs
 
 
 def _compiled(org_dir: Path, policies: Path) -> Any:
@@ -153,13 +153,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     """Add the `test` and `explain` subcommands to the `astralis` subparsers."""
 
-    def dirs(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--rulesets", help="rulesets folder (default: ./rulesets or $ASTRALIS_RULESETS)")
-        sp.add_argument("--policies", help="policies folder (default: ./policies or $ASTRALIS_POLICIES)")
-
     t = sub.add_parser("test", help="run the org's locked decision cases (rulesets/<org>/tests/*.yaml)")
     t.add_argument("org", nargs="?", help="one org (default: every org under --rulesets)")
-    dirs(t)
+    add_dirs(t)
     t.add_argument("--update", action="store_true",
                    help="record the current decisions as each case's `expect` (rewritten in place), then run")
     t.add_argument("--fail-on-empty", action="store_true", help="fail when an org has no cases")
@@ -169,7 +165,7 @@ def register(sub: Any) -> None:
     e = sub.add_parser("explain", help="trace one event: each rule, the resolution, the LLM question, plan, gate")
     e.add_argument("--org", required=True, help="the org whose rules decide the event")
     e.add_argument("event", help="a JSON file holding one event envelope (org and id may be left out)")
-    dirs(e)
+    add_dirs(e)
     e.add_argument("--state", help='JSON: {"calendar": [{"host","start","end","title"}], "loads": {"user": n}}')
     e.add_argument("--format", choices=["text", "json"], default="text", help="the explanation as")
     e.add_argument("--brief", action="store_true", help="text: only matched rules and the nearest misses")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.learning import MODEL_DIR, ModelError, load_model, save_model, with_learning
-from server.cli import _compiled_or_exit, _dirs
+from server.cli import _compiled_or_exit, _dirs, add_dirs
 
 # --------------------------------------------------------------------------- train
 
@@ -147,10 +147,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add `train` and `eval` to the `astralis` parser."""
-    def dirs(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--rulesets", help="rulesets folder (default: ./rulesets or $ASTRALIS_RULESETS)")
-        sp.add_argument("--policies", help="policies folder (default: ./policies or $ASTRALIS_POLICIES)")
-
     t = sub.add_parser("train", help="fit the org model on its labelled examples and test cases")
     t.add_argument("--org", required=True, help="the org whose model is trained (its folder under --rulesets)")
     t.add_argument("--out", help="folder to write model.json and model.npz to (default: rulesets/<org>/model)")
@@ -159,7 +155,7 @@ def register(sub: Any) -> None:
     t.add_argument("--db", help="also learn from the store's labels of the org (approvals, corrections) and, when "
                    "the policy's learning.distill_llm allows, its confident LLM answers: a SQLite file or "
                    "postgresql://…")
-    dirs(t)
+    add_dirs(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="score the org's decisions (dry run) against labelled events")
@@ -176,5 +172,5 @@ def register(sub: Any) -> None:
     e.add_argument("--format", choices=["text", "json"], default="text",
                    help="text for people, json for scripts (default: text)")
     e.add_argument("--show-misses", action="store_true", help="list every event decided otherwise than labelled")
-    dirs(e)
+    add_dirs(e)
     e.set_defaults(func=cmd_eval)
